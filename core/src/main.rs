@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    p2ner_core::cli::main()
+}

@@ -1,0 +1,69 @@
+//! The five component interfaces.
+//!
+//! Each group has two faces. The `*Abi` trait is the `#[sabi_trait]` that
+//! crosses the boundary: every method returns `RResult<_, PluginError>` so a
+//! panic can come back as an error. The plain trait ([`crate::Scheduler`],
+//! [`crate::Input`], ...) is what a plugin author implements; the adapter
+//! [`Guarded`] turns one into the other and runs each call under
+//! [`guard`], so no author has to think about unwinding across `extern "C"`.
+
+// `#[sabi_trait]` expands to impls inside a const block; the lint is about
+// that generated code, not ours.
+#![allow(non_local_definitions)]
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use abi_stable::std_types::{RResult, RString};
+
+use crate::PluginError;
+
+pub mod frontend;
+pub mod input;
+pub mod output;
+pub mod overlay;
+pub mod scheduler;
+
+pub use frontend::{FrontendAbi, FrontendAbi_TO};
+pub use input::{InputAbi, InputAbi_TO};
+pub use output::{OutputAbi, OutputAbi_TO};
+pub use overlay::{OverlayAbi, OverlayAbi_TO};
+pub use scheduler::{SchedulerAbi, SchedulerAbi_TO};
+
+/// A plugin author's component, wrapped so that a panic poisons it instead of
+/// aborting the process.
+pub struct Guarded<T> {
+    pub(crate) inner: T,
+    poisoned: Option<RString>,
+}
+
+impl<T> Guarded<T> {
+    pub(crate) fn new(inner: T) -> Self {
+        Guarded {
+            inner,
+            poisoned: None,
+        }
+    }
+
+    /// Runs one component call; a panic becomes an error and poisons the component.
+    #[inline]
+    pub(crate) fn guard<R>(
+        &mut self,
+        call: impl FnOnce(&mut T) -> Result<R, PluginError>,
+    ) -> RResult<R, PluginError> {
+        if let Some(first) = &self.poisoned {
+            return RResult::RErr(PluginError {
+                message: format!("component is poisoned by an earlier panic: {first}").into(),
+                panicked: true,
+            });
+        }
+        let inner = &mut self.inner;
+        match catch_unwind(AssertUnwindSafe(|| call(inner))) {
+            Ok(result) => result.into(),
+            Err(payload) => {
+                let message = crate::export::panic_message(payload);
+                self.poisoned = Some(message.as_str().into());
+                RResult::RErr(PluginError::panicked(message))
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! `p2ner.overlay`: who the neighbours are, and which way media flows to them.
+
+use abi_stable::{
+    sabi_trait,
+    std_types::{RResult, RSlice, RVec},
+    StableAbi,
+};
+
+use super::Guarded;
+use crate::{Link, NeighbourReport, PeerId, PeerInfo, PluginError};
+
+/// What an overlay learns once, when its stream starts.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct OverlayContext {
+    pub local: PeerInfo,
+    /// This peer is the publisher, the root of any tree.
+    pub is_source: bool,
+    pub seed: u64,
+    /// The publisher, when known (subscribers learn it from the server).
+    pub source: abi_stable::std_types::ROption<PeerInfo>,
+}
+
+/// What an overlay asks the engine to do.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub enum OverlayAction {
+    /// Open a neighbour link to `peer`; the answer is
+    /// [`Overlay::on_connected`] or [`Overlay::on_disconnected`].
+    Connect { peer: PeerInfo, link: Link },
+    /// Close the link to `peer`.
+    Disconnect { peer: PeerId },
+    /// Change which way media flows on an existing link (tree repair, ...).
+    SetLink { peer: PeerId, link: Link },
+    /// A message of the overlay's own protocol (peer exchange, join, ...)
+    /// for the overlay at `peer`.
+    SendMessage {
+        peer: PeerId,
+        payload: RVec<u8>,
+        reliable: bool,
+    },
+    /// Ask the stream's servers for up to `count` more candidate peers.
+    WantPeers { count: u32 },
+}
+
+/// Collects an overlay's actions for one event.
+pub struct OverlayOut<'a>(&'a mut RVec<OverlayAction>);
+
+impl<'a> OverlayOut<'a> {
+    pub fn new(actions: &'a mut RVec<OverlayAction>) -> Self {
+        OverlayOut(actions)
+    }
+
+    pub fn connect(&mut self, peer: PeerInfo, link: Link) {
+        self.0.push(OverlayAction::Connect { peer, link });
+    }
+
+    pub fn disconnect(&mut self, peer: PeerId) {
+        self.0.push(OverlayAction::Disconnect { peer });
+    }
+
+    pub fn send_message(&mut self, peer: PeerId, payload: Vec<u8>, reliable: bool) {
+        self.0.push(OverlayAction::SendMessage {
+            peer,
+            payload: payload.into(),
+            reliable,
+        });
+    }
+
+    pub fn push(&mut self, action: OverlayAction) {
+        self.0.push(action);
+    }
+}
+
+/// An overlay, as a plugin author writes it: a sans-IO state machine.
+pub trait Overlay: Send + 'static {
+    fn on_start(&mut self, _now_us: u64, _ctx: &OverlayContext, _out: &mut OverlayOut<'_>) {}
+    /// Candidate peers, from a server's sample or a neighbour's peer exchange.
+    fn on_candidates(&mut self, _now_us: u64, _peers: &[PeerInfo], _out: &mut OverlayOut<'_>) {}
+    /// A link is up: one this overlay asked for, or one a remote peer opened.
+    fn on_connected(&mut self, _now_us: u64, _peer: &PeerInfo, _out: &mut OverlayOut<'_>) {}
+    /// A link is down, or a connection attempt failed.
+    fn on_disconnected(&mut self, _now_us: u64, _peer: PeerId, _out: &mut OverlayOut<'_>) {}
+    fn on_message(&mut self, _now_us: u64, _peer: PeerId, _payload: &[u8], _out: &mut OverlayOut<'_>) {}
+    /// Periodic measurements of a neighbour, to replace useless ones.
+    fn on_report(&mut self, _now_us: u64, _peer: PeerId, _report: NeighbourReport, _out: &mut OverlayOut<'_>) {}
+    fn on_tick(&mut self, _now_us: u64, _out: &mut OverlayOut<'_>) {}
+}
+
+/// The boundary face of [`Overlay`].
+#[sabi_trait]
+pub trait OverlayAbi: Send {
+    fn on_start(
+        &mut self,
+        now_us: u64,
+        ctx: &OverlayContext,
+        out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError>;
+    fn on_candidates(
+        &mut self,
+        now_us: u64,
+        peers: RSlice<'_, PeerInfo>,
+        out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError>;
+    fn on_connected(
+        &mut self,
+        now_us: u64,
+        peer: &PeerInfo,
+        out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError>;
+    fn on_disconnected(
+        &mut self,
+        now_us: u64,
+        peer: PeerId,
+        out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError>;
+    fn on_message(
+        &mut self,
+        now_us: u64,
+        peer: PeerId,
+        payload: RSlice<'_, u8>,
+        out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError>;
+    fn on_report(
+        &mut self,
+        now_us: u64,
+        peer: PeerId,
+        report: NeighbourReport,
+        out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError>;
+    #[sabi(last_prefix_field)]
+    fn on_tick(&mut self, now_us: u64, out: &mut RVec<OverlayAction>)
+        -> RResult<(), PluginError>;
+}
+
+impl<T: Overlay> OverlayAbi for Guarded<T> {
+    fn on_start(
+        &mut self,
+        now_us: u64,
+        ctx: &OverlayContext,
+        out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError> {
+        self.guard(|o| Ok(o.on_start(now_us, ctx, &mut OverlayOut(out))))
+    }
+    fn on_candidates(
+        &mut self,
+        now_us: u64,
+        peers: RSlice<'_, PeerInfo>,
+        out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError> {
+        self.guard(|o| Ok(o.on_candidates(now_us, peers.as_slice(), &mut OverlayOut(out))))
+    }
+    fn on_connected(
+        &mut self,
+        now_us: u64,
+        peer: &PeerInfo,
+        out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError> {
+        self.guard(|o| Ok(o.on_connected(now_us, peer, &mut OverlayOut(out))))
+    }
+    fn on_disconnected(
+        &mut self,
+        now_us: u64,
+        peer: PeerId,
+        out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError> {
+        self.guard(|o| Ok(o.on_disconnected(now_us, peer, &mut OverlayOut(out))))
+    }
+    fn on_message(
+        &mut self,
+        now_us: u64,
+        peer: PeerId,
+        payload: RSlice<'_, u8>,
+        out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError> {
+        self.guard(|o| Ok(o.on_message(now_us, peer, payload.as_slice(), &mut OverlayOut(out))))
+    }
+    fn on_report(
+        &mut self,
+        now_us: u64,
+        peer: PeerId,
+        report: NeighbourReport,
+        out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError> {
+        self.guard(|o| Ok(o.on_report(now_us, peer, report, &mut OverlayOut(out))))
+    }
+    fn on_tick(
+        &mut self,
+        now_us: u64,
+        out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError> {
+        self.guard(|o| Ok(o.on_tick(now_us, &mut OverlayOut(out))))
+    }
+}

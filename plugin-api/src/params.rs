@@ -1,0 +1,125 @@
+//! Component parameters: strings by name, typed on the plugin's side.
+//!
+//! Parameters cross the boundary as text so that adding one never changes the
+//! ABI, and so that the same values can come from a command line, a
+//! `plugins.toml`, a stream's registration or an experiment file.
+
+use abi_stable::{
+    std_types::{RString, RVec},
+    StableAbi,
+};
+use std::str::FromStr;
+
+use crate::PluginError;
+
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct Param {
+    pub name: RString,
+    pub value: RString,
+}
+
+/// The parameters a component is created with.
+///
+/// The host fills in every declared parameter (the given value or the
+/// declared default) and refuses unknown names before it calls the plugin, so
+/// a component can rely on finding each parameter it declared.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Params {
+    pub items: RVec<Param>,
+}
+
+impl Params {
+    pub fn new() -> Self {
+        Params::default()
+    }
+
+    /// Sets `name` to `value`, replacing an earlier value.
+    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+        let value = RString::from(value.into());
+        match self.items.iter_mut().find(|p| p.name == name) {
+            Some(p) => p.value = value,
+            None => self.items.push(Param {
+                name: name.into(),
+                value,
+            }),
+        }
+    }
+
+    pub fn with(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.set(name, value);
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.items
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.value.as_str())
+    }
+
+    /// The parameter parsed as `T`, with an error that names it and the value.
+    pub fn parse<T>(&self, name: &str) -> Result<T, PluginError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        let raw = self
+            .get(name)
+            .ok_or_else(|| PluginError::new(format!("missing parameter '{name}'")))?;
+        raw.trim()
+            .parse()
+            .map_err(|e| PluginError::new(format!("parameter '{name}' = '{raw}': {e}")))
+    }
+
+    /// Like [`Params::parse`], falling back to `default` when absent.
+    pub fn parse_or<T>(&self, name: &str, default: T) -> Result<T, PluginError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(_) => self.parse(name),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.items
+            .iter()
+            .map(|p| (p.name.as_str(), p.value.as_str()))
+    }
+}
+
+impl<'a> FromIterator<(&'a str, &'a str)> for Params {
+    fn from_iter<I: IntoIterator<Item = (&'a str, &'a str)>>(iter: I) -> Self {
+        let mut params = Params::new();
+        for (k, v) in iter {
+            params.set(k, v);
+        }
+        params
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_names_the_parameter_and_value() {
+        let p = Params::new().with("bitrate_kbps", "fast");
+        let err = p.parse::<u32>("bitrate_kbps").unwrap_err();
+        assert!(err.message.contains("bitrate_kbps"), "{err}");
+        assert!(err.message.contains("fast"), "{err}");
+        assert_eq!(p.parse_or("chunk_ms", 40u32).unwrap(), 40);
+    }
+
+    #[test]
+    fn set_replaces() {
+        let mut p = Params::new().with("a", "1");
+        p.set("a", "2");
+        assert_eq!(p.items.len(), 1);
+        assert_eq!(p.get("a"), Some("2"));
+    }
+}

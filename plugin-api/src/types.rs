@@ -1,0 +1,94 @@
+//! Plain data that crosses the boundary in events and actions.
+
+use abi_stable::{
+    std_types::{RString, RVec},
+    StableAbi,
+};
+
+/// A peer as the engine names it to plugins.
+///
+/// It is the peer's 64-bit node id, drawn at random when a client starts and
+/// carried in every message, so it stays the same when the peer's address
+/// changes and is the same in a real swarm and in the simulator.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+impl std::fmt::Display for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// A peer an overlay may connect to: its id and where to reach it.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub id: PeerId,
+    /// `ip:port` (or `[ipv6]:port`) as the server or a neighbour reported it.
+    pub addr: RString,
+}
+
+/// Which way media may flow on a neighbour link, as the overlay decided.
+///
+/// A mesh sets both; a tree sets `downstream` towards children and
+/// `upstream` towards the parent, so one scheduler works on both graphs.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Link {
+    /// This peer may receive chunks from the neighbour.
+    pub upstream: bool,
+    /// This peer may send chunks to the neighbour.
+    pub downstream: bool,
+}
+
+impl Link {
+    /// Media may flow both ways, as in a mesh.
+    pub const BOTH: Link = Link {
+        upstream: true,
+        downstream: true,
+    };
+}
+
+/// What the data channel measured about one neighbour, for overlays that
+/// replace slow or useless neighbours.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Default)]
+pub struct NeighbourReport {
+    pub rtt_us: u64,
+    pub down_bps: u64,
+    pub up_bps: u64,
+    /// Chunks received from this neighbour that were first copies.
+    pub useful_chunks: u64,
+    /// Chunks received from this neighbour that were already here.
+    pub duplicate_chunks: u64,
+    pub loss_rate: f64,
+}
+
+/// What an input produces, so outputs can set themselves up.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq, Default)]
+pub struct StreamFormat {
+    /// The container of chunk payloads: `mpegts`, `synthetic`, ...
+    pub container: RString,
+    /// Free text for people: codecs, resolution, frame rate.
+    pub description: RString,
+    pub bitrate_kbps: u32,
+    /// How much media one chunk holds.
+    pub chunk_us: u32,
+}
+
+/// One chunk of media as an input produces it.
+///
+/// The engine gives it a sequence number, signs it and hands it to the
+/// scheduler; the input only says when it was captured and what it holds.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct MediaChunk {
+    /// Capture time at the publisher, microseconds since the input started.
+    pub pts_us: u64,
+    pub duration_us: u32,
+    /// A decoder can start here (the chunk begins with a keyframe).
+    pub keyframe: bool,
+    pub data: RVec<u8>,
+}
