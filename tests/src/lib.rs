@@ -1,0 +1,140 @@
+//! Helpers for p2ner's end-to-end tests and benchmarks: where the built
+//! binaries and plugin libraries are, running `p2ner`, and building the
+//! out-of-tree crates (the plugin template, the broken-plugin fixtures).
+//!
+//! The tests use what `cargo build --workspace` produced (the README's test
+//! command builds first); nothing here fakes a binary or a library.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+}
+
+/// The profile folder this test binary was built into (`target/debug` or
+/// `target/release`), where the `p2ner` binary and the plugins are too.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let deps = exe.parent().expect("deps folder");
+    deps.parent().expect("profile folder").to_owned()
+}
+
+pub fn p2ner_bin() -> PathBuf {
+    let bin = profile_dir().join(format!("p2ner{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.is_file(), "{} is missing: run `cargo build --workspace` first", bin.display());
+    bin
+}
+
+/// A built-in plugin library by crate name (`p2ner_output_null`).
+pub fn builtin_plugin(crate_name: &str) -> PathBuf {
+    let file = profile_dir().join(format!(
+        "{}{crate_name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    assert!(file.is_file(), "{} is missing: run `cargo build --workspace` first", file.display());
+    file
+}
+
+/// A `p2ner` command isolated from the user's setup: no manifest, no
+/// `P2NER_PLUGIN_PATH`, a private config folder.
+pub fn p2ner(config_home: &Path) -> Command {
+    let mut cmd = Command::new(p2ner_bin());
+    cmd.env_remove("P2NER_PLUGIN_PATH")
+        .env_remove("P2NER_PLUGINS_TOML")
+        .env_remove("RUST_LOG")
+        .env("XDG_CONFIG_HOME", config_home)
+        .env("HOME", config_home)
+        .env("NO_COLOR", "1")
+        .current_dir(config_home);
+    cmd
+}
+
+/// Runs a command and returns (exit success, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    let Output { status, stdout, stderr } = cmd.output().expect("spawn");
+    (
+        status.success(),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+/// Where out-of-tree crates are built: one target folder shared by the
+/// template and the fixtures so that their dependencies compile once.
+pub fn out_of_tree_target() -> PathBuf {
+    workspace_root().join("target").join("out-of-tree")
+}
+
+/// Builds the given packages of an out-of-tree workspace (its own
+/// Cargo.lock, its own feature resolution) and returns the folder with the
+/// libraries.
+pub fn build_out_of_tree(manifest: &Path, packages: &[&str]) -> PathBuf {
+    // Concurrent builds would only wait on cargo's lock; serialising them here
+    // keeps their output readable.
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.arg("build").arg("--quiet").arg("--manifest-path").arg(manifest);
+    for p in packages {
+        cmd.arg("-p").arg(p);
+    }
+    cmd.env("CARGO_TARGET_DIR", out_of_tree_target());
+    let (ok, _, stderr) = run(&mut cmd);
+    assert!(ok, "building {} {packages:?} failed:\n{stderr}", manifest.display());
+    out_of_tree_target().join("debug")
+}
+
+/// The library a crate compiles to, in `dir`.
+pub fn library_file(dir: &Path, crate_name: &str) -> PathBuf {
+    dir.join(format!(
+        "{}{}{}",
+        std::env::consts::DLL_PREFIX,
+        crate_name.replace('-', "_"),
+        std::env::consts::DLL_SUFFIX
+    ))
+}
+
+/// The plugin template, built out of tree; returns its library.
+pub fn template_library() -> PathBuf {
+    let manifest = workspace_root().join("examples/plugin-template/Cargo.toml");
+    let dir = build_out_of_tree(&manifest, &["p2ner-scheduler-roundrobin"]);
+    library_file(&dir, "p2ner-scheduler-roundrobin")
+}
+
+/// A broken-plugin fixture, built out of tree; returns its library.
+///
+/// Each is built on its own because two of them turn on plugin-api features
+/// that change the interface, and features unify across one build.
+pub fn fixture_library(name: &str) -> PathBuf {
+    let manifest = workspace_root().join("tests/fixtures/Cargo.toml");
+    let package = format!("fixture-{name}");
+    let dir = build_out_of_tree(&manifest, &[&package]);
+    library_file(&dir, &package)
+}
+
+/// Copies `files` into a fresh folder (a plugin dir made for one test).
+pub fn plugin_dir(files: &[&Path]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for file in files {
+        std::fs::copy(file, dir.path().join(file.file_name().expect("file name"))).expect("copy");
+    }
+    dir
+}
+
+/// Parses `plugins list --json` into (group, name, library) triples.
+pub fn listed(json: &str) -> Vec<(String, String, String)> {
+    let value: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("bad json ({e}): {json}"));
+    value
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|c| {
+            let field = |k: &str| c[k].as_str().unwrap_or_else(|| panic!("missing {k} in {c}")).to_owned();
+            (field("group"), field("name"), field("library"))
+        })
+        .collect()
+}

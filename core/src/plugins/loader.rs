@@ -30,6 +30,8 @@ pub enum LoadError {
     Unreadable(String),
     #[error("not a loadable shared library (truncated or not a library?): {0}")]
     NotALibrary(String),
+    #[error("truncated or corrupt library: {0}")]
+    Truncated(String),
     #[error("not a p2ner plugin: it exports no p2ner root module")]
     NotAPlugin,
     #[error("built for p2ner plugin ABI {found}, but this p2ner uses ABI {expected}; rebuild the plugin against a matching p2ner-plugin-api")]
@@ -49,7 +51,7 @@ pub enum LoadError {
 /// Loads the library at `path` and checks that it is a p2ner plugin built for
 /// this ABI, then hands it the host services and reads its description.
 pub fn load(path: &Path) -> Result<Library, LoadError> {
-    std::fs::File::open(path).map_err(|e| LoadError::Unreadable(e.to_string()))?;
+    check_complete(path)?;
     let header = lib_header_from_path(path).map_err(classify)?;
     let module = header
         .init_root_module::<PluginLibRef>()
@@ -72,6 +74,41 @@ pub fn load(path: &Path) -> Result<Library, LoadError> {
         info,
         module,
     })
+}
+
+/// The dynamic loader maps a library's segments straight from the file; a
+/// file cut short (an interrupted copy, a full disk) maps pages past its end,
+/// and the first touch kills the whole process with SIGBUS. So before
+/// `dlopen`, an ELF file must hold every segment its headers declare.
+fn check_complete(path: &Path) -> Result<(), LoadError> {
+    use object::read::elf::{FileHeader, ProgramHeader};
+    use std::io::Read;
+
+    let unreadable = |e: std::io::Error| LoadError::Unreadable(e.to_string());
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let len = file.metadata().map_err(unreadable)?.len();
+    // Headers and the program header table sit at the front of the file.
+    let mut head = Vec::with_capacity(64 * 1024);
+    file.by_ref().take(64 * 1024).read_to_end(&mut head).map_err(unreadable)?;
+    if !head.starts_with(b"\x7fELF") {
+        // Not ELF: let the platform loader judge it (and name the problem).
+        return Ok(());
+    }
+    let truncated = LoadError::Truncated;
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(head.as_slice())
+        .map_err(|e| truncated(e.to_string()))?;
+    let endian = header.endian().map_err(|e| truncated(e.to_string()))?;
+    let segments = header
+        .program_headers(endian, head.as_slice())
+        .map_err(|e| truncated(e.to_string()))?;
+    for segment in segments {
+        let (offset, size) = (segment.p_offset(endian), segment.p_filesz(endian));
+        let end = offset.checked_add(size).ok_or_else(|| truncated("a segment's size overflows".into()))?;
+        if end > len {
+            return Err(truncated(format!("a segment ends at byte {end} but the file has {len}")));
+        }
+    }
+    Ok(())
 }
 
 fn classify(err: LibraryError) -> LoadError {
@@ -116,30 +153,57 @@ fn classify(err: LibraryError) -> LoadError {
     }
 }
 
-/// abi_stable's layout report is hundreds of lines; its `Error:` lines (and the
-/// line after each, which says where) are what a person needs.
+/// abi_stable's layout report runs to hundreds of lines. What a person needs
+/// is which type differs, where it is reached from, and each `Error:` with its
+/// expected and found values:
+///
+/// ```text
+///   in LibraryInfo (reached through describe.__returns)
+///   Error: incompatible type size: expected 160, found 168
+/// ```
 fn error_lines(report: &str) -> String {
-    let lines: Vec<&str> = report.lines().map(str::trim_end).collect();
-    let mut picked: Vec<String> = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim_start().starts_with("Error:") {
-            let mut entry = format!("  {}", line.trim());
-            if let Some(next) = lines.get(i + 1).filter(|l| !l.trim().is_empty()) {
-                entry.push_str(&format!(" {}", next.trim()));
+    const MAX: usize = 12;
+    let lines: Vec<&str> = report.lines().map(str::trim).collect();
+    let value_after = |i: usize| lines[i + 1..].iter().find(|l| !l.is_empty()).copied().unwrap_or("?");
+    let mut out: Vec<String> = Vec::new();
+    let mut path: Vec<&str> = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        if line.ends_with("error(s)inside:") {
+            path.clear();
+        } else if let Some(field) = line.strip_prefix("field_name:") {
+            if field != "0" {
+                path.push(field);
             }
-            if !picked.contains(&entry) {
-                picked.push(entry);
+        } else if line == "Layout of expected type:" {
+            let ty = lines[i..].iter().find_map(|l| l.strip_prefix("type:"));
+            if let (Some(ty), false) = (ty, path.is_empty()) {
+                let entry = format!("  in {ty} (reached through {})", path.join("."));
+                if !out.contains(&entry) {
+                    out.push(entry);
+                }
+            }
+        } else if let Some(what) = line.strip_prefix("Error:") {
+            let mut entry = format!("  Error: {}", what.trim());
+            let expected = lines[i..].iter().position(|l| *l == "Expected:").map(|p| value_after(i + p));
+            let found = lines[i..].iter().position(|l| *l == "Found:").map(|p| value_after(i + p));
+            if let (Some(expected), Some(found)) = (expected, found) {
+                entry.push_str(&format!(": expected {expected}, found {found}"));
+            }
+            if !out.contains(&entry) {
+                out.push(entry);
             }
         }
+        i += 1;
     }
-    const MAX: usize = 8;
-    if picked.is_empty() {
+    if out.is_empty() {
         return report.lines().take(MAX).collect::<Vec<_>>().join("\n");
     }
-    let more = picked.len().saturating_sub(MAX);
-    picked.truncate(MAX);
+    let more = out.len().saturating_sub(MAX);
+    out.truncate(MAX);
     if more > 0 {
-        picked.push(format!("  ... and {more} more"));
+        out.push(format!("  ... and {more} more"));
     }
-    picked.join("\n")
+    out.join("\n")
 }
