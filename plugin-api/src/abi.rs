@@ -8,7 +8,9 @@ use abi_stable::{
     StableAbi,
 };
 
-use crate::components::{FrontendAbi_TO, InputAbi_TO, OutputAbi_TO, OverlayAbi_TO, SchedulerAbi_TO};
+use crate::components::{
+    FrontendAbi_TO, InputAbi_TO, OutputAbi_TO, OverlayAbi_TO, SchedulerAbi_TO,
+};
 use crate::{HostServicesRef, LibraryInfo, Params, PluginError};
 
 /// The ABI version libraries are built against, checked at load time.
@@ -40,12 +42,16 @@ pub struct PluginLib {
     pub describe: extern "C" fn() -> LibraryInfo,
     /// Hands over the host's services (logging); called once, right after loading.
     pub set_host: extern "C" fn(host: HostServicesRef),
-    pub new_scheduler: extern "C" fn(name: RStr<'_>, params: &Params) -> RResult<SchedulerBox, PluginError>,
-    pub new_overlay: extern "C" fn(name: RStr<'_>, params: &Params) -> RResult<OverlayBox, PluginError>,
+    pub new_scheduler:
+        extern "C" fn(name: RStr<'_>, params: &Params) -> RResult<SchedulerBox, PluginError>,
+    pub new_overlay:
+        extern "C" fn(name: RStr<'_>, params: &Params) -> RResult<OverlayBox, PluginError>,
     pub new_input: extern "C" fn(name: RStr<'_>, params: &Params) -> RResult<InputBox, PluginError>,
-    pub new_output: extern "C" fn(name: RStr<'_>, params: &Params) -> RResult<OutputBox, PluginError>,
+    pub new_output:
+        extern "C" fn(name: RStr<'_>, params: &Params) -> RResult<OutputBox, PluginError>,
     #[sabi(last_prefix_field)]
-    pub new_frontend: extern "C" fn(name: RStr<'_>, params: &Params) -> RResult<FrontendBox, PluginError>,
+    pub new_frontend:
+        extern "C" fn(name: RStr<'_>, params: &Params) -> RResult<FrontendBox, PluginError>,
 }
 
 impl RootModule for PluginLibRef {

@@ -139,7 +139,10 @@ mod tests {
     fn group_names_round_trip() {
         for g in Group::ALL {
             assert_eq!(Group::parse(g.as_str()), Some(g));
-            assert_eq!(Group::parse(g.as_str().trim_start_matches("p2ner.")), Some(g));
+            assert_eq!(
+                Group::parse(g.as_str().trim_start_matches("p2ner.")),
+                Some(g)
+            );
         }
         assert_eq!(Group::parse("p2ner.nat"), None);
     }

@@ -116,7 +116,10 @@ impl Registrar {
     }
 
     fn components(&self) -> Vec<ComponentInfo> {
-        fn infos<T>(group: Group, entries: &[Entry<T>]) -> impl Iterator<Item = ComponentInfo> + '_ {
+        fn infos<T>(
+            group: Group,
+            entries: &[Entry<T>],
+        ) -> impl Iterator<Item = ComponentInfo> + '_ {
             entries.iter().map(move |e| e.spec.info(group))
         }
         infos(Group::Scheduler, &self.schedulers)
@@ -192,7 +195,12 @@ extern "C" fn set_host(host: HostServicesRef) {
     crate::logging::install(host);
 }
 
-fn instantiate<T>(entries: &[Entry<T>], group: Group, name: RStr<'_>, params: &Params) -> RResult<T, PluginError> {
+fn instantiate<T>(
+    entries: &[Entry<T>],
+    group: Group,
+    name: RStr<'_>,
+    params: &Params,
+) -> RResult<T, PluginError> {
     let Some(entry) = entries.iter().find(|e| e.spec.name == name.as_str()) else {
         return RResult::RErr(PluginError::new(format!(
             "this library has no {group} named '{name}'"
@@ -205,7 +213,12 @@ fn instantiate<T>(entries: &[Entry<T>], group: Group, name: RStr<'_>, params: &P
 }
 
 extern "C" fn new_scheduler(name: RStr<'_>, params: &Params) -> RResult<SchedulerBox, PluginError> {
-    instantiate(&library().registrar.schedulers, Group::Scheduler, name, params)
+    instantiate(
+        &library().registrar.schedulers,
+        Group::Scheduler,
+        name,
+        params,
+    )
 }
 
 extern "C" fn new_overlay(name: RStr<'_>, params: &Params) -> RResult<OverlayBox, PluginError> {
@@ -221,7 +234,12 @@ extern "C" fn new_output(name: RStr<'_>, params: &Params) -> RResult<OutputBox, 
 }
 
 extern "C" fn new_frontend(name: RStr<'_>, params: &Params) -> RResult<FrontendBox, PluginError> {
-    instantiate(&library().registrar.frontends, Group::Frontend, name, params)
+    instantiate(
+        &library().registrar.frontends,
+        Group::Frontend,
+        name,
+        params,
+    )
 }
 
 thread_local! {

@@ -97,13 +97,14 @@ pub use abi::{
     ABI_VERSION,
 };
 pub use components::frontend::{
-    EngineControl, EngineControlArc, EngineControlAbi, EngineControlAbi_TO, Frontend,
-    StreamSummary,
+    EngineControl, EngineControlAbi, EngineControlAbi_TO, EngineControlArc, Frontend, StreamSummary,
 };
 pub use components::input::{Input, InputState};
 pub use components::output::{ChunkRef, Output, OutputReport};
 pub use components::overlay::{Overlay, OverlayAction, OverlayContext, OverlayOut};
-pub use components::scheduler::{Capacity, Playout, SchedAction, SchedContext, SchedOut, Scheduler};
+pub use components::scheduler::{
+    Capacity, Playout, SchedAction, SchedContext, SchedOut, Scheduler,
+};
 pub use components::{FrontendAbi, InputAbi, OutputAbi, OverlayAbi, SchedulerAbi};
 pub use describe::{ComponentInfo, ComponentSpec, Group, LibraryInfo, ParamInfo};
 pub use error::PluginError;
@@ -122,8 +123,8 @@ pub mod prelude {
     pub use crate::{
         ChunkRef, ComponentSpec, EngineControl, Frontend, Input, InputState, Link, MediaChunk,
         NeighbourReport, Output, OutputReport, Overlay, OverlayAction, OverlayContext, OverlayOut,
-        Params, PeerId, PeerInfo, PluginError, Registrar, Rng, SchedAction, SchedContext,
-        SchedOut, Scheduler, StreamFormat,
+        Params, PeerId, PeerInfo, PluginError, Registrar, Rng, SchedAction, SchedContext, SchedOut,
+        Scheduler, StreamFormat,
     };
     pub use abi_stable::std_types::{RSlice, RStr, RString, RVec};
 }

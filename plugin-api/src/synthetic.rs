@@ -9,7 +9,10 @@ pub const HEADER_LEN: usize = 8;
 
 /// Fills `data` (of any length >= [`HEADER_LEN`]) with the payload of chunk `index`.
 pub fn fill(index: u64, data: &mut [u8]) {
-    assert!(data.len() >= HEADER_LEN, "synthetic chunk shorter than its header");
+    assert!(
+        data.len() >= HEADER_LEN,
+        "synthetic chunk shorter than its header"
+    );
     data[..HEADER_LEN].copy_from_slice(&index.to_le_bytes());
     for (byte, expected) in data[HEADER_LEN..].iter_mut().zip(pattern(index)) {
         *byte = expected;

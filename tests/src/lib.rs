@@ -11,7 +11,10 @@ use std::sync::Mutex;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
 }
 
 /// The profile folder this test binary was built into (`target/debug` or
@@ -24,7 +27,11 @@ pub fn profile_dir() -> PathBuf {
 
 pub fn p2ner_bin() -> PathBuf {
     let bin = profile_dir().join(format!("p2ner{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.is_file(), "{} is missing: run `cargo build --workspace` first", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --workspace` first",
+        bin.display()
+    );
     bin
 }
 
@@ -35,7 +42,11 @@ pub fn builtin_plugin(crate_name: &str) -> PathBuf {
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_SUFFIX
     ));
-    assert!(file.is_file(), "{} is missing: run `cargo build --workspace` first", file.display());
+    assert!(
+        file.is_file(),
+        "{} is missing: run `cargo build --workspace` first",
+        file.display()
+    );
     file
 }
 
@@ -55,7 +66,11 @@ pub fn p2ner(config_home: &Path) -> Command {
 
 /// Runs a command and returns (exit success, stdout, stderr).
 pub fn run(cmd: &mut Command) -> (bool, String, String) {
-    let Output { status, stdout, stderr } = cmd.output().expect("spawn");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("spawn");
     (
         status.success(),
         String::from_utf8_lossy(&stdout).into_owned(),
@@ -78,13 +93,20 @@ pub fn build_out_of_tree(manifest: &Path, packages: &[&str]) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.arg("build").arg("--quiet").arg("--manifest-path").arg(manifest);
+    cmd.arg("build")
+        .arg("--quiet")
+        .arg("--manifest-path")
+        .arg(manifest);
     for p in packages {
         cmd.arg("-p").arg(p);
     }
     cmd.env("CARGO_TARGET_DIR", out_of_tree_target());
     let (ok, _, stderr) = run(&mut cmd);
-    assert!(ok, "building {} {packages:?} failed:\n{stderr}", manifest.display());
+    assert!(
+        ok,
+        "building {} {packages:?} failed:\n{stderr}",
+        manifest.display()
+    );
     out_of_tree_target().join("debug")
 }
 
@@ -127,13 +149,18 @@ pub fn plugin_dir(files: &[&Path]) -> tempfile::TempDir {
 
 /// Parses `plugins list --json` into (group, name, library) triples.
 pub fn listed(json: &str) -> Vec<(String, String, String)> {
-    let value: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("bad json ({e}): {json}"));
+    let value: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("bad json ({e}): {json}"));
     value
         .as_array()
         .expect("array")
         .iter()
         .map(|c| {
-            let field = |k: &str| c[k].as_str().unwrap_or_else(|| panic!("missing {k} in {c}")).to_owned();
+            let field = |k: &str| {
+                c[k].as_str()
+                    .unwrap_or_else(|| panic!("missing {k} in {c}"))
+                    .to_owned()
+            };
             (field("group"), field("name"), field("library"))
         })
         .collect()

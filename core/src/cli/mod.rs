@@ -10,14 +10,23 @@ use clap::{ArgAction, Parser, Subcommand};
 use crate::plugins::PluginOptions;
 
 #[derive(Debug, Parser)]
-#[command(name = "p2ner", version, about = "Peer-to-peer live video streaming, built for experiments")]
+#[command(
+    name = "p2ner",
+    version,
+    about = "Peer-to-peer live video streaming, built for experiments"
+)]
 pub struct Cli {
     /// Add a folder to the front of the plugin search path (repeatable).
     #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
     pub plugin_dirs: Vec<PathBuf>,
 
     /// Plugin manifest to use instead of ./plugins.toml or ~/.config/p2ner/plugins.toml.
-    #[arg(long = "plugins-toml", value_name = "FILE", global = true, env = "P2NER_PLUGINS_TOML")]
+    #[arg(
+        long = "plugins-toml",
+        value_name = "FILE",
+        global = true,
+        env = "P2NER_PLUGINS_TOML"
+    )]
     pub plugins_toml: Option<PathBuf>,
 
     /// More detail on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.

@@ -9,7 +9,9 @@ use clap::Subcommand;
 use p2ner_plugin_api::{Group, Params};
 use serde_json::json;
 
-use crate::plugins::{libraries_in, Component, Origin, PluginOptions, Registry, SearchDir, Severity};
+use crate::plugins::{
+    libraries_in, Component, Origin, PluginOptions, Registry, SearchDir, Severity,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
@@ -28,9 +30,7 @@ pub enum PluginsCommand {
         json: bool,
     },
     /// Load and verify every library in DIR; exits non-zero on any problem.
-    Check {
-        dir: PathBuf,
-    },
+    Check { dir: PathBuf },
 }
 
 pub fn run(cmd: &PluginsCommand, options: &PluginOptions) -> Result<ExitCode> {
@@ -99,7 +99,10 @@ fn list(registry: &Registry, as_json: bool) {
             ]
         })
         .collect();
-    print_table(["GROUP", "NAME", "VERSION", "LIBRARY", "DESCRIPTION"], &rows);
+    print_table(
+        ["GROUP", "NAME", "VERSION", "LIBRARY", "DESCRIPTION"],
+        &rows,
+    );
 }
 
 fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
@@ -127,7 +130,9 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
 }
 
 fn inspect(registry: &Registry, name: &str, as_json: bool) -> Result<()> {
-    let by_key = name.split_once('/').and_then(|(g, n)| Group::parse(g).map(|g| (g, n)));
+    let by_key = name
+        .split_once('/')
+        .and_then(|(g, n)| Group::parse(g).map(|g| (g, n)));
     let matches: Vec<Component<'_>> = registry
         .components()
         .filter(|c| match by_key {
@@ -139,7 +144,11 @@ fn inspect(registry: &Registry, name: &str, as_json: bool) -> Result<()> {
         let installed: Vec<String> = registry.components().map(|c| c.key()).collect();
         bail!(
             "no component or library named '{name}' is installed (installed: {}); searched: {}",
-            if installed.is_empty() { "none".to_owned() } else { installed.join(", ") },
+            if installed.is_empty() {
+                "none".to_owned()
+            } else {
+                installed.join(", ")
+            },
             registry
                 .searched()
                 .iter()
@@ -164,7 +173,10 @@ fn inspect(registry: &Registry, name: &str, as_json: bool) -> Result<()> {
     }
     let mut by_library: BTreeMap<&std::path::Path, Vec<&Component<'_>>> = BTreeMap::new();
     for c in &matches {
-        by_library.entry(c.library.path.as_path()).or_default().push(c);
+        by_library
+            .entry(c.library.path.as_path())
+            .or_default()
+            .push(c);
     }
     for (path, components) in by_library {
         let lib = &components[0].library.info;
@@ -181,9 +193,18 @@ fn inspect(registry: &Registry, name: &str, as_json: bool) -> Result<()> {
                 continue;
             }
             println!("  Parameters:");
-            let width = c.info.params.iter().map(|p| p.name.len()).max().unwrap_or(0);
+            let width = c
+                .info
+                .params
+                .iter()
+                .map(|p| p.name.len())
+                .max()
+                .unwrap_or(0);
             for p in c.info.params.iter() {
-                println!("    {:<width$}  {}  (default: {})", p.name, p.help, p.default);
+                println!(
+                    "    {:<width$}  {}  (default: {})",
+                    p.name, p.help, p.default
+                );
             }
         }
         println!();
@@ -199,7 +220,11 @@ fn check(dir: &std::path::Path, _options: &PluginOptions) -> Result<ExitCode> {
     }
     let files = libraries_in(dir)?;
     if files.is_empty() {
-        bail!("no shared libraries (*{}) in {}", std::env::consts::DLL_SUFFIX, dir.display());
+        bail!(
+            "no shared libraries (*{}) in {}",
+            std::env::consts::DLL_SUFFIX,
+            dir.display()
+        );
     }
     let registry = Registry::load(
         vec![SearchDir {
@@ -226,14 +251,28 @@ fn check(dir: &std::path::Path, _options: &PluginOptions) -> Result<ExitCode> {
     let components: Vec<Component<'_>> = registry.components().collect();
     for c in &components {
         let made = match c.group {
-            Group::Scheduler => registry.new_scheduler(&c.info.name, None, &Params::new()).map(drop),
-            Group::Overlay => registry.new_overlay(&c.info.name, None, &Params::new()).map(drop),
-            Group::Input => registry.new_input(&c.info.name, None, &Params::new()).map(drop),
-            Group::Output => registry.new_output(&c.info.name, None, &Params::new()).map(drop),
-            Group::Frontend => registry.new_frontend(&c.info.name, None, &Params::new()).map(drop),
+            Group::Scheduler => registry
+                .new_scheduler(&c.info.name, None, &Params::new())
+                .map(drop),
+            Group::Overlay => registry
+                .new_overlay(&c.info.name, None, &Params::new())
+                .map(drop),
+            Group::Input => registry
+                .new_input(&c.info.name, None, &Params::new())
+                .map(drop),
+            Group::Output => registry
+                .new_output(&c.info.name, None, &Params::new())
+                .map(drop),
+            Group::Frontend => registry
+                .new_frontend(&c.info.name, None, &Params::new())
+                .map(drop),
         };
         match made {
-            Ok(()) => println!("ok: {} {} instantiates with its defaults", c.key(), c.info.version),
+            Ok(()) => println!(
+                "ok: {} {} instantiates with its defaults",
+                c.key(),
+                c.info.version
+            ),
             // A conflict was already reported above.
             Err(crate::plugins::ComponentError::Conflict { .. }) => {}
             Err(e) => {
@@ -243,6 +282,13 @@ fn check(dir: &std::path::Path, _options: &PluginOptions) -> Result<ExitCode> {
         }
     }
     let loaded = registry.libraries().len();
-    println!("{} libraries checked: {loaded} loaded, {errors} problems", files.len());
-    Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    println!(
+        "{} libraries checked: {loaded} loaded, {errors} problems",
+        files.len()
+    );
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

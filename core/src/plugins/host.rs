@@ -1,9 +1,6 @@
 //! The services the engine lends each plugin library: logging, for now.
 
-use abi_stable::{
-    prefix_type::WithMetadata,
-    std_types::RStr,
-};
+use abi_stable::{prefix_type::WithMetadata, std_types::RStr};
 use p2ner_plugin_api::{HostServices, HostServicesRef, LogLevel};
 use tracing_log::AsTrace;
 

@@ -89,7 +89,10 @@ fn check_complete(path: &Path) -> Result<(), LoadError> {
     let len = file.metadata().map_err(unreadable)?.len();
     // Headers and the program header table sit at the front of the file.
     let mut head = Vec::with_capacity(64 * 1024);
-    file.by_ref().take(64 * 1024).read_to_end(&mut head).map_err(unreadable)?;
+    file.by_ref()
+        .take(64 * 1024)
+        .read_to_end(&mut head)
+        .map_err(unreadable)?;
     if !head.starts_with(b"\x7fELF") {
         // Not ELF: let the platform loader judge it (and name the problem).
         return Ok(());
@@ -103,9 +106,13 @@ fn check_complete(path: &Path) -> Result<(), LoadError> {
         .map_err(|e| truncated(e.to_string()))?;
     for segment in segments {
         let (offset, size) = (segment.p_offset(endian), segment.p_filesz(endian));
-        let end = offset.checked_add(size).ok_or_else(|| truncated("a segment's size overflows".into()))?;
+        let end = offset
+            .checked_add(size)
+            .ok_or_else(|| truncated("a segment's size overflows".into()))?;
         if end > len {
-            return Err(truncated(format!("a segment ends at byte {end} but the file has {len}")));
+            return Err(truncated(format!(
+                "a segment ends at byte {end} but the file has {len}"
+            )));
         }
     }
     Ok(())
@@ -143,9 +150,9 @@ fn classify(err: LibraryError) -> LoadError {
         LibraryError::InvalidAbiHeader(found) => {
             LoadError::IncompatibleAbiStable(format!("{found:?}"))
         }
-        LibraryError::InvalidCAbi { expected, found } => LoadError::IncompatibleAbiStable(
-            format!("C ABI test gave {found}, expected {expected}"),
-        ),
+        LibraryError::InvalidCAbi { expected, found } => LoadError::IncompatibleAbiStable(format!(
+            "C ABI test gave {found}, expected {expected}"
+        )),
         LibraryError::Many(list) => {
             let first = list.into_iter().next();
             first.map(classify).unwrap_or(LoadError::NotAPlugin)
@@ -164,7 +171,13 @@ fn classify(err: LibraryError) -> LoadError {
 fn error_lines(report: &str) -> String {
     const MAX: usize = 12;
     let lines: Vec<&str> = report.lines().map(str::trim).collect();
-    let value_after = |i: usize| lines[i + 1..].iter().find(|l| !l.is_empty()).copied().unwrap_or("?");
+    let value_after = |i: usize| {
+        lines[i + 1..]
+            .iter()
+            .find(|l| !l.is_empty())
+            .copied()
+            .unwrap_or("?")
+    };
     let mut out: Vec<String> = Vec::new();
     let mut path: Vec<&str> = Vec::new();
     let mut i = 0;
@@ -186,8 +199,14 @@ fn error_lines(report: &str) -> String {
             }
         } else if let Some(what) = line.strip_prefix("Error:") {
             let mut entry = format!("  Error: {}", what.trim());
-            let expected = lines[i..].iter().position(|l| *l == "Expected:").map(|p| value_after(i + p));
-            let found = lines[i..].iter().position(|l| *l == "Found:").map(|p| value_after(i + p));
+            let expected = lines[i..]
+                .iter()
+                .position(|l| *l == "Expected:")
+                .map(|p| value_after(i + p));
+            let found = lines[i..]
+                .iter()
+                .position(|l| *l == "Found:")
+                .map(|p| value_after(i + p));
             if let (Some(expected), Some(found)) = (expected, found) {
                 entry.push_str(&format!(": expected {expected}, found {found}"));
             }

@@ -68,7 +68,10 @@ impl Manifest {
         let config_dir = std::env::var_os("XDG_CONFIG_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
-        let candidates = [Some(PathBuf::from("plugins.toml")), config_dir.map(|d| d.join("p2ner/plugins.toml"))];
+        let candidates = [
+            Some(PathBuf::from("plugins.toml")),
+            config_dir.map(|d| d.join("p2ner/plugins.toml")),
+        ];
         for candidate in candidates.into_iter().flatten() {
             if candidate.is_file() {
                 return Manifest::read(&candidate);
@@ -103,7 +106,10 @@ mod tests {
         )
         .unwrap();
         let m = Manifest::read(&path).unwrap();
-        assert_eq!(m.search_dirs(), vec![dir.path().join("plugins.d"), PathBuf::from("/abs")]);
+        assert_eq!(
+            m.search_dirs(),
+            vec![dir.path().join("plugins.d"), PathBuf::from("/abs")]
+        );
         assert_eq!(m.pins["p2ner.output/null"], "mine");
         assert_eq!(m.defaults["output"], "null");
     }
@@ -114,7 +120,10 @@ mod tests {
         let path = dir.path().join("plugins.toml");
         std::fs::write(&path, "serch = []\n").unwrap();
         let err = format!("{:#}", Manifest::read(&path).unwrap_err());
-        assert!(err.contains("plugins.toml") && err.contains("serch"), "{err}");
+        assert!(
+            err.contains("plugins.toml") && err.contains("serch"),
+            "{err}"
+        );
         std::fs::write(&path, "[pins]\nnull = \"x\"\n").unwrap();
         let err = format!("{:#}", Manifest::read(&path).unwrap_err());
         assert!(err.contains("GROUP/NAME"), "{err}");

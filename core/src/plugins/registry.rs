@@ -123,7 +123,11 @@ impl Registry {
                         super::Origin::Flag => Severity::Error,
                         _ => Severity::Warning,
                     };
-                    registry.problem(severity, Some(&dir.path), format!("cannot read plugin folder (from {}): {e}", dir.origin));
+                    registry.problem(
+                        severity,
+                        Some(&dir.path),
+                        format!("cannot read plugin folder (from {}): {e}", dir.origin),
+                    );
                     continue;
                 }
             };
@@ -174,20 +178,44 @@ impl Registry {
         let mut bad = Vec::new();
         for (c, info) in library.info.components.iter().enumerate() {
             let Some(group) = Group::parse(&info.group) else {
-                bad.push((Severity::Warning, format!("component '{}' is in group '{}', which this p2ner does not know; ignored", info.name, info.group)));
+                bad.push((
+                    Severity::Warning,
+                    format!(
+                        "component '{}' is in group '{}', which this p2ner does not know; ignored",
+                        info.name, info.group
+                    ),
+                ));
                 continue;
             };
             if let Err(e) = Version::parse(&info.version) {
-                bad.push((Severity::Error, format!("{group}/{}: version '{}' is not semver: {e}", info.name, info.version)));
+                bad.push((
+                    Severity::Error,
+                    format!(
+                        "{group}/{}: version '{}' is not semver: {e}",
+                        info.name, info.version
+                    ),
+                ));
                 continue;
             }
             if info.name.is_empty() || info.name.contains(['/', ' ']) {
-                bad.push((Severity::Error, format!("{group}: component name '{}' must be non-empty, without '/' or spaces", info.name)));
+                bad.push((
+                    Severity::Error,
+                    format!(
+                        "{group}: component name '{}' must be non-empty, without '/' or spaces",
+                        info.name
+                    ),
+                ));
                 continue;
             }
-            let offers = self.offers.entry((group, info.name.to_string())).or_default();
+            let offers = self
+                .offers
+                .entry((group, info.name.to_string()))
+                .or_default();
             if offers.iter().any(|&(l, _)| l == index) {
-                bad.push((Severity::Error, format!("{group}/{} is declared twice", info.name)));
+                bad.push((
+                    Severity::Error,
+                    format!("{group}/{} is declared twice", info.name),
+                ));
                 continue;
             }
             offers.push((index, c));
@@ -216,7 +244,11 @@ impl Registry {
     }
 
     /// The offer a pin selects, or the conflict error naming every offer.
-    fn pinned(&self, key: &str, offers: &[(usize, usize)]) -> Result<(usize, usize), ComponentError> {
+    fn pinned(
+        &self,
+        key: &str,
+        offers: &[(usize, usize)],
+    ) -> Result<(usize, usize), ComponentError> {
         if let Some(pin) = self.pins.get(key) {
             let chosen = offers.iter().find(|&&(l, _)| {
                 let lib = &self.libraries[l];
@@ -256,7 +288,9 @@ impl Registry {
     /// Every offered component, conflicting ones included, by group and name.
     pub fn components(&self) -> impl Iterator<Item = Component<'_>> {
         self.offers.iter().flat_map(move |((group, _), offers)| {
-            offers.iter().map(move |&(l, c)| self.component(*group, l, c))
+            offers
+                .iter()
+                .map(move |&(l, c)| self.component(*group, l, c))
         })
     }
 
@@ -271,7 +305,12 @@ impl Registry {
 
     /// The component that `group`/`name` resolves to: the only offer, or the
     /// pinned one; with `version`, it must satisfy that requirement.
-    pub fn find(&self, group: Group, name: &str, version: Option<&VersionReq>) -> Result<Component<'_>, ComponentError> {
+    pub fn find(
+        &self,
+        group: Group,
+        name: &str,
+        version: Option<&VersionReq>,
+    ) -> Result<Component<'_>, ComponentError> {
         let Some(offers) = self.offers.get(&(group, name.to_owned())) else {
             let available: Vec<String> = self
                 .components()
@@ -320,24 +359,59 @@ impl Registry {
             .join(", ")
     }
 
-    pub fn new_scheduler(&self, name: &str, version: Option<&VersionReq>, given: &Params) -> Result<SchedulerBox, ComponentError> {
-        self.instantiate(Group::Scheduler, name, version, given, |lib, n, p| (lib.module.new_scheduler())(n, p))
+    pub fn new_scheduler(
+        &self,
+        name: &str,
+        version: Option<&VersionReq>,
+        given: &Params,
+    ) -> Result<SchedulerBox, ComponentError> {
+        self.instantiate(Group::Scheduler, name, version, given, |lib, n, p| {
+            (lib.module.new_scheduler())(n, p)
+        })
     }
 
-    pub fn new_overlay(&self, name: &str, version: Option<&VersionReq>, given: &Params) -> Result<OverlayBox, ComponentError> {
-        self.instantiate(Group::Overlay, name, version, given, |lib, n, p| (lib.module.new_overlay())(n, p))
+    pub fn new_overlay(
+        &self,
+        name: &str,
+        version: Option<&VersionReq>,
+        given: &Params,
+    ) -> Result<OverlayBox, ComponentError> {
+        self.instantiate(Group::Overlay, name, version, given, |lib, n, p| {
+            (lib.module.new_overlay())(n, p)
+        })
     }
 
-    pub fn new_input(&self, name: &str, version: Option<&VersionReq>, given: &Params) -> Result<InputBox, ComponentError> {
-        self.instantiate(Group::Input, name, version, given, |lib, n, p| (lib.module.new_input())(n, p))
+    pub fn new_input(
+        &self,
+        name: &str,
+        version: Option<&VersionReq>,
+        given: &Params,
+    ) -> Result<InputBox, ComponentError> {
+        self.instantiate(Group::Input, name, version, given, |lib, n, p| {
+            (lib.module.new_input())(n, p)
+        })
     }
 
-    pub fn new_output(&self, name: &str, version: Option<&VersionReq>, given: &Params) -> Result<OutputBox, ComponentError> {
-        self.instantiate(Group::Output, name, version, given, |lib, n, p| (lib.module.new_output())(n, p))
+    pub fn new_output(
+        &self,
+        name: &str,
+        version: Option<&VersionReq>,
+        given: &Params,
+    ) -> Result<OutputBox, ComponentError> {
+        self.instantiate(Group::Output, name, version, given, |lib, n, p| {
+            (lib.module.new_output())(n, p)
+        })
     }
 
-    pub fn new_frontend(&self, name: &str, version: Option<&VersionReq>, given: &Params) -> Result<FrontendBox, ComponentError> {
-        self.instantiate(Group::Frontend, name, version, given, |lib, n, p| (lib.module.new_frontend())(n, p))
+    pub fn new_frontend(
+        &self,
+        name: &str,
+        version: Option<&VersionReq>,
+        given: &Params,
+    ) -> Result<FrontendBox, ComponentError> {
+        self.instantiate(Group::Frontend, name, version, given, |lib, n, p| {
+            (lib.module.new_frontend())(n, p)
+        })
     }
 
     fn instantiate<T>(
@@ -349,9 +423,11 @@ impl Registry {
         make: impl FnOnce(&Library, RStr<'_>, &Params) -> abi_stable::std_types::RResult<T, PluginError>,
     ) -> Result<T, ComponentError> {
         let component = self.find(group, name, version)?;
-        let params = complete_params(component.info, given).map_err(|message| ComponentError::BadParams {
-            key: component.key(),
-            message,
+        let params = complete_params(component.info, given).map_err(|message| {
+            ComponentError::BadParams {
+                key: component.key(),
+                message,
+            }
         })?;
         tracing::debug!(component = %component.key(), library = %component.library.path.display(), "instantiating");
         make(component.library, RStr::from_str(name), &params)

@@ -40,7 +40,11 @@ pub fn search_path(
     exe_dir: Option<PathBuf>,
 ) -> Vec<SearchDir> {
     let dir = |path: PathBuf, origin| SearchDir { path, origin };
-    let mut dirs: Vec<SearchDir> = flag_dirs.iter().cloned().map(|p| dir(p, Origin::Flag)).collect();
+    let mut dirs: Vec<SearchDir> = flag_dirs
+        .iter()
+        .cloned()
+        .map(|p| dir(p, Origin::Flag))
+        .collect();
     if let Some(env) = env {
         dirs.extend(
             std::env::split_paths(&env)
@@ -48,7 +52,12 @@ pub fn search_path(
                 .map(|p| dir(p, Origin::Env)),
         );
     }
-    dirs.extend(manifest.search_dirs().into_iter().map(|p| dir(p, Origin::Manifest)));
+    dirs.extend(
+        manifest
+            .search_dirs()
+            .into_iter()
+            .map(|p| dir(p, Origin::Manifest)),
+    );
     dirs.extend(exe_dir.map(|p| dir(p, Origin::ExeDir)));
     dirs
 }

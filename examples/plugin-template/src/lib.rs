@@ -107,11 +107,22 @@ mod tests {
             s.on_neighbour_up(0, PeerId(id), Link::BOTH, &mut out);
         }
         // Upstream-only neighbours never get chunks.
-        s.on_neighbour_up(0, PeerId(9), Link { upstream: true, downstream: false }, &mut out);
+        s.on_neighbour_up(
+            0,
+            PeerId(9),
+            Link {
+                upstream: true,
+                downstream: false,
+            },
+            &mut out,
+        );
         s.on_chunk(0, 0, None, &mut out);
         s.on_chunk(0, 1, None, &mut out);
         s.on_chunk(0, 2, Some(PeerId(2)), &mut out);
-        assert_eq!(sent(&actions), vec![(1, 0), (2, 0), (3, 1), (1, 1), (3, 2), (1, 2)]);
+        assert_eq!(
+            sent(&actions),
+            vec![(1, 0), (2, 0), (3, 1), (1, 1), (3, 2), (1, 2)]
+        );
     }
 
     #[test]

@@ -92,15 +92,26 @@ impl EngineControl {
     }
 
     pub fn publish(&self, request: &Params) -> Result<String, String> {
-        self.0.publish(request).into_result().map(String::from).map_err(String::from)
+        self.0
+            .publish(request)
+            .into_result()
+            .map(String::from)
+            .map_err(String::from)
     }
 
     pub fn subscribe(&self, request: &Params) -> Result<String, String> {
-        self.0.subscribe(request).into_result().map(String::from).map_err(String::from)
+        self.0
+            .subscribe(request)
+            .into_result()
+            .map(String::from)
+            .map_err(String::from)
     }
 
     pub fn unsubscribe(&self, id: &str) -> Result<(), String> {
-        self.0.unsubscribe(id.into()).into_result().map_err(String::from)
+        self.0
+            .unsubscribe(id.into())
+            .into_result()
+            .map_err(String::from)
     }
 
     pub fn plugins(&self) -> Vec<ComponentInfo> {

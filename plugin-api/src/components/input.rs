@@ -37,7 +37,8 @@ pub trait Input: Send + 'static {
 #[sabi_trait]
 pub trait InputAbi: Send {
     fn start(&mut self, now_us: u64) -> RResult<StreamFormat, PluginError>;
-    fn poll(&mut self, now_us: u64, out: &mut RVec<MediaChunk>) -> RResult<InputState, PluginError>;
+    fn poll(&mut self, now_us: u64, out: &mut RVec<MediaChunk>)
+        -> RResult<InputState, PluginError>;
     #[sabi(last_prefix_field)]
     fn stop(&mut self) -> RResult<(), PluginError>;
 }
@@ -46,7 +47,11 @@ impl<T: Input> InputAbi for Guarded<T> {
     fn start(&mut self, now_us: u64) -> RResult<StreamFormat, PluginError> {
         self.guard(|i| i.start(now_us))
     }
-    fn poll(&mut self, now_us: u64, out: &mut RVec<MediaChunk>) -> RResult<InputState, PluginError> {
+    fn poll(
+        &mut self,
+        now_us: u64,
+        out: &mut RVec<MediaChunk>,
+    ) -> RResult<InputState, PluginError> {
         self.guard(|i| i.poll(now_us, out))
     }
     fn stop(&mut self) -> RResult<(), PluginError> {

@@ -29,6 +29,16 @@ pub use output::{OutputAbi, OutputAbi_TO};
 pub use overlay::{OverlayAbi, OverlayAbi_TO};
 pub use scheduler::{SchedulerAbi, SchedulerAbi_TO};
 
+/// Kept out of line: the hot path of every call is the check above it.
+#[cold]
+#[inline(never)]
+fn poisoned<R>(first: &RString) -> RResult<R, PluginError> {
+    RResult::RErr(PluginError {
+        message: format!("component is poisoned by an earlier panic: {first}").into(),
+        panicked: true,
+    })
+}
+
 /// A plugin author's component, wrapped so that a panic poisons it instead of
 /// aborting the process.
 pub struct Guarded<T> {
@@ -45,25 +55,35 @@ impl<T> Guarded<T> {
     }
 
     /// Runs one component call; a panic becomes an error and poisons the component.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn guard<R>(
         &mut self,
         call: impl FnOnce(&mut T) -> Result<R, PluginError>,
     ) -> RResult<R, PluginError> {
         if let Some(first) = &self.poisoned {
-            return RResult::RErr(PluginError {
-                message: format!("component is poisoned by an earlier panic: {first}").into(),
-                panicked: true,
-            });
+            return poisoned(first);
         }
         let inner = &mut self.inner;
         match catch_unwind(AssertUnwindSafe(|| call(inner))) {
             Ok(result) => result.into(),
-            Err(payload) => {
-                let message = crate::export::panic_message(payload);
-                self.poisoned = Some(message.as_str().into());
-                RResult::RErr(PluginError::panicked(message))
-            }
+            Err(payload) => self.poison(payload),
         }
+    }
+
+    /// [`Guarded::guard`] for event handlers, which cannot fail but by panicking.
+    #[inline(always)]
+    pub(crate) fn event(&mut self, call: impl FnOnce(&mut T)) -> RResult<(), PluginError> {
+        self.guard(|inner| {
+            call(inner);
+            Ok(())
+        })
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn poison<R>(&mut self, payload: Box<dyn std::any::Any + Send>) -> RResult<R, PluginError> {
+        let message = crate::export::panic_message(payload);
+        self.poisoned = Some(message.as_str().into());
+        RResult::RErr(PluginError::panicked(message))
     }
 }

@@ -81,9 +81,23 @@ pub trait Overlay: Send + 'static {
     fn on_connected(&mut self, _now_us: u64, _peer: &PeerInfo, _out: &mut OverlayOut<'_>) {}
     /// A link is down, or a connection attempt failed.
     fn on_disconnected(&mut self, _now_us: u64, _peer: PeerId, _out: &mut OverlayOut<'_>) {}
-    fn on_message(&mut self, _now_us: u64, _peer: PeerId, _payload: &[u8], _out: &mut OverlayOut<'_>) {}
+    fn on_message(
+        &mut self,
+        _now_us: u64,
+        _peer: PeerId,
+        _payload: &[u8],
+        _out: &mut OverlayOut<'_>,
+    ) {
+    }
     /// Periodic measurements of a neighbour, to replace useless ones.
-    fn on_report(&mut self, _now_us: u64, _peer: PeerId, _report: NeighbourReport, _out: &mut OverlayOut<'_>) {}
+    fn on_report(
+        &mut self,
+        _now_us: u64,
+        _peer: PeerId,
+        _report: NeighbourReport,
+        _out: &mut OverlayOut<'_>,
+    ) {
+    }
     fn on_tick(&mut self, _now_us: u64, _out: &mut OverlayOut<'_>) {}
 }
 
@@ -129,8 +143,7 @@ pub trait OverlayAbi: Send {
         out: &mut RVec<OverlayAction>,
     ) -> RResult<(), PluginError>;
     #[sabi(last_prefix_field)]
-    fn on_tick(&mut self, now_us: u64, out: &mut RVec<OverlayAction>)
-        -> RResult<(), PluginError>;
+    fn on_tick(&mut self, now_us: u64, out: &mut RVec<OverlayAction>) -> RResult<(), PluginError>;
 }
 
 impl<T: Overlay> OverlayAbi for Guarded<T> {
@@ -140,7 +153,7 @@ impl<T: Overlay> OverlayAbi for Guarded<T> {
         ctx: &OverlayContext,
         out: &mut RVec<OverlayAction>,
     ) -> RResult<(), PluginError> {
-        self.guard(|o| Ok(o.on_start(now_us, ctx, &mut OverlayOut(out))))
+        self.event(|o| o.on_start(now_us, ctx, &mut OverlayOut(out)))
     }
     fn on_candidates(
         &mut self,
@@ -148,7 +161,7 @@ impl<T: Overlay> OverlayAbi for Guarded<T> {
         peers: RSlice<'_, PeerInfo>,
         out: &mut RVec<OverlayAction>,
     ) -> RResult<(), PluginError> {
-        self.guard(|o| Ok(o.on_candidates(now_us, peers.as_slice(), &mut OverlayOut(out))))
+        self.event(|o| o.on_candidates(now_us, peers.as_slice(), &mut OverlayOut(out)))
     }
     fn on_connected(
         &mut self,
@@ -156,7 +169,7 @@ impl<T: Overlay> OverlayAbi for Guarded<T> {
         peer: &PeerInfo,
         out: &mut RVec<OverlayAction>,
     ) -> RResult<(), PluginError> {
-        self.guard(|o| Ok(o.on_connected(now_us, peer, &mut OverlayOut(out))))
+        self.event(|o| o.on_connected(now_us, peer, &mut OverlayOut(out)))
     }
     fn on_disconnected(
         &mut self,
@@ -164,7 +177,7 @@ impl<T: Overlay> OverlayAbi for Guarded<T> {
         peer: PeerId,
         out: &mut RVec<OverlayAction>,
     ) -> RResult<(), PluginError> {
-        self.guard(|o| Ok(o.on_disconnected(now_us, peer, &mut OverlayOut(out))))
+        self.event(|o| o.on_disconnected(now_us, peer, &mut OverlayOut(out)))
     }
     fn on_message(
         &mut self,
@@ -173,7 +186,7 @@ impl<T: Overlay> OverlayAbi for Guarded<T> {
         payload: RSlice<'_, u8>,
         out: &mut RVec<OverlayAction>,
     ) -> RResult<(), PluginError> {
-        self.guard(|o| Ok(o.on_message(now_us, peer, payload.as_slice(), &mut OverlayOut(out))))
+        self.event(|o| o.on_message(now_us, peer, payload.as_slice(), &mut OverlayOut(out)))
     }
     fn on_report(
         &mut self,
@@ -182,13 +195,9 @@ impl<T: Overlay> OverlayAbi for Guarded<T> {
         report: NeighbourReport,
         out: &mut RVec<OverlayAction>,
     ) -> RResult<(), PluginError> {
-        self.guard(|o| Ok(o.on_report(now_us, peer, report, &mut OverlayOut(out))))
+        self.event(|o| o.on_report(now_us, peer, report, &mut OverlayOut(out)))
     }
-    fn on_tick(
-        &mut self,
-        now_us: u64,
-        out: &mut RVec<OverlayAction>,
-    ) -> RResult<(), PluginError> {
-        self.guard(|o| Ok(o.on_tick(now_us, &mut OverlayOut(out))))
+    fn on_tick(&mut self, now_us: u64, out: &mut RVec<OverlayAction>) -> RResult<(), PluginError> {
+        self.event(|o| o.on_tick(now_us, &mut OverlayOut(out)))
     }
 }

@@ -98,15 +98,43 @@ impl<'a> SchedOut<'a> {
 pub trait Scheduler: Send + 'static {
     fn on_start(&mut self, _now_us: u64, _ctx: &SchedContext, _out: &mut SchedOut<'_>) {}
     /// The overlay made `peer` a neighbour; `link` says which way media may flow.
-    fn on_neighbour_up(&mut self, _now_us: u64, _peer: PeerId, _link: Link, _out: &mut SchedOut<'_>) {}
+    fn on_neighbour_up(
+        &mut self,
+        _now_us: u64,
+        _peer: PeerId,
+        _link: Link,
+        _out: &mut SchedOut<'_>,
+    ) {
+    }
     fn on_neighbour_down(&mut self, _now_us: u64, _peer: PeerId, _out: &mut SchedOut<'_>) {}
     /// A verified chunk entered the local buffer: from `from`, or produced
     /// here by the input when `from` is `None`.
-    fn on_chunk(&mut self, _now_us: u64, _seq: u64, _from: Option<PeerId>, _out: &mut SchedOut<'_>) {}
+    fn on_chunk(
+        &mut self,
+        _now_us: u64,
+        _seq: u64,
+        _from: Option<PeerId>,
+        _out: &mut SchedOut<'_>,
+    ) {
+    }
     /// A [`SchedAction::SendMessage`] from the scheduler at `peer`.
-    fn on_message(&mut self, _now_us: u64, _peer: PeerId, _payload: &[u8], _out: &mut SchedOut<'_>) {}
+    fn on_message(
+        &mut self,
+        _now_us: u64,
+        _peer: PeerId,
+        _payload: &[u8],
+        _out: &mut SchedOut<'_>,
+    ) {
+    }
     /// The data channel towards `peer` can take more (or less).
-    fn on_capacity(&mut self, _now_us: u64, _peer: PeerId, _capacity: Capacity, _out: &mut SchedOut<'_>) {}
+    fn on_capacity(
+        &mut self,
+        _now_us: u64,
+        _peer: PeerId,
+        _capacity: Capacity,
+        _out: &mut SchedOut<'_>,
+    ) {
+    }
     /// Local playback moved.
     fn on_playout(&mut self, _now_us: u64, _playout: Playout, _out: &mut SchedOut<'_>) {}
     /// Called at the engine's tick rate (and by the simulator's clock).
@@ -173,7 +201,7 @@ impl<T: Scheduler> SchedulerAbi for Guarded<T> {
         ctx: &SchedContext,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError> {
-        self.guard(|s| Ok(s.on_start(now_us, ctx, &mut SchedOut(out))))
+        self.event(|s| s.on_start(now_us, ctx, &mut SchedOut(out)))
     }
     fn on_neighbour_up(
         &mut self,
@@ -182,7 +210,7 @@ impl<T: Scheduler> SchedulerAbi for Guarded<T> {
         link: Link,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError> {
-        self.guard(|s| Ok(s.on_neighbour_up(now_us, peer, link, &mut SchedOut(out))))
+        self.event(|s| s.on_neighbour_up(now_us, peer, link, &mut SchedOut(out)))
     }
     fn on_neighbour_down(
         &mut self,
@@ -190,7 +218,7 @@ impl<T: Scheduler> SchedulerAbi for Guarded<T> {
         peer: PeerId,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError> {
-        self.guard(|s| Ok(s.on_neighbour_down(now_us, peer, &mut SchedOut(out))))
+        self.event(|s| s.on_neighbour_down(now_us, peer, &mut SchedOut(out)))
     }
     fn on_chunk(
         &mut self,
@@ -199,7 +227,7 @@ impl<T: Scheduler> SchedulerAbi for Guarded<T> {
         from: ROption<PeerId>,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError> {
-        self.guard(|s| Ok(s.on_chunk(now_us, seq, from.into_option(), &mut SchedOut(out))))
+        self.event(|s| s.on_chunk(now_us, seq, from.into_option(), &mut SchedOut(out)))
     }
     fn on_message(
         &mut self,
@@ -208,7 +236,7 @@ impl<T: Scheduler> SchedulerAbi for Guarded<T> {
         payload: RSlice<'_, u8>,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError> {
-        self.guard(|s| Ok(s.on_message(now_us, peer, payload.as_slice(), &mut SchedOut(out))))
+        self.event(|s| s.on_message(now_us, peer, payload.as_slice(), &mut SchedOut(out)))
     }
     fn on_capacity(
         &mut self,
@@ -217,7 +245,7 @@ impl<T: Scheduler> SchedulerAbi for Guarded<T> {
         capacity: Capacity,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError> {
-        self.guard(|s| Ok(s.on_capacity(now_us, peer, capacity, &mut SchedOut(out))))
+        self.event(|s| s.on_capacity(now_us, peer, capacity, &mut SchedOut(out)))
     }
     fn on_playout(
         &mut self,
@@ -225,9 +253,9 @@ impl<T: Scheduler> SchedulerAbi for Guarded<T> {
         playout: Playout,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError> {
-        self.guard(|s| Ok(s.on_playout(now_us, playout, &mut SchedOut(out))))
+        self.event(|s| s.on_playout(now_us, playout, &mut SchedOut(out)))
     }
     fn on_tick(&mut self, now_us: u64, out: &mut RVec<SchedAction>) -> RResult<(), PluginError> {
-        self.guard(|s| Ok(s.on_tick(now_us, &mut SchedOut(out))))
+        self.event(|s| s.on_tick(now_us, &mut SchedOut(out)))
     }
 }

@@ -97,7 +97,11 @@ fn register(lib: &mut Registrar) {
         )
         .param("bitrate_kbps", "1000", "stream bitrate in kbit/s")
         .param("chunk_ms", "100", "media per chunk in milliseconds")
-        .param("keyframe_every", "10", "every Nth chunk is marked as a keyframe")
+        .param(
+            "keyframe_every",
+            "10",
+            "every Nth chunk is marked as a keyframe",
+        )
         .param("chunks", "0", "stop after this many chunks (0: never)"),
         Synthetic::new,
     );
@@ -130,7 +134,11 @@ mod tests {
         input.poll(1_001_000, &mut out).unwrap();
         assert_eq!(out.len(), 26);
         let bytes: usize = out.iter().take(25).map(|c| c.data.len()).sum();
-        assert_eq!(bytes, 800 * 1000 / 8, "one second of chunks is one second of bitrate");
+        assert_eq!(
+            bytes,
+            800 * 1000 / 8,
+            "one second of chunks is one second of bitrate"
+        );
         for (i, chunk) in out.iter().enumerate() {
             assert_eq!(synthetic::verify(&chunk.data), Some(i as u64));
             assert_eq!(chunk.pts_us, i as u64 * 40_000);
@@ -145,7 +153,9 @@ mod tests {
         let mut out = RVec::new();
         assert_eq!(input.poll(10_000_000, &mut out).unwrap(), InputState::Ended);
         assert_eq!(out.len(), 3);
-        let err = Synthetic::new(&[("bitrate_kbps", "0")].into_iter().collect()).err().unwrap();
+        let err = Synthetic::new(&[("bitrate_kbps", "0")].into_iter().collect())
+            .err()
+            .unwrap();
         assert!(err.message.contains("positive"));
     }
 }

@@ -52,8 +52,16 @@ impl Output for Null {
 
 fn register(lib: &mut Registrar) {
     lib.output(
-        ComponentSpec::new("null", env!("CARGO_PKG_VERSION"), "counts chunks and discards them")
-            .param("verify", "false", "check each chunk against the synthetic test signal"),
+        ComponentSpec::new(
+            "null",
+            env!("CARGO_PKG_VERSION"),
+            "counts chunks and discards them",
+        )
+        .param(
+            "verify",
+            "false",
+            "check each chunk against the synthetic test signal",
+        ),
         Null::new,
     );
 }
@@ -89,6 +97,9 @@ mod tests {
         out.push(chunk(6, &bad)).unwrap();
         out.gap(7).unwrap();
         let report = out.finish().unwrap();
-        assert_eq!((report.chunks, report.bytes, report.errors, report.gaps), (2, 200, 1, 1));
+        assert_eq!(
+            (report.chunks, report.bytes, report.errors, report.gaps),
+            (2, 200, 1, 1)
+        );
     }
 }
