@@ -55,7 +55,7 @@ fn main() {
     let data = [7u8; 64];
 
     let abi = best_ns(|| {
-        let _ = black_box(via_abi.push(black_box(chunk(&data))));
+        let _ = black_box(via_abi.push(&black_box(chunk(&data))));
     });
     let inlined = best_ns(|| {
         let _ = black_box(Output::push(

@@ -102,13 +102,13 @@ fn builtin_plugins_instantiate_through_their_cdylibs_and_stream() {
             keyframe: chunk.keyframe,
             data: chunk.data.as_slice().into(),
         };
-        output.push(chunk).unwrap();
+        output.push(&chunk).unwrap();
     }
     // A corrupted chunk is caught by the output's check, across the boundary.
     let mut bad = chunks[3].data.to_vec();
     bad[20] ^= 0xff;
     output
-        .push(ChunkRef {
+        .push(&ChunkRef {
             seq: 99,
             pts_us: 0,
             duration_us: 0,
@@ -334,7 +334,7 @@ fn a_panicking_component_fails_alone_and_the_process_lives() {
     fresh.on_start(0, &ctx, &mut out).unwrap();
     let mut output = registry.new_output("null", None, &Params::new()).unwrap();
     output
-        .push(ChunkRef {
+        .push(&ChunkRef {
             seq: 0,
             pts_us: 0,
             duration_us: 0,

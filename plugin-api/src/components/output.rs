@@ -57,7 +57,8 @@ pub trait Output: Send + 'static {
 #[sabi_trait]
 pub trait OutputAbi: Send {
     fn start(&mut self, format: &StreamFormat) -> RResult<(), PluginError>;
-    fn push(&mut self, chunk: ChunkRef<'_>) -> RResult<(), PluginError>;
+    /// By reference: one pointer crosses the boundary instead of the struct.
+    fn push(&mut self, chunk: &ChunkRef<'_>) -> RResult<(), PluginError>;
     fn gap(&mut self, seq: u64) -> RResult<(), PluginError>;
     #[sabi(last_prefix_field)]
     fn finish(&mut self) -> RResult<OutputReport, PluginError>;
@@ -68,8 +69,8 @@ impl<T: Output> OutputAbi for Guarded<T> {
         self.guard(|o| o.start(format))
     }
     #[inline]
-    fn push(&mut self, chunk: ChunkRef<'_>) -> RResult<(), PluginError> {
-        self.guard(|o| o.push(chunk))
+    fn push(&mut self, chunk: &ChunkRef<'_>) -> RResult<(), PluginError> {
+        self.guard(|o| o.push(*chunk))
     }
     fn gap(&mut self, seq: u64) -> RResult<(), PluginError> {
         self.guard(|o| o.gap(seq))
