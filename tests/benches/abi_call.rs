@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use p2ner_core::plugins::{Origin, Registry, SearchDir};
+use p2ner_core::plugins::Registry;
 use p2ner_plugin_api::{ChunkRef, Output, Params};
 
 const CALLS: u64 = 20_000_000;
@@ -39,13 +39,7 @@ fn best_ns(mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let dir = p2ner_tests::profile_dir();
-    let registry = Registry::load(
-        vec![SearchDir {
-            path: dir.clone(),
-            origin: Origin::Flag,
-        }],
-        Default::default(),
-    );
+    let registry = Registry::load_dirs(&[&dir]);
     let mut via_abi = registry
         .new_output("null", None, &Params::new())
         .unwrap_or_else(|e| panic!("{e} (build with `cargo build --release --workspace` first)"));

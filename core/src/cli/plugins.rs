@@ -9,9 +9,7 @@ use clap::Subcommand;
 use p2ner_plugin_api::{Group, Params};
 use serde_json::json;
 
-use crate::plugins::{
-    libraries_in, Component, Origin, PluginOptions, Registry, SearchDir, Severity,
-};
+use crate::plugins::{libraries_in, Component, PluginOptions, Registry, Severity};
 
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
@@ -226,13 +224,7 @@ fn check(dir: &std::path::Path, _options: &PluginOptions) -> Result<ExitCode> {
             dir.display()
         );
     }
-    let registry = Registry::load(
-        vec![SearchDir {
-            path: dir.to_owned(),
-            origin: Origin::Flag,
-        }],
-        Default::default(),
-    );
+    let registry = Registry::load_dirs(&[dir]);
     let mut errors = registry
         .problems()
         .iter()

@@ -164,6 +164,19 @@ impl Registry {
         registry
     }
 
+    /// Loads the libraries of the given folders only, as if each were named
+    /// with `--plugin-dir`, without pins: what `plugins check` and tests use.
+    pub fn load_dirs(dirs: &[&Path]) -> Registry {
+        let dirs = dirs
+            .iter()
+            .map(|d| SearchDir {
+                path: d.to_path_buf(),
+                origin: super::Origin::Flag,
+            })
+            .collect();
+        Registry::load(dirs, BTreeMap::new())
+    }
+
     fn problem(&mut self, severity: Severity, path: Option<&Path>, message: String) {
         self.problems.push(Problem {
             severity,
