@@ -79,7 +79,7 @@ impl Input for Synthetic {
             out.push(MediaChunk {
                 pts_us,
                 duration_us: self.chunk_us,
-                keyframe: self.next_index % self.keyframe_every == 0,
+                keyframe: self.next_index.is_multiple_of(self.keyframe_every),
                 data: synthetic::payload(self.next_index, len).into(),
             });
             self.next_index += 1;

@@ -1,0 +1,70 @@
+//! Input and output `gst`: real video through GStreamer.
+//!
+//! The input captures a source (test pattern, file, camera, or a third-party
+//! live stream by URI), transcodes it to the stream's quality as H.264
+//! (+ Opus audio) in MPEG-TS, and cuts the transport stream into chunks that
+//! start on keyframes. The output plays the stream, writes it to a file, or
+//! decodes and discards it to measure decoding errors.
+//!
+//! GStreamer runs its pipelines on its own threads; the engine polls and
+//! pushes through the plain plugin interface, so nothing async crosses the
+//! boundary.
+
+mod chunker;
+mod input;
+mod output;
+mod source;
+
+pub use chunker::Chunker;
+pub use input::GstInput;
+pub use output::GstOutput;
+pub use source::Source;
+
+use p2ner_plugin_api::prelude::*;
+
+/// GStreamer must be initialised once per process before any element is made.
+fn init() -> Result<(), PluginError> {
+    gstreamer::init().map_err(|e| PluginError::new(format!("GStreamer failed to initialise: {e}")))
+}
+
+fn register(lib: &mut Registrar) {
+    lib.input(
+        ComponentSpec::new(
+            "gst",
+            env!("CARGO_PKG_VERSION"),
+            "GStreamer capture: test pattern, file, camera or rtp/udp/http/rtsp URI, transcoded to H.264+Opus in MPEG-TS",
+        )
+        .param(
+            "source",
+            "test",
+            "test | FILE | v4l2:/dev/videoN | rtp://, udp://, http(s)://, rtsp://, file:// URI",
+        )
+        .param("bitrate_kbps", "1000", "total bitrate (video gets this minus the audio)")
+        .param("width", "640", "output width in pixels")
+        .param("height", "360", "output height in pixels")
+        .param("fps", "25", "output frame rate")
+        .param("chunk_ms", "200", "media per chunk; chunks also start at every keyframe")
+        .param("keyframe_ms", "1000", "at most this long between keyframes (how soon a joiner can start)")
+        .param("audio", "auto", "encode audio (Opus 64 kbit/s): true | false | auto (only the test source)")
+        .param("loop", "true", "restart a file source at its end instead of ending the stream")
+        .param("live", "true", "pace the test source in real time (false: as fast as possible)")
+        .param("timeout_ms", "10000", "a source silent this long is reported dead"),
+        GstInput::new,
+    );
+    lib.output(
+        ComponentSpec::new(
+            "gst",
+            env!("CARGO_PKG_VERSION"),
+            "GStreamer playback: screen, MPEG-TS file, or decode-and-count",
+        )
+        .param("sink", "screen", "screen | decode | file:PATH"),
+        GstOutput::new,
+    );
+}
+
+p2ner_plugin_api::export_plugin!(
+    name: "p2ner-codec-gst",
+    version: env!("CARGO_PKG_VERSION"),
+    license: "MIT OR Apache-2.0",
+    register: register,
+);

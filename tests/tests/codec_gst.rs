@@ -1,0 +1,364 @@
+//! The GStreamer codec plugins, through their real cdylibs and real
+//! pipelines: capture and transcode, write, decode, and the failures a user
+//! meets (a missing file, a source that dies).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use p2ner_core::plugins::Registry;
+use p2ner_plugin_api::abi_stable::std_types::RVec;
+use p2ner_plugin_api::{ChunkRef, InputBox, InputState, MediaChunk, OutputBox, Params};
+use p2ner_tests::*;
+
+fn registry() -> Registry {
+    let registry = Registry::load_dirs(&[&profile_dir()]);
+    assert!(registry.problems().is_empty(), "{:?}", registry.problems());
+    registry
+}
+
+fn input(registry: &Registry, params: &[(&str, &str)]) -> InputBox {
+    registry
+        .new_input("gst", None, &params.iter().copied().collect())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn output(registry: &Registry, sink: &str) -> OutputBox {
+    registry
+        .new_output("gst", None, &Params::new().with("sink", sink))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn push(output: &mut OutputBox, seq: u64, chunk: &MediaChunk) {
+    let chunk = ChunkRef {
+        seq,
+        pts_us: chunk.pts_us,
+        duration_us: chunk.duration_us,
+        keyframe: chunk.keyframe,
+        data: chunk.data.as_slice().into(),
+    };
+    output.push(&chunk).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Polls `input` on a real clock for at most `limit`, as the engine would;
+/// returns every chunk and whether the input ended by itself.
+fn capture(input: &mut InputBox, limit: Duration) -> (Vec<MediaChunk>, bool) {
+    let start = Instant::now();
+    input.start(0).unwrap_or_else(|e| panic!("{e}"));
+    let mut chunks = RVec::new();
+    while start.elapsed() < limit {
+        let state = input
+            .poll(start.elapsed().as_micros() as u64, &mut chunks)
+            .unwrap_or_else(|e| panic!("{e}"));
+        if state == InputState::Ended {
+            return (chunks.into_vec(), true);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    input.stop().unwrap();
+    (chunks.into_vec(), false)
+}
+
+/// What gst-discoverer-1.0 says about a file: (video codec line, width, height, seconds).
+fn discover(path: &Path) -> (String, u32, u32, f64) {
+    let out = Command::new("gst-discoverer-1.0")
+        .arg(path)
+        .output()
+        .expect("gst-discoverer-1.0 (gstreamer1.0-plugins-base-apps)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .unwrap_or_else(|| panic!("no '{name}' in discoverer output:\n{text}"))
+            .trim()
+            .to_owned()
+    };
+    let video = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("video #"))
+        .unwrap_or_else(|| panic!("no video stream:\n{text}"))
+        .to_owned();
+    let duration = field("Duration:");
+    let mut secs = 0.0;
+    for part in duration.split(':') {
+        secs = secs * 60.0 + part.parse::<f64>().unwrap_or(0.0);
+    }
+    (
+        video,
+        field("Width:").parse().unwrap(),
+        field("Height:").parse().unwrap(),
+        secs,
+    )
+}
+
+#[test]
+fn test_source_is_transcoded_to_h264_and_written_by_the_file_sink_including_a_late_joiner() {
+    let registry = registry();
+    let mut input = input(
+        &registry,
+        &[
+            ("source", "test"),
+            ("bitrate_kbps", "800"),
+            ("width", "640"),
+            ("height", "360"),
+            ("chunk_ms", "200"),
+        ],
+    );
+    let (chunks, ended) = capture(&mut input, Duration::from_secs(7));
+    assert!(!ended);
+    assert!(chunks.len() >= 25, "only {} chunks in 7 s", chunks.len());
+    assert!(chunks[0].keyframe, "the stream must start on a keyframe");
+    let keyframes = chunks.iter().filter(|c| c.keyframe).count();
+    assert!(
+        keyframes >= 5,
+        "a keyframe at least every second: {keyframes}"
+    );
+    let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
+    let seconds = (chunks.last().unwrap().pts_us - chunks[0].pts_us) as f64 / 1e6;
+    let kbps = bytes as f64 * 8.0 / 1000.0 / seconds;
+    eprintln!("test source: {kbps:.0} kbit/s for an 800 kbit/s stream");
+    assert!(
+        (650.0..950.0).contains(&kbps),
+        "{kbps:.0} kbit/s for an 800 kbit/s stream"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole.ts");
+    let late = dir.path().join("late.ts");
+    let mut first = output(&registry, &format!("file:{}", whole.display()));
+    let mut joiner = output(&registry, &format!("file:{}", late.display()));
+    first.start(&Default::default()).unwrap();
+    joiner.start(&Default::default()).unwrap();
+    let join_at = chunks.len() / 2 + 1;
+    for (seq, chunk) in chunks.iter().enumerate() {
+        push(&mut first, seq as u64, chunk);
+        if seq >= join_at {
+            push(&mut joiner, seq as u64, chunk);
+        }
+    }
+    first.finish().unwrap();
+    joiner.finish().unwrap();
+
+    let (video, width, height, secs) = discover(&whole);
+    assert!(video.contains("H.264"), "{video}");
+    assert_eq!((width, height), (640, 360));
+    assert!(secs >= 5.0, "duration {secs}");
+    let (video, width, _, secs) = discover(&late);
+    assert!(video.contains("H.264") && width == 640, "{video}");
+    assert!(secs >= 2.0, "late joiner's duration {secs}");
+}
+
+/// A short H.264 MP4 made by gst-launch, the kind of file a user publishes.
+fn make_clip(path: &Path) {
+    let status = Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "videotestsrc",
+            "num-buffers=60",
+            "!",
+            "video/x-raw,width=320,height=240,framerate=30/1",
+            "!",
+            "x264enc",
+            "!",
+            "mp4mux",
+            "!",
+            "filesink",
+        ])
+        .arg(format!("location={}", path.display()))
+        .status()
+        .expect("gst-launch-1.0");
+    assert!(status.success());
+}
+
+#[test]
+fn a_file_source_streams_to_the_end_and_decodes_cleanly() {
+    let registry = registry();
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("clip.mp4");
+    make_clip(&clip);
+    let mut input = input(
+        &registry,
+        &[
+            ("source", clip.to_str().unwrap()),
+            ("loop", "false"),
+            ("live", "false"),
+            ("width", "320"),
+            ("height", "240"),
+            ("bitrate_kbps", "300"),
+        ],
+    );
+    let (chunks, ended) = capture(&mut input, Duration::from_secs(20));
+    assert!(ended, "a 2 s file without looping ends");
+    let mut decoder = output(&registry, "decode");
+    decoder.start(&Default::default()).unwrap();
+    for (seq, chunk) in chunks.iter().enumerate() {
+        push(&mut decoder, seq as u64, chunk);
+    }
+    let report = decoder.finish().unwrap();
+    assert_eq!(report.errors, 0, "{report:?}");
+    let frames: u64 = report
+        .detail
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(frames >= 50, "{}", report.detail);
+}
+
+struct Sender(Child);
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_udp_source_streams_and_its_death_is_a_clear_error() {
+    let registry = registry();
+    let port = free_udp_port();
+    let sender = Sender(
+        Command::new("gst-launch-1.0")
+            .args([
+                "-q",
+                "videotestsrc",
+                "is-live=true",
+                "!",
+                "video/x-raw,width=320,height=240,framerate=25/1",
+                "!",
+                "x264enc",
+                "tune=zerolatency",
+                "key-int-max=25",
+                "!",
+                "mpegtsmux",
+                "!",
+                "udpsink",
+                "host=127.0.0.1",
+            ])
+            .arg(format!("port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gst-launch-1.0"),
+    );
+    let mut input = input(
+        &registry,
+        &[
+            ("source", &format!("udp://127.0.0.1:{port}")),
+            ("width", "320"),
+            ("height", "240"),
+            ("bitrate_kbps", "300"),
+            ("timeout_ms", "3000"),
+        ],
+    );
+    let start = Instant::now();
+    input.start(0).unwrap_or_else(|e| panic!("{e}"));
+    let mut chunks = RVec::new();
+    let mut died = None;
+    let mut killed_at = None;
+    let mut sender = Some(sender);
+    while start.elapsed() < Duration::from_secs(30) {
+        match input
+            .poll(start.elapsed().as_micros() as u64, &mut chunks)
+            .into_result()
+        {
+            Ok(_) => {}
+            Err(e) => {
+                died = Some(e);
+                break;
+            }
+        }
+        if chunks.len() >= 15 && sender.is_some() {
+            drop(sender.take());
+            killed_at = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        chunks.len() >= 15,
+        "only {} chunks from the udp source",
+        chunks.len()
+    );
+    let err = died.expect("the dead source is reported");
+    assert!(
+        err.message.contains(&format!("udp://127.0.0.1:{port}")) && err.message.contains("dead"),
+        "{err}"
+    );
+    assert!(killed_at.unwrap().elapsed() < Duration::from_secs(10));
+
+    let mut decoder = output(&registry, "decode");
+    decoder.start(&Default::default()).unwrap();
+    for (seq, chunk) in chunks.iter().enumerate() {
+        push(&mut decoder, seq as u64, chunk);
+    }
+    let report = decoder.finish().unwrap();
+    assert!(
+        report
+            .detail
+            .starts_with(|c: char| c.is_ascii_digit() && c != '0'),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn unopenable_sources_are_clear_errors() {
+    let registry = registry();
+    let mut missing = input(&registry, &[("source", "/nonexistent/clip.mp4")]);
+    let err = missing.start(0).unwrap_err();
+    assert!(
+        err.message.contains("/nonexistent/clip.mp4") && err.message.contains("no such file"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.mp4");
+    std::fs::write(&junk, b"this is not a video").unwrap();
+    let mut junk_input = input(&registry, &[("source", junk.to_str().unwrap())]);
+    let start = Instant::now();
+    let mut chunks = RVec::new();
+    let err = match junk_input.start(0).into_result() {
+        Err(e) => e,
+        Ok(_) => loop {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "junk file never failed"
+            );
+            if let Err(e) = junk_input
+                .poll(start.elapsed().as_micros() as u64, &mut chunks)
+                .into_result()
+            {
+                break e;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        },
+    };
+    assert!(err.message.contains("junk.mp4"), "{err}");
+
+    let err = registry
+        .new_input("gst", None, &Params::new().with("source", "gopher://x"))
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("unsupported source scheme 'gopher://'"),
+        "{err}"
+    );
+    let err = registry
+        .new_output("gst", None, &Params::new().with("sink", "printer"))
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("use screen, decode or file:PATH"),
+        "{err}"
+    );
+}
