@@ -194,6 +194,7 @@ fn the_template_built_out_of_tree_is_listed_and_schedules() {
         seed: 1,
         chunk_us: 100_000,
         window_chunks: 64,
+        chunk_bytes: 12_500,
     };
     scheduler.on_start(0, &ctx, &mut out).unwrap();
     for peer in [1, 2] {
@@ -311,6 +312,7 @@ fn a_panicking_component_fails_alone_and_the_process_lives() {
         seed: 0,
         chunk_us: 100_000,
         window_chunks: 8,
+        chunk_bytes: 12_500,
     };
     scheduler.on_start(0, &ctx, &mut out).unwrap();
     let err = scheduler.on_tick(42, &mut out).unwrap_err();

@@ -22,6 +22,9 @@ pub struct SchedContext {
     pub chunk_us: u32,
     /// How many chunks the engine keeps; older ones cannot be sent.
     pub window_chunks: u32,
+    /// Typical size of one chunk (bitrate x duration), to turn the data
+    /// channel's byte capacity into chunks.
+    pub chunk_bytes: u32,
 }
 
 /// What the data channel can take towards one neighbour right now.

@@ -1,0 +1,428 @@
+//! Overlay `mesh`: a random mesh, bootstrapped from the server's sample.
+//!
+//! Each peer keeps `degree` neighbours, chosen at random among the peers it
+//! knows of, and learns more peers by exchanging samples of its known set
+//! with its neighbours (peer exchange), so a swarm stays connected even when
+//! the server hands out small samples. Dead neighbours are replaced at once;
+//! a neighbour that has given nothing useful for `useless_after_ms` while
+//! others did is replaced by a fresh one, which is how a mesh heals around
+//! free riders and overloaded peers. Links carry media both ways.
+//!
+//! Sans-IO and deterministic for a seed: the same `.so` runs in a real swarm
+//! and in the simulator.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use p2ner_plugin_api::prelude::*;
+use p2ner_plugin_api::{NeighbourReport, OverlayContext};
+
+const PEX: u8 = 1;
+/// Peers per exchange: enough to spread knowledge, small enough for one datagram.
+const PEX_SAMPLE: usize = 8;
+
+pub struct Mesh {
+    /// 0: chosen from the swarm size (log2 of the known peers, within bounds).
+    degree: usize,
+    max_degree: usize,
+    pex_every_us: u64,
+    useless_after_us: u64,
+    rng: Rng,
+    local: Option<PeerId>,
+    is_source: bool,
+    known: BTreeMap<PeerId, PeerInfo>,
+    neighbours: BTreeMap<PeerId, Neighbour>,
+    /// Connection attempts in flight, with when they started.
+    pending: BTreeMap<PeerId, u64>,
+    /// Peers that failed or were dropped recently: not retried at once.
+    shunned: BTreeSet<PeerId>,
+    next_pex_us: u64,
+    asked_for_peers_us: Option<u64>,
+}
+
+struct Neighbour {
+    since_us: u64,
+    /// Last time this neighbour gave us a first copy of a chunk.
+    last_useful_us: u64,
+}
+
+impl Mesh {
+    pub fn new(params: &Params) -> Result<Self, PluginError> {
+        let degree: usize = params.parse_or("degree", 0)?;
+        let max_degree: usize = params.parse_or("max_degree", 24)?;
+        if max_degree < 2 || degree > max_degree {
+            return Err(PluginError::new(
+                "need 2 <= max_degree and degree <= max_degree",
+            ));
+        }
+        Ok(Mesh {
+            degree,
+            max_degree,
+            pex_every_us: params.parse_or::<u64>("pex_ms", 1000)? * 1000,
+            useless_after_us: params.parse_or::<u64>("useless_after_ms", 10_000)? * 1000,
+            rng: Rng::new(0),
+            local: None,
+            is_source: false,
+            known: BTreeMap::new(),
+            neighbours: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            shunned: BTreeSet::new(),
+            next_pex_us: 0,
+            asked_for_peers_us: None,
+        })
+    }
+
+    /// The number of neighbours to aim for.
+    pub fn target(&self) -> usize {
+        if self.degree > 0 {
+            return self.degree;
+        }
+        let swarm = self.known.len() + 1;
+        let log2 = usize::BITS - swarm.leading_zeros();
+        (log2 as usize + 2).clamp(4, 10).min(self.max_degree)
+    }
+
+    fn fill(&mut self, now_us: u64, out: &mut OverlayOut<'_>) {
+        // The publisher is only connected to; it never picks peers, so that
+        // its upload goes to whoever joins first rather than to its choices.
+        if self.is_source {
+            return;
+        }
+        let want = self
+            .target()
+            .saturating_sub(self.neighbours.len() + self.pending.len());
+        if want == 0 {
+            return;
+        }
+        let mut candidates: Vec<&PeerInfo> = self
+            .known
+            .values()
+            .filter(|p| {
+                Some(p.id) != self.local
+                    && !self.neighbours.contains_key(&p.id)
+                    && !self.pending.contains_key(&p.id)
+                    && !self.shunned.contains(&p.id)
+            })
+            .collect();
+        if candidates.len() < want {
+            // Forget old grudges before asking the server for more.
+            self.shunned.clear();
+            if self
+                .asked_for_peers_us
+                .is_none_or(|t| now_us >= t + 2_000_000)
+            {
+                self.asked_for_peers_us = Some(now_us);
+                out.push(OverlayAction::WantPeers { count: 20 });
+            }
+        }
+        self.rng.shuffle(&mut candidates);
+        let chosen: Vec<PeerInfo> = candidates.into_iter().take(want).cloned().collect();
+        for peer in chosen {
+            self.pending.insert(peer.id, now_us);
+            out.connect(peer, Link::BOTH);
+        }
+    }
+
+    fn learn(&mut self, peers: &[PeerInfo]) {
+        for p in peers {
+            if Some(p.id) != self.local {
+                self.known.entry(p.id).or_insert_with(|| p.clone());
+            }
+        }
+    }
+
+    fn pex_message(&mut self) -> Vec<u8> {
+        let mut sample: Vec<&PeerInfo> = self.known.values().collect();
+        self.rng.shuffle(&mut sample);
+        sample.truncate(PEX_SAMPLE);
+        let mut msg = vec![PEX, sample.len() as u8];
+        for p in sample {
+            let addr = p.addr.as_bytes();
+            let len = addr.len().min(u8::MAX as usize);
+            msg.extend_from_slice(&p.id.0.to_le_bytes());
+            msg.push(len as u8);
+            msg.extend_from_slice(&addr[..len]);
+        }
+        msg
+    }
+}
+
+/// Decodes a peer-exchange message; anything malformed yields nothing.
+pub fn decode_pex(msg: &[u8]) -> Option<Vec<PeerInfo>> {
+    let (&kind, rest) = msg.split_first()?;
+    if kind != PEX {
+        return None;
+    }
+    let (&count, mut rest) = rest.split_first()?;
+    let mut peers = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let id = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+        let len = *rest.get(8)? as usize;
+        let addr = std::str::from_utf8(rest.get(9..9 + len)?).ok()?;
+        peers.push(PeerInfo {
+            id: PeerId(id),
+            addr: addr.into(),
+        });
+        rest = &rest[9 + len..];
+    }
+    Some(peers)
+}
+
+impl Overlay for Mesh {
+    fn on_start(&mut self, now_us: u64, ctx: &OverlayContext, out: &mut OverlayOut<'_>) {
+        self.rng = Rng::new(ctx.seed);
+        self.local = Some(ctx.local.id);
+        self.is_source = ctx.is_source;
+        self.next_pex_us = now_us + self.pex_every_us;
+        if let Some(source) = ctx.source.as_ref().into_option() {
+            self.learn(std::slice::from_ref(source));
+        }
+        self.fill(now_us, out);
+    }
+
+    fn on_candidates(&mut self, now_us: u64, peers: &[PeerInfo], out: &mut OverlayOut<'_>) {
+        self.learn(peers);
+        self.fill(now_us, out);
+    }
+
+    fn on_connected(&mut self, now_us: u64, peer: &PeerInfo, out: &mut OverlayOut<'_>) {
+        self.pending.remove(&peer.id);
+        self.learn(std::slice::from_ref(peer));
+        if self.neighbours.len() >= self.max_degree {
+            out.disconnect(peer.id);
+            return;
+        }
+        self.neighbours.insert(
+            peer.id,
+            Neighbour {
+                since_us: now_us,
+                last_useful_us: now_us,
+            },
+        );
+    }
+
+    fn on_disconnected(&mut self, now_us: u64, peer: PeerId, out: &mut OverlayOut<'_>) {
+        self.pending.remove(&peer);
+        if self.neighbours.remove(&peer).is_some() || !self.is_source {
+            self.shunned.insert(peer);
+        }
+        self.fill(now_us, out);
+    }
+
+    fn on_message(&mut self, now_us: u64, _peer: PeerId, payload: &[u8], out: &mut OverlayOut<'_>) {
+        if let Some(peers) = decode_pex(payload) {
+            self.learn(&peers);
+            self.fill(now_us, out);
+        }
+    }
+
+    fn on_report(
+        &mut self,
+        now_us: u64,
+        peer: PeerId,
+        report: NeighbourReport,
+        _out: &mut OverlayOut<'_>,
+    ) {
+        if let Some(n) = self.neighbours.get_mut(&peer) {
+            if report.useful_chunks > 0 {
+                n.last_useful_us = now_us;
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now_us: u64, out: &mut OverlayOut<'_>) {
+        // Connection attempts that never answered are abandoned.
+        let stale: Vec<PeerId> = self
+            .pending
+            .iter()
+            .filter(|(_, &since)| now_us > since + 5_000_000)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in stale {
+            self.pending.remove(&id);
+            self.shunned.insert(id);
+        }
+        if !self.is_source && self.neighbours.len() >= self.target() {
+            // Replace at most one useless neighbour per tick, and only when
+            // someone else is useful (otherwise the stream itself is stalled).
+            let anyone_useful = self
+                .neighbours
+                .values()
+                .any(|n| now_us < n.last_useful_us + self.useless_after_us);
+            let useless = self
+                .neighbours
+                .iter()
+                .find(|(_, n)| {
+                    now_us > n.since_us + self.useless_after_us
+                        && now_us > n.last_useful_us + self.useless_after_us
+                })
+                .map(|(&id, _)| id);
+            if let (true, Some(id)) = (anyone_useful, useless) {
+                self.neighbours.remove(&id);
+                self.shunned.insert(id);
+                out.disconnect(id);
+            }
+        }
+        if now_us >= self.next_pex_us {
+            self.next_pex_us = now_us + self.pex_every_us;
+            let ids: Vec<PeerId> = self.neighbours.keys().copied().collect();
+            if !ids.is_empty() && !self.known.is_empty() {
+                let to = ids[self.rng.below(ids.len() as u64) as usize];
+                let msg = self.pex_message();
+                out.send_message(to, msg, false);
+            }
+        }
+        self.fill(now_us, out);
+    }
+}
+
+fn register(lib: &mut Registrar) {
+    lib.overlay(
+        ComponentSpec::new(
+            "mesh",
+            env!("CARGO_PKG_VERSION"),
+            "random mesh: server sample + peer exchange, dead and useless neighbours replaced",
+        )
+        .param(
+            "degree",
+            "0",
+            "neighbours to keep (0: about log2 of the swarm, 4 to 10)",
+        )
+        .param(
+            "max_degree",
+            "24",
+            "neighbours accepted at most (inbound included)",
+        )
+        .param("pex_ms", "1000", "interval between peer exchanges")
+        .param(
+            "useless_after_ms",
+            "10000",
+            "replace a neighbour that gave nothing for this long",
+        ),
+        Mesh::new,
+    );
+}
+
+p2ner_plugin_api::export_plugin!(
+    name: "p2ner-overlay-mesh",
+    version: env!("CARGO_PKG_VERSION"),
+    license: "MIT OR Apache-2.0",
+    register: register,
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2ner_plugin_api::abi_stable::std_types::{RNone, RVec};
+
+    fn peer(id: u64) -> PeerInfo {
+        PeerInfo {
+            id: PeerId(id),
+            addr: format!("127.0.0.1:{}", 10_000 + id).into(),
+        }
+    }
+
+    fn started(is_source: bool) -> (Mesh, RVec<OverlayAction>) {
+        let mut mesh = Mesh::new(&Params::new().with("degree", "4")).unwrap();
+        let mut actions = RVec::new();
+        let ctx = OverlayContext {
+            local: peer(0),
+            is_source,
+            seed: 7,
+            source: RNone,
+        };
+        mesh.on_start(0, &ctx, &mut OverlayOut::new(&mut actions));
+        (mesh, actions)
+    }
+
+    fn connects(actions: &RVec<OverlayAction>) -> Vec<u64> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                OverlayAction::Connect { peer, .. } => Some(peer.id.0),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn connects_to_degree_random_peers_and_replaces_the_dead() {
+        let (mut mesh, mut actions) = started(false);
+        let peers: Vec<PeerInfo> = (1..=20).map(peer).collect();
+        mesh.on_candidates(0, &peers, &mut OverlayOut::new(&mut actions));
+        let first = connects(&actions);
+        assert_eq!(first.len(), 4);
+        for &id in &first {
+            mesh.on_connected(1, &peer(id), &mut OverlayOut::new(&mut actions));
+        }
+        actions.clear();
+        mesh.on_disconnected(2, PeerId(first[0]), &mut OverlayOut::new(&mut actions));
+        let replacement = connects(&actions);
+        assert_eq!(replacement.len(), 1);
+        assert!(!first.contains(&replacement[0]));
+    }
+
+    #[test]
+    fn same_seed_same_choices() {
+        let run = || {
+            let (mut mesh, mut actions) = started(false);
+            mesh.on_candidates(
+                0,
+                &(1..=50).map(peer).collect::<Vec<_>>(),
+                &mut OverlayOut::new(&mut actions),
+            );
+            connects(&actions)
+        };
+        assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn the_source_never_picks_and_pex_round_trips() {
+        let (mut source, mut actions) = started(true);
+        source.on_candidates(
+            0,
+            &(1..=5).map(peer).collect::<Vec<_>>(),
+            &mut OverlayOut::new(&mut actions),
+        );
+        assert!(connects(&actions).is_empty());
+        let msg = source.pex_message();
+        let decoded = decode_pex(&msg).unwrap();
+        assert_eq!(decoded.len(), 5);
+        assert!(decoded.contains(&peer(3)));
+        for cut in 0..msg.len() {
+            let _ = decode_pex(&msg[..cut]);
+        }
+        assert!(decode_pex(&[PEX, 3, 1, 2]).is_none());
+    }
+
+    #[test]
+    fn a_useless_neighbour_is_replaced_when_others_are_useful() {
+        let (mut mesh, mut actions) = started(false);
+        mesh.on_candidates(
+            0,
+            &(1..=10).map(peer).collect::<Vec<_>>(),
+            &mut OverlayOut::new(&mut actions),
+        );
+        let first = connects(&actions);
+        for &id in &first {
+            mesh.on_connected(0, &peer(id), &mut OverlayOut::new(&mut actions));
+        }
+        let report = NeighbourReport {
+            useful_chunks: 5,
+            ..Default::default()
+        };
+        for &id in &first[1..] {
+            mesh.on_report(
+                11_000_000,
+                PeerId(id),
+                report,
+                &mut OverlayOut::new(&mut actions),
+            );
+        }
+        actions.clear();
+        mesh.on_tick(11_000_000, &mut OverlayOut::new(&mut actions));
+        assert!(actions.contains(&OverlayAction::Disconnect {
+            peer: PeerId(first[0])
+        }));
+        assert_eq!(connects(&actions).len(), 1);
+    }
+}
