@@ -1,0 +1,1 @@
+//! The p2ner network layer (work in progress).

@@ -1,0 +1,1 @@
+//! The p2ner server (work in progress).

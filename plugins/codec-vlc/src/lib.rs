@@ -1,0 +1,1 @@
+//! p2ner codec-vlc (work in progress).

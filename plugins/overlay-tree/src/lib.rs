@@ -1,0 +1,1 @@
+//! p2ner overlay-tree (work in progress).

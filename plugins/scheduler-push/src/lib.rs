@@ -1,0 +1,1 @@
+//! p2ner scheduler-push (work in progress).
