@@ -1,0 +1,143 @@
+//! Counters for every neighbour and in total, serialisable for the engine's
+//! JSON lines / Prometheus export.
+//!
+//! Counters are plain integers updated under the endpoint lock; a snapshot
+//! ([`NetStats`]) is taken on demand. Counters of forgotten peers are folded
+//! into a "retired" total so totals never go backwards.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// Traffic of one channel in one direction pair.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct ChannelStats {
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+    pub datagrams_sent: u64,
+    pub datagrams_recv: u64,
+}
+
+impl ChannelStats {
+    fn add(&mut self, o: &ChannelStats) {
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_recv += o.bytes_recv;
+        self.datagrams_sent += o.datagrams_sent;
+        self.datagrams_recv += o.datagrams_recv;
+    }
+}
+
+/// One neighbour (or, in [`NetStats::total`], all of them).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct PeerStats {
+    pub control: ChannelStats,
+    pub data: ChannelStats,
+    /// Smoothed RTT (in the total: mean over peers with a sample).
+    pub rtt_us: u64,
+    pub rttvar_us: u64,
+    pub rto_us: u64,
+    /// Control retransmissions.
+    pub retransmissions: u64,
+    /// Data fragments sent again after being declared lost.
+    pub data_retransmissions: u64,
+    /// Data datagrams declared lost.
+    pub data_lost: u64,
+    /// data_lost / data datagrams sent.
+    pub loss_rate: f64,
+    pub reliable_sent: u64,
+    pub reliable_acked: u64,
+    /// Reliable messages given up after max_tries.
+    pub reliable_failed: u64,
+    /// Reliable messages received again and not delivered again.
+    pub duplicates_suppressed: u64,
+    pub chunks_sent: u64,
+    pub chunks_recv: u64,
+    /// Chunks given up by the sender (too many tries / too old).
+    pub chunks_abandoned: u64,
+    /// Malformed datagrams from this address.
+    pub malformed_dropped: u64,
+    /// Events dropped because the consumer was slow.
+    pub events_dropped: u64,
+    pub cwnd_bytes: u64,
+    /// Estimated sending rate (window / RTT, bounded by the upload cap).
+    pub rate_bps: u64,
+    pub queuing_delay_us: u64,
+    pub inflight_bytes: u64,
+    pub queued_bytes: u64,
+}
+
+impl PeerStats {
+    pub(crate) fn add_counters(&mut self, o: &PeerStats) {
+        self.control.add(&o.control);
+        self.data.add(&o.data);
+        self.retransmissions += o.retransmissions;
+        self.data_retransmissions += o.data_retransmissions;
+        self.data_lost += o.data_lost;
+        self.reliable_sent += o.reliable_sent;
+        self.reliable_acked += o.reliable_acked;
+        self.reliable_failed += o.reliable_failed;
+        self.duplicates_suppressed += o.duplicates_suppressed;
+        self.chunks_sent += o.chunks_sent;
+        self.chunks_recv += o.chunks_recv;
+        self.chunks_abandoned += o.chunks_abandoned;
+        self.malformed_dropped += o.malformed_dropped;
+        self.events_dropped += o.events_dropped;
+    }
+
+    pub(crate) fn finish_loss_rate(&mut self) {
+        self.loss_rate = if self.data.datagrams_sent == 0 {
+            0.0
+        } else {
+            self.data_lost as f64 / self.data.datagrams_sent as f64
+        };
+    }
+}
+
+/// Why datagrams were dropped before reaching any peer state.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct DropStats {
+    pub truncated: u64,
+    pub bad_magic: u64,
+    pub unknown_version: u64,
+    pub oversized: u64,
+    pub bad_length: u64,
+    pub unknown_type: u64,
+    pub invalid: u64,
+    /// Fragments inconsistent with earlier ones of the same chunk.
+    pub bad_fragment: u64,
+    /// Test-only injected loss (NetConfig::drop_rate / send_drop_rate).
+    pub injected_recv: u64,
+    pub injected_send: u64,
+    /// Datagrams from new addresses refused because of the peer limit.
+    pub peer_limit: u64,
+    pub version_rejects_sent: u64,
+    pub version_rejects_received: u64,
+    /// Incomplete chunks dropped (timeout or memory budget).
+    pub reassembly_expired: u64,
+}
+
+impl DropStats {
+    pub fn malformed(&self) -> u64 {
+        self.truncated
+            + self.bad_magic
+            + self.unknown_version
+            + self.oversized
+            + self.bad_length
+            + self.unknown_type
+            + self.invalid
+            + self.bad_fragment
+    }
+}
+
+/// A snapshot of the endpoint's counters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NetStats {
+    pub total: PeerStats,
+    pub peers: BTreeMap<SocketAddr, PeerStats>,
+    pub drops: DropStats,
+    /// Total malformed datagrams dropped (all reasons in `drops` that mean
+    /// "not a valid datagram").
+    pub malformed_dropped: u64,
+    pub upload_cap_bps: Option<u64>,
+    pub reassembly_bytes: u64,
+}

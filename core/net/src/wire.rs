@@ -1,0 +1,578 @@
+//! The datagram codec: what bytes go on the wire, and the one place that
+//! decides whether bytes from the network are acceptable.
+//!
+//! Every datagram is `magic (2) | version (1) | channel (1) | length (2, BE)`
+//! followed by exactly `length` bytes of body whose first byte is the packet
+//! type within the channel. The length makes truncation detectable, the magic
+//! rejects stray traffic, and the version lets a newer peer tell an older one
+//! it is too old: the [`Packet::VersionReject`] on the `META` channel has a
+//! layout frozen for all versions, so every version can read it.
+//!
+//! Decoding never panics and never allocates: it borrows from the input and
+//! checks every length before reading. All integers are big-endian.
+
+/// "P2".
+pub const MAGIC: [u8; 2] = [0x50, 0x32];
+/// The protocol version this build speaks.
+pub const VERSION: u8 = 1;
+/// The oldest peer version this build still talks to.
+pub const MIN_VERSION: u8 = 1;
+/// Size of the common header.
+pub const HEADER_LEN: usize = 6;
+
+/// Channel ids.
+pub const CH_CONTROL: u8 = 0;
+pub const CH_DATA: u8 = 1;
+/// Version-independent channel (frozen layout).
+pub const CH_META: u8 = 0xFF;
+
+const T_UNRELIABLE: u8 = 0;
+const T_RELIABLE: u8 = 1;
+const T_ACK: u8 = 2;
+const T_DATA: u8 = 0;
+const T_DATA_ACK: u8 = 1;
+const T_VERSION_REJECT: u8 = 0;
+
+/// Bytes a control message costs on top of its payload (worst case: reliable).
+pub const RELIABLE_OVERHEAD: usize = HEADER_LEN + 1 + 4 + 8 + 8 + 4 + 1 + 8;
+/// Bytes of header in a data fragment.
+pub const DATA_OVERHEAD: usize = HEADER_LEN + 1 + 8 + 4 + 8 + 8 + 4 + 4 + 4 + 4;
+/// Size of a data ack datagram.
+pub const DATA_ACK_LEN: usize = HEADER_LEN + 1 + 8 + 8 + 4;
+/// Size of a control ack datagram.
+pub const ACK_LEN: usize = HEADER_LEN + 1 + 4 + 8 + 4;
+
+/// What a reliable control message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReliableKind {
+    Message,
+    Request(u64),
+    Response(u64),
+}
+
+/// One decoded datagram, borrowing its payload from the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packet<'a> {
+    /// Fire-and-forget control message.
+    Unreliable { payload: &'a [u8] },
+    /// Control message that must be acknowledged.
+    Reliable {
+        /// Random id of the sending endpoint's incarnation.
+        session: u32,
+        /// Per-peer message id (starts at 1).
+        id: u64,
+        /// Every id below this is settled at the sender (acked or given up):
+        /// the receiver may forget them.
+        floor: u64,
+        /// Sender's clock (µs, wrapping), echoed in the ack for RTT.
+        ts: u32,
+        kind: ReliableKind,
+        payload: &'a [u8],
+    },
+    /// Acknowledges one reliable message.
+    Ack { session: u32, id: u64, ts_echo: u32 },
+    /// One fragment of a media chunk.
+    Data(DataHeader, &'a [u8]),
+    /// Selective ack of data datagrams plus a one-way delay sample.
+    DataAck {
+        /// Highest datagram number received.
+        largest: u64,
+        /// Bit i set: datagram `largest - 1 - i` was received.
+        bitmap: u64,
+        /// Receiver clock minus sender timestamp (µs, wrapping): one-way
+        /// delay plus an unknown constant clock offset.
+        delay: u32,
+    },
+    /// "Your version is not one I speak": the range this peer speaks.
+    VersionReject { min: u8, max: u8 },
+}
+
+/// The fixed fields of a data fragment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataHeader {
+    /// Per-peer datagram number, never reused (retransmissions get a new one).
+    pub pkt: u64,
+    /// Sender clock (µs, wrapping) for one-way delay.
+    pub ts: u32,
+    pub stream: u64,
+    pub seq: u64,
+    pub chunk_len: u32,
+    pub offset: u32,
+    pub index: u32,
+    pub count: u32,
+}
+
+/// Why a datagram was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("shorter than its header or declared length")]
+    Truncated,
+    #[error("bad magic")]
+    BadMagic,
+    #[error("unsupported protocol version {0}")]
+    UnknownVersion(u8),
+    #[error("longer than the configured maximum")]
+    Oversized,
+    #[error("length field disagrees with the datagram size")]
+    BadLength,
+    #[error("unknown channel or packet type")]
+    UnknownType,
+    #[error("fields out of range")]
+    Invalid,
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+    fn done(&self) -> Result<(), DecodeError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::BadLength)
+        }
+    }
+}
+
+/// Decode one datagram. `max_len` bounds the whole datagram.
+pub fn decode(buf: &[u8], max_len: usize) -> Result<Packet<'_>, DecodeError> {
+    if buf.len() > max_len {
+        return Err(DecodeError::Oversized);
+    }
+    if buf.len() < HEADER_LEN {
+        return Err(DecodeError::Truncated);
+    }
+    if buf[0..2] != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let version = buf[2];
+    let channel = buf[3];
+    let len = u16::from_be_bytes([buf[4], buf[5]]) as usize;
+    let body = &buf[HEADER_LEN..];
+    if body.len() < len {
+        return Err(DecodeError::Truncated);
+    }
+    if body.len() > len {
+        return Err(DecodeError::BadLength);
+    }
+    let mut r = Reader { buf: body };
+    if channel == CH_META {
+        // Frozen layout, readable whatever the version.
+        return match r.u8()? {
+            T_VERSION_REJECT => {
+                let min = r.u8()?;
+                let max = r.u8()?;
+                r.done()?;
+                if min > max {
+                    return Err(DecodeError::Invalid);
+                }
+                Ok(Packet::VersionReject { min, max })
+            }
+            _ => Err(DecodeError::UnknownType),
+        };
+    }
+    if !(MIN_VERSION..=VERSION).contains(&version) {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    match (channel, r.u8()?) {
+        (CH_CONTROL, T_UNRELIABLE) => Ok(Packet::Unreliable { payload: r.rest() }),
+        (CH_CONTROL, T_RELIABLE) => {
+            let session = r.u32()?;
+            let id = r.u64()?;
+            let floor = r.u64()?;
+            let ts = r.u32()?;
+            let kind = match r.u8()? {
+                0 => {
+                    if r.u64()? != 0 {
+                        return Err(DecodeError::Invalid);
+                    }
+                    ReliableKind::Message
+                }
+                1 => ReliableKind::Request(r.u64()?),
+                2 => ReliableKind::Response(r.u64()?),
+                _ => return Err(DecodeError::Invalid),
+            };
+            if id == 0 || floor > id {
+                return Err(DecodeError::Invalid);
+            }
+            Ok(Packet::Reliable {
+                session,
+                id,
+                floor,
+                ts,
+                kind,
+                payload: r.rest(),
+            })
+        }
+        (CH_CONTROL, T_ACK) => {
+            let session = r.u32()?;
+            let id = r.u64()?;
+            let ts_echo = r.u32()?;
+            r.done()?;
+            Ok(Packet::Ack {
+                session,
+                id,
+                ts_echo,
+            })
+        }
+        (CH_DATA, T_DATA) => {
+            let h = DataHeader {
+                pkt: r.u64()?,
+                ts: r.u32()?,
+                stream: r.u64()?,
+                seq: r.u64()?,
+                chunk_len: r.u32()?,
+                offset: r.u32()?,
+                index: r.u32()?,
+                count: r.u32()?,
+            };
+            let payload = r.rest();
+            let end = h.offset as u64 + payload.len() as u64;
+            if h.count == 0
+                || h.index >= h.count
+                || end > h.chunk_len as u64
+                || h.count > h.chunk_len.max(1)
+                || (payload.is_empty() && h.chunk_len != 0)
+            {
+                return Err(DecodeError::Invalid);
+            }
+            Ok(Packet::Data(h, payload))
+        }
+        (CH_DATA, T_DATA_ACK) => {
+            let largest = r.u64()?;
+            let bitmap = r.u64()?;
+            let delay = r.u32()?;
+            r.done()?;
+            Ok(Packet::DataAck {
+                largest,
+                bitmap,
+                delay,
+            })
+        }
+        _ => Err(DecodeError::UnknownType),
+    }
+}
+
+/// Appends datagrams to a buffer. Callers check sizes first (see the
+/// `*_OVERHEAD` constants); the body length must fit in a u16.
+pub struct Writer<'a> {
+    out: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl<'a> Writer<'a> {
+    fn begin(out: &'a mut Vec<u8>, version: u8, channel: u8, ty: u8) -> Self {
+        let start = out.len();
+        out.extend_from_slice(&MAGIC);
+        out.push(version);
+        out.push(channel);
+        out.extend_from_slice(&[0, 0]);
+        out.push(ty);
+        Writer { out, start }
+    }
+    fn u8(&mut self, v: u8) -> &mut Self {
+        self.out.push(v);
+        self
+    }
+    fn u32(&mut self, v: u32) -> &mut Self {
+        self.out.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    fn u64(&mut self, v: u64) -> &mut Self {
+        self.out.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    fn bytes(&mut self, v: &[u8]) -> &mut Self {
+        self.out.extend_from_slice(v);
+        self
+    }
+    fn finish(self) {
+        let len = self.out.len() - self.start - HEADER_LEN;
+        let len = u16::try_from(len).expect("datagram body fits u16");
+        self.out[self.start + 4..self.start + 6].copy_from_slice(&len.to_be_bytes());
+    }
+}
+
+/// Encode a packet at the current version.
+pub fn encode(p: &Packet<'_>, out: &mut Vec<u8>) {
+    encode_version(p, VERSION, out)
+}
+
+/// Encode a packet claiming a given version (tests use it to play an old or
+/// new peer).
+pub fn encode_version(p: &Packet<'_>, version: u8, out: &mut Vec<u8>) {
+    match *p {
+        Packet::Unreliable { payload } => {
+            let mut w = Writer::begin(out, version, CH_CONTROL, T_UNRELIABLE);
+            w.bytes(payload);
+            w.finish();
+        }
+        Packet::Reliable {
+            session,
+            id,
+            floor,
+            ts,
+            kind,
+            payload,
+        } => {
+            let mut w = Writer::begin(out, version, CH_CONTROL, T_RELIABLE);
+            w.u32(session).u64(id).u64(floor).u32(ts);
+            match kind {
+                ReliableKind::Message => w.u8(0).u64(0),
+                ReliableKind::Request(r) => w.u8(1).u64(r),
+                ReliableKind::Response(r) => w.u8(2).u64(r),
+            };
+            w.bytes(payload);
+            w.finish();
+        }
+        Packet::Ack {
+            session,
+            id,
+            ts_echo,
+        } => {
+            let mut w = Writer::begin(out, version, CH_CONTROL, T_ACK);
+            w.u32(session).u64(id).u32(ts_echo);
+            w.finish();
+        }
+        Packet::Data(h, payload) => {
+            let mut w = Writer::begin(out, version, CH_DATA, T_DATA);
+            w.u64(h.pkt)
+                .u32(h.ts)
+                .u64(h.stream)
+                .u64(h.seq)
+                .u32(h.chunk_len)
+                .u32(h.offset)
+                .u32(h.index)
+                .u32(h.count)
+                .bytes(payload);
+            w.finish();
+        }
+        Packet::DataAck {
+            largest,
+            bitmap,
+            delay,
+        } => {
+            let mut w = Writer::begin(out, version, CH_DATA, T_DATA_ACK);
+            w.u64(largest).u64(bitmap).u32(delay);
+            w.finish();
+        }
+        Packet::VersionReject { min, max } => {
+            let mut w = Writer::begin(out, version, CH_META, T_VERSION_REJECT);
+            w.u8(min).u8(max);
+            w.finish();
+        }
+    }
+}
+
+/// Peek at the version of something that carries our magic, so a receiver
+/// can answer an old peer with a [`Packet::VersionReject`].
+pub fn peek_version(buf: &[u8]) -> Option<u8> {
+    (buf.len() >= HEADER_LEN && buf[0..2] == MAGIC && buf[3] != CH_META).then(|| buf[2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub(crate) fn samples() -> Vec<Vec<u8>> {
+        let pkts = [
+            Packet::Unreliable { payload: b"hello" },
+            Packet::Unreliable { payload: b"" },
+            Packet::Reliable {
+                session: 7,
+                id: 3,
+                floor: 2,
+                ts: 99,
+                kind: ReliableKind::Request(42),
+                payload: b"req",
+            },
+            Packet::Reliable {
+                session: 7,
+                id: 1,
+                floor: 1,
+                ts: 0,
+                kind: ReliableKind::Message,
+                payload: b"",
+            },
+            Packet::Reliable {
+                session: 1,
+                id: u64::MAX,
+                floor: 5,
+                ts: u32::MAX,
+                kind: ReliableKind::Response(1),
+                payload: &[0xAB; 100],
+            },
+            Packet::Ack {
+                session: 1,
+                id: 2,
+                ts_echo: 3,
+            },
+            Packet::Data(
+                DataHeader {
+                    pkt: 10,
+                    ts: 11,
+                    stream: 12,
+                    seq: 13,
+                    chunk_len: 2000,
+                    offset: 1000,
+                    index: 1,
+                    count: 2,
+                },
+                &[7; 1000],
+            ),
+            Packet::DataAck {
+                largest: 77,
+                bitmap: 0xF0F0,
+                delay: 1234,
+            },
+            Packet::VersionReject { min: 1, max: 1 },
+        ];
+        pkts.iter()
+            .map(|p| {
+                let mut v = Vec::new();
+                encode(p, &mut v);
+                v
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_trip_samples() {
+        for s in samples() {
+            let p = decode(&s, 65535).unwrap();
+            let mut again = Vec::new();
+            encode(&p, &mut again);
+            assert_eq!(s, again);
+        }
+    }
+
+    #[test]
+    fn every_truncation_rejected() {
+        for s in samples() {
+            for n in 0..s.len() {
+                assert!(decode(&s[..n], 65535).is_err(), "prefix {n} of {s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_bit_flip_safe() {
+        for s in samples() {
+            for bit in 0..s.len() * 8 {
+                let mut m = s.clone();
+                m[bit / 8] ^= 1 << (bit % 8);
+                // Either rejected or decoded; never a panic, and a decoded
+                // packet re-encodes to the same bytes.
+                if let Ok(p) = decode(&m, 65535) {
+                    let mut again = Vec::new();
+                    encode_version(&p, m[2], &mut again);
+                    if m[3] != CH_META {
+                        assert_eq!(m, again);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_and_versions() {
+        let s = &samples()[0];
+        assert_eq!(decode(s, s.len() - 1), Err(DecodeError::Oversized));
+        let mut old = s.clone();
+        old[2] = 0;
+        assert_eq!(decode(&old, 2000), Err(DecodeError::UnknownVersion(0)));
+        assert_eq!(peek_version(&old), Some(0));
+        let mut newer = s.clone();
+        newer[2] = VERSION + 1;
+        assert_eq!(
+            decode(&newer, 2000),
+            Err(DecodeError::UnknownVersion(VERSION + 1))
+        );
+        // A reject from any version is understood.
+        let mut rej = Vec::new();
+        encode_version(&Packet::VersionReject { min: 9, max: 12 }, 12, &mut rej);
+        assert_eq!(
+            decode(&rej, 2000),
+            Ok(Packet::VersionReject { min: 9, max: 12 })
+        );
+        let mut trailing = samples()[5].clone();
+        trailing.push(0);
+        assert!(decode(&trailing, 2000).is_err());
+    }
+
+    fn arb_packet() -> impl Strategy<Value = (u8, Vec<u8>, [u64; 6], [u32; 6])> {
+        (
+            0u8..6,
+            proptest::collection::vec(any::<u8>(), 0..1500),
+            any::<[u64; 6]>(),
+            any::<[u32; 6]>(),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn prop_round_trip((which, payload, u, v) in arb_packet()) {
+            let id = u[0].max(1);
+            let pkt = match which {
+                0 => Packet::Unreliable { payload: &payload },
+                1 => Packet::Reliable { session: v[0], id, floor: u[1] % id + 1, ts: v[1],
+                    kind: match u[2] % 3 { 0 => ReliableKind::Message, 1 => ReliableKind::Request(u[3]), _ => ReliableKind::Response(u[3]) },
+                    payload: &payload },
+                2 => Packet::Ack { session: v[0], id: u[0], ts_echo: v[1] },
+                3 => {
+                    let chunk_len = (payload.len() as u32).max(1) + v[2] % 10_000;
+                    let offset = v[3] % (chunk_len - payload.len() as u32 + 1);
+                    let count = 1 + v[4] % chunk_len;
+                    let payload: &[u8] = if payload.is_empty() { &[1] } else { &payload };
+                    let offset = offset.min(chunk_len - payload.len() as u32);
+                    Packet::Data(DataHeader { pkt: u[0], ts: v[0], stream: u[1], seq: u[2], chunk_len, offset, index: v[5] % count, count }, payload)
+                }
+                4 => Packet::DataAck { largest: u[0], bitmap: u[1], delay: v[0] },
+                _ => Packet::VersionReject { min: (v[0] % 100) as u8, max: 100 + (v[1] % 100) as u8 },
+            };
+            let mut buf = Vec::new();
+            encode(&pkt, &mut buf);
+            prop_assert_eq!(decode(&buf, 65535), Ok(pkt));
+        }
+
+        #[test]
+        fn prop_garbage_never_panics(buf in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let _ = decode(&buf, 1200);
+        }
+
+        #[test]
+        fn prop_mutated_samples((idx, pos, val, cut) in (0usize..9, any::<usize>(), any::<u8>(), any::<usize>())) {
+            let mut s = samples()[idx].clone();
+            let p = pos % s.len();
+            s[p] = val;
+            let c = cut % (s.len() + 1);
+            let _ = decode(&s[..c], 65535);
+        }
+    }
+}
