@@ -280,12 +280,16 @@ impl Peer {
                 }
             }
         }
+        let rack_us = self.rtt.srtt_us() * 5 / 4 + 1_000;
         let mut requeue = Vec::new();
         let mut any_lost = false;
         let mut idx = 0;
         while idx < self.tx.inflight.len() {
             let e = &mut self.tx.inflight[idx];
-            if e.pkt + REORDER_THRESHOLD > largest {
+            // Lost if enough later datagrams were acked, or (RACK-like) a
+            // later one was acked and this one is overdue by a quarter RTT.
+            let overdue = e.pkt < largest && now_us.saturating_sub(e.sent_us) > rack_us;
+            if e.pkt + REORDER_THRESHOLD > largest && !overdue {
                 break;
             }
             if let Some(f) = e.frag.take() {
@@ -308,10 +312,24 @@ impl Peer {
         self.update_pacer(now_us, cfg.max_payload);
     }
 
-    /// Tail loss: fragments unacked for an RTO. Returns when to look again.
+    /// Time after which an unacked data datagram counts as lost (a probe
+    /// timeout in the spirit of QUIC's PTO: 2·SRTT + 4·RTTVAR, at least
+    /// 5 ms): much shorter than the control RTO floor, because on a fast
+    /// path a lost tail would otherwise idle the flow for the whole floor.
+    fn data_loss_timeout_us(&self, cfg: &NetConfig) -> u64 {
+        if self.rtt.has_sample() {
+            (2 * self.rtt.srtt_us() + 4 * self.rtt.rttvar_us())
+                .clamp(5_000, cfg.rto_max.as_micros() as u64)
+        } else {
+            cfg.rto_initial.as_micros() as u64
+        }
+    }
+
+    /// Tail loss: fragments unacked for a probe timeout. Returns when to look
+    /// again.
     fn check_timeouts(&mut self, now_us: u64, cfg: &NetConfig) -> Option<u64> {
         self.pop_settled();
-        let rto = self.rtt.rto().as_micros() as u64;
+        let rto = self.data_loss_timeout_us(cfg);
         let mut requeue = Vec::new();
         let mut any = false;
         for e in self.tx.inflight.iter_mut() {
@@ -334,7 +352,11 @@ impl Peer {
             }
         }
         if any {
-            if now_us.saturating_sub(self.tx.last_progress_us) >= rto {
+            // No ack at all for a (control-scale) RTO: the path is gone or
+            // badly congested, restart from one packet (RFC 6817). A single
+            // probe timeout only counts as a loss.
+            let stall = (self.rtt.rto().as_micros() as u64).max(4 * rto);
+            if now_us.saturating_sub(self.tx.last_progress_us) >= stall {
                 self.tx.cc.on_timeout();
                 self.tx.last_progress_us = now_us;
             } else {
@@ -1157,7 +1179,7 @@ impl Inner {
                 if p.tx.inflight.is_empty() {
                     p.tx.last_progress_us = now;
                     // First datagram after idle: arm the loss timer.
-                    at(now + p.rtt.rto().as_micros() as u64);
+                    at(now + p.data_loss_timeout_us(cfg));
                 }
                 p.tx.inflight.push_back(InFlight {
                     pkt,
