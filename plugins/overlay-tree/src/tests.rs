@@ -1,0 +1,562 @@
+use super::*;
+use p2ner_plugin_api::abi_stable::std_types::{RNone, RSome, RVec};
+
+fn info(id: u64) -> PeerInfo {
+    PeerInfo {
+        id: PeerId(id),
+        addr: format!("10.0.0.{id}:4000").into(),
+    }
+}
+
+fn ctx(id: u64, is_source: bool, seed: u64) -> OverlayContext {
+    OverlayContext {
+        local: info(id),
+        is_source,
+        seed,
+        source: if is_source { RNone } else { RSome(info(0)) },
+    }
+}
+
+fn messages(actions: &RVec<OverlayAction>) -> Vec<(u64, Message)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            OverlayAction::SendMessage { peer, payload, .. } => {
+                Some((peer.0, Message::decode(payload).expect("well formed")))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn messages_round_trip_stay_small_and_malformed_ones_are_ignored() {
+    let long: Vec<PeerId> = (0..MAX_PATH as u64).map(PeerId).collect();
+    let all = [
+        Message::Join {
+            stripe: 1,
+            interior: true,
+        },
+        Message::Accept {
+            stripe: 0,
+            path: long.clone(),
+        },
+        Message::Redirect {
+            stripe: 0,
+            peers: (1..=4).map(info).collect(),
+        },
+        Message::Reject { stripe: 2 },
+        Message::Leave { stripe: 0 },
+        Message::Path {
+            stripe: 0,
+            attached: false,
+            path: long,
+        },
+        Message::Heartbeat {
+            stripe: 0,
+            free: 3,
+            subtree: 17,
+        },
+    ];
+    for m in all {
+        let bytes = m.encode();
+        assert!(bytes.len() < 1000, "{m:?}: {} bytes", bytes.len());
+        assert_eq!(Message::decode(&bytes), Some(m.clone()));
+        for cut in 0..bytes.len() {
+            assert!(
+                Message::decode(&bytes[..cut]).is_none(),
+                "{m:?} cut at {cut}"
+            );
+        }
+    }
+    assert!(Message::decode(&[JOIN, 0, 7]).is_none());
+    assert!(Message::decode(&[99, 0]).is_none());
+    assert!(Tree::new(&Params::new().with("fanout", "0")).is_err());
+    assert!(Tree::new(&Params::new().with("stripes", "0")).is_err());
+}
+
+#[test]
+fn a_full_node_redirects_and_no_node_adopts_an_ancestor() {
+    let mut actions = RVec::new();
+    let mut out = OverlayOut::new(&mut actions);
+    // The source, fanout 1: peer 1 is adopted, peer 2 sent on to peer 1.
+    let mut source = Tree::new(&Params::new().with("fanout", "1")).unwrap();
+    source.on_start(0, &ctx(0, true, 1), &mut out);
+    for id in [1, 2] {
+        source.on_connected(0, &info(id), &mut out);
+        let join = Message::Join {
+            stripe: 0,
+            interior: true,
+        };
+        source.on_message(0, PeerId(id), &join.encode(), &mut out);
+    }
+    let said = messages(&actions);
+    assert_eq!(
+        said[0],
+        (
+            1,
+            Message::Accept {
+                stripe: 0,
+                path: vec![PeerId(0)]
+            }
+        )
+    );
+    assert_eq!(
+        said[1],
+        (
+            2,
+            Message::Redirect {
+                stripe: 0,
+                peers: vec![info(1)]
+            }
+        )
+    );
+    assert!(actions.contains(&OverlayAction::SetLink {
+        peer: PeerId(1),
+        link: Link {
+            upstream: false,
+            downstream: true
+        }
+    }));
+    assert_eq!(source.children(0), vec![PeerId(1)]);
+
+    // Peer 5 joins the source, then learns its path is 0 -> 5 -> (it) ...
+    actions.clear();
+    let mut out = OverlayOut::new(&mut actions);
+    let mut node = Tree::new(&Params::new()).unwrap();
+    node.on_start(0, &ctx(5, false, 1), &mut out);
+    assert!(
+        matches!(actions[0], OverlayAction::Connect { ref peer, link } if peer.id == PeerId(0) && link == Link::default())
+    );
+    let mut out = OverlayOut::new(&mut actions);
+    node.on_connected(10, &info(0), &mut out);
+    let accept = Message::Accept {
+        stripe: 0,
+        path: vec![PeerId(0)],
+    };
+    node.on_message(20, PeerId(0), &accept.encode(), &mut out);
+    assert_eq!(node.parent(0), Some(PeerId(0)));
+    assert_eq!(node.path(0), Some(&[PeerId(0), PeerId(5)][..]));
+    // ... then the tree above changes: 0 -> 9 -> 5 (via a PATH heartbeat).
+    let path = Message::Path {
+        stripe: 0,
+        attached: true,
+        path: vec![PeerId(0), PeerId(9)],
+    };
+    node.on_message(30, PeerId(0), &path.encode(), &mut out);
+    // Its ancestors 0 and 9 ask to be adopted: refused. Peer 7 is welcome.
+    actions.clear();
+    let mut out = OverlayOut::new(&mut actions);
+    for id in [0, 9, 7] {
+        node.on_connected(40, &info(id), &mut out);
+        let join = Message::Join {
+            stripe: 0,
+            interior: true,
+        };
+        node.on_message(40, PeerId(id), &join.encode(), &mut out);
+    }
+    let said = messages(&actions);
+    assert!(said.contains(&(0, Message::Reject { stripe: 0 })));
+    assert!(said.contains(&(9, Message::Reject { stripe: 0 })));
+    assert!(said.contains(&(
+        7,
+        Message::Accept {
+            stripe: 0,
+            path: vec![PeerId(0), PeerId(9), PeerId(5)]
+        }
+    )));
+    // A loop reported by the parent (the path contains this peer): it leaves.
+    actions.clear();
+    let mut out = OverlayOut::new(&mut actions);
+    let looped = Message::Path {
+        stripe: 0,
+        attached: true,
+        path: vec![PeerId(7), PeerId(5), PeerId(0)],
+    };
+    node.on_message(50, PeerId(0), &looped.encode(), &mut out);
+    assert_eq!(node.parent(0), None);
+    assert!(messages(&actions).contains(&(0, Message::Leave { stripe: 0 })));
+    // Its child is told it is detached, and it refuses joiners meanwhile.
+    assert!(messages(&actions).contains(&(
+        7,
+        Message::Path {
+            stripe: 0,
+            attached: false,
+            path: vec![PeerId(5)]
+        }
+    )));
+}
+
+/// A tiny engine: links, messages and candidates between overlays, with a
+/// fake clock and a 10 ms delay on everything.
+struct Net {
+    nodes: Vec<Option<Tree>>,
+    /// The link as each side sees it.
+    links: BTreeMap<(usize, usize), Link>,
+    queue: Vec<(u64, usize, Ev)>,
+    now: u64,
+    rng: Rng,
+}
+
+#[derive(Debug)]
+enum Ev {
+    /// A `Hello` from `from` reaches the node.
+    Hello {
+        from: usize,
+        link: Link,
+    },
+    /// The `Welcome` for its `Hello` reaches the node.
+    Welcome {
+        from: usize,
+    },
+    Failed {
+        peer: usize,
+    },
+    Bye {
+        from: usize,
+    },
+    SetLink {
+        from: usize,
+        link: Link,
+    },
+    Msg {
+        from: usize,
+        payload: Vec<u8>,
+    },
+    Start,
+}
+
+const DELAY: u64 = 10_000;
+
+fn mirror(l: Link) -> Link {
+    Link {
+        upstream: l.downstream,
+        downstream: l.upstream,
+    }
+}
+
+impl Net {
+    fn new(n: usize, params: &Params, seed: u64) -> Net {
+        let nodes = (0..n).map(|_| Some(Tree::new(params).unwrap())).collect();
+        Net {
+            nodes,
+            links: BTreeMap::new(),
+            queue: Vec::new(),
+            now: 0,
+            rng: Rng::new(seed),
+        }
+    }
+
+    fn at(&mut self, delay: u64, node: usize, ev: Ev) {
+        self.queue.push((self.now + delay, node, ev));
+    }
+
+    fn apply(&mut self, node: usize, actions: RVec<OverlayAction>) {
+        for a in actions {
+            match a {
+                OverlayAction::Connect { peer, link } => {
+                    let to = peer.id.0 as usize;
+                    if let std::collections::btree_map::Entry::Vacant(e) =
+                        self.links.entry((node, to))
+                    {
+                        e.insert(link);
+                        if self.nodes[to].is_some() {
+                            self.at(DELAY, to, Ev::Hello { from: node, link });
+                        } else {
+                            self.at(1_000_000, node, Ev::Failed { peer: to });
+                        }
+                    }
+                }
+                OverlayAction::Disconnect { peer } => {
+                    let to = peer.0 as usize;
+                    if self.links.remove(&(node, to)).is_some() {
+                        self.at(DELAY, to, Ev::Bye { from: node });
+                    }
+                }
+                OverlayAction::SetLink { peer, link } => {
+                    let to = peer.0 as usize;
+                    if let Some(l) = self.links.get_mut(&(node, to)) {
+                        *l = link;
+                        self.at(DELAY, to, Ev::SetLink { from: node, link });
+                    }
+                }
+                OverlayAction::SendMessage { peer, payload, .. } => {
+                    let payload = payload.into_vec();
+                    assert!(payload.len() < 1000);
+                    self.at(
+                        DELAY,
+                        peer.0 as usize,
+                        Ev::Msg {
+                            from: node,
+                            payload,
+                        },
+                    );
+                }
+                OverlayAction::WantPeers { .. } => {
+                    let peers = self.sample(node);
+                    let mut acts = RVec::new();
+                    let now = self.now;
+                    if let Some(t) = self.nodes[node].as_mut() {
+                        t.on_candidates(now, &peers, &mut OverlayOut::new(&mut acts));
+                    }
+                    self.apply(node, acts);
+                }
+            }
+        }
+    }
+
+    /// What a server hands out: up to 5 live peers at random.
+    fn sample(&mut self, node: usize) -> Vec<PeerInfo> {
+        let mut alive: Vec<u64> = (0..self.nodes.len())
+            .filter(|&i| i != node && self.nodes[i].is_some())
+            .map(|i| i as u64)
+            .collect();
+        self.rng.shuffle(&mut alive);
+        alive.into_iter().take(5).map(info).collect()
+    }
+
+    fn deliver(&mut self, node: usize, ev: Ev) {
+        let now = self.now;
+        let mut acts = RVec::new();
+        let alive = self.nodes[node].is_some();
+        if !alive {
+            return;
+        }
+        match ev {
+            Ev::Start => {
+                let t = self.nodes[node].as_mut().unwrap();
+                t.on_start(
+                    now,
+                    &ctx(node as u64, node == 0, 77 + node as u64),
+                    &mut OverlayOut::new(&mut acts),
+                );
+                self.apply(node, std::mem::take(&mut acts));
+                if node != 0 {
+                    let peers = self.sample(node);
+                    let t = self.nodes[node].as_mut().unwrap();
+                    t.on_candidates(now, &peers, &mut OverlayOut::new(&mut acts));
+                }
+            }
+            Ev::Hello { from, link } => {
+                if self.nodes[from].is_none() || !self.links.contains_key(&(from, node)) {
+                    return;
+                }
+                let fresh = !self.links.contains_key(&(node, from));
+                self.links.entry((node, from)).or_insert(mirror(link));
+                self.at(DELAY, from, Ev::Welcome { from: node });
+                if fresh {
+                    let t = self.nodes[node].as_mut().unwrap();
+                    t.on_connected(now, &info(from as u64), &mut OverlayOut::new(&mut acts));
+                }
+            }
+            Ev::Welcome { from } => {
+                if self.links.contains_key(&(node, from)) {
+                    let t = self.nodes[node].as_mut().unwrap();
+                    t.on_connected(now, &info(from as u64), &mut OverlayOut::new(&mut acts));
+                }
+            }
+            Ev::Failed { peer } => {
+                if self.links.remove(&(node, peer)).is_some() {
+                    let t = self.nodes[node].as_mut().unwrap();
+                    t.on_disconnected(now, PeerId(peer as u64), &mut OverlayOut::new(&mut acts));
+                }
+            }
+            Ev::Bye { from } => {
+                if self.links.remove(&(node, from)).is_some() {
+                    let t = self.nodes[node].as_mut().unwrap();
+                    t.on_disconnected(now, PeerId(from as u64), &mut OverlayOut::new(&mut acts));
+                }
+            }
+            Ev::SetLink { from, link } => {
+                if let Some(l) = self.links.get_mut(&(node, from)) {
+                    *l = mirror(link);
+                }
+            }
+            Ev::Msg { from, payload } => {
+                let t = self.nodes[node].as_mut().unwrap();
+                t.on_message(
+                    now,
+                    PeerId(from as u64),
+                    &payload,
+                    &mut OverlayOut::new(&mut acts),
+                );
+            }
+        }
+        self.apply(node, acts);
+    }
+
+    /// Runs until `until_us`, ticking every overlay each 50 ms.
+    fn run(&mut self, until_us: u64) {
+        while self.now <= until_us {
+            loop {
+                let due: Vec<usize> = (0..self.queue.len())
+                    .filter(|&i| self.queue[i].0 <= self.now)
+                    .collect();
+                if due.is_empty() {
+                    break;
+                }
+                let mut batch = Vec::new();
+                for i in due.into_iter().rev() {
+                    batch.push(self.queue.remove(i));
+                }
+                batch.reverse();
+                for (_, node, ev) in batch {
+                    self.deliver(node, ev);
+                }
+            }
+            if self.now.is_multiple_of(50_000) {
+                for i in 0..self.nodes.len() {
+                    let now = self.now;
+                    let mut acts = RVec::new();
+                    if let Some(t) = self.nodes[i].as_mut() {
+                        t.on_tick(now, &mut OverlayOut::new(&mut acts));
+                    }
+                    self.apply(i, acts);
+                }
+            }
+            self.now += DELAY;
+        }
+    }
+
+    fn kill(&mut self, node: usize) {
+        self.nodes[node] = None;
+        self.links.retain(|&(a, b), _| a != node && b != node);
+    }
+
+    fn tree(&self, i: usize) -> &Tree {
+        self.nodes[i].as_ref().expect("alive")
+    }
+
+    /// Checks the trees of every stripe; returns the deepest depth.
+    fn check(&self, fanout: usize, source_fanout: usize, stripes: usize) -> usize {
+        let n = self.nodes.len();
+        let mut deepest = 0;
+        for s in 0..stripes {
+            for i in (0..n).filter(|&i| self.nodes[i].is_some()) {
+                let t = self.tree(i);
+                let max = if i == 0 { source_fanout } else { fanout };
+                let kids = t.children(s);
+                assert!(kids.len() <= max, "{i} has {} children in {s}", kids.len());
+                if stripes > 1 && i != 0 && s != t.own_stripe() {
+                    assert!(kids.is_empty(), "{i} is a leaf of stripe {s}");
+                }
+                for k in kids {
+                    assert_eq!(self.tree(k.0 as usize).parent(s), Some(PeerId(i as u64)));
+                    let l = self.links[&(i, k.0 as usize)];
+                    assert!(l.downstream, "{i} -> {k} not downstream: {l:?}");
+                }
+                if i == 0 {
+                    continue;
+                }
+                let p = t
+                    .parent(s)
+                    .unwrap_or_else(|| panic!("{i} has no parent in {s}"));
+                let l = self.links[&(i, p.0 as usize)];
+                assert!(l.upstream, "{i} -> parent {p} not upstream: {l:?}");
+                let path = t.path(s).unwrap_or_else(|| panic!("{i} detached in {s}"));
+                assert_eq!(path[0], PeerId(0));
+                assert_eq!(path.last(), Some(&PeerId(i as u64)));
+                // Walking up the parents reaches the source: no loop.
+                let mut at = i;
+                let mut hops = 0;
+                while at != 0 {
+                    at = self.tree(at).parent(s).expect("attached").0 as usize;
+                    hops += 1;
+                    assert!(hops < n, "loop through {i} in stripe {s}");
+                }
+                assert_eq!(hops, path.len() - 1);
+                deepest = deepest.max(hops);
+            }
+        }
+        deepest
+    }
+
+    fn shape(&self) -> Vec<Option<PeerId>> {
+        (0..self.nodes.len())
+            .map(|i| self.nodes[i].as_ref().and_then(|t| t.parent(0)))
+            .collect()
+    }
+}
+
+#[test]
+fn seven_joiners_with_fanout_two_form_a_tree_of_depth_three() {
+    let mut net = Net::new(8, &Params::new().with("fanout", "2"), 1);
+    for i in 0..8 {
+        net.queue.push((i as u64 * 300_000, i, Ev::Start));
+    }
+    net.run(5_000_000);
+    let depth = net.check(2, 2, 1);
+    eprintln!("depth {depth}, parents {:?}", net.shape());
+    assert!(depth <= 3, "depth {depth}: {:?}", net.shape());
+}
+
+#[test]
+fn twenty_peers_form_a_tree_and_orphans_rejoin_after_their_parent_dies() {
+    let params = Params::new().with("fanout", "3");
+    let mut net = Net::new(20, &params, 2);
+    for i in 0..20 {
+        net.queue.push((i as u64 * 50_000, i, Ev::Start));
+    }
+    net.run(8_000_000);
+    let depth = net.check(3, 3, 1);
+    assert!(depth <= 4, "depth {depth}: {:?}", net.shape());
+    // Kill two interior peers (children of the source) without a word.
+    let victims: Vec<usize> = net
+        .tree(0)
+        .children(0)
+        .into_iter()
+        .take(2)
+        .map(|p| p.0 as usize)
+        .filter(|&v| !net.tree(v).children(0).is_empty())
+        .collect();
+    assert!(!victims.is_empty());
+    let orphans: Vec<usize> = victims
+        .iter()
+        .flat_map(|&v| net.tree(v).children(0))
+        .map(|p| p.0 as usize)
+        .collect();
+    for &v in &victims {
+        net.kill(v);
+    }
+    net.run(20_000_000);
+    let depth = net.check(3, 3, 1);
+    eprintln!(
+        "after killing {victims:?}: depth {depth}, parents {:?}",
+        net.shape()
+    );
+    for o in orphans {
+        assert!(!victims.contains(&(net.tree(o).parent(0).unwrap().0 as usize)));
+    }
+}
+
+#[test]
+fn with_two_stripes_every_peer_has_a_parent_in_each_and_forwards_one() {
+    let params = Params::new()
+        .with("fanout", "4")
+        .with("source_fanout", "3")
+        .with("stripes", "2");
+    let mut net = Net::new(20, &params, 3);
+    for i in 0..20 {
+        net.queue.push((i as u64 * 50_000, i, Ev::Start));
+    }
+    net.run(15_000_000);
+    net.check(4, 3, 2);
+    for i in 1..20 {
+        let t = net.tree(i);
+        assert!(t.parent(0).is_some() && t.parent(1).is_some());
+    }
+}
+
+#[test]
+fn same_seed_same_tree() {
+    let run = || {
+        let mut net = Net::new(15, &Params::new().with("fanout", "2"), 4);
+        for i in 0..15 {
+            net.queue.push((i as u64 * 20_000, i, Ev::Start));
+        }
+        net.run(6_000_000);
+        net.check(2, 2, 1);
+        net.shape()
+    };
+    assert_eq!(run(), run());
+}
