@@ -120,6 +120,8 @@ struct State {
     cap: Option<TokenBucket>,
     rng: Rng,
     rejects_sent: HashMap<SocketAddr, u64>,
+    /// Last neighbour served by the sender task.
+    rr: SocketAddr,
 }
 
 struct Peer {
@@ -452,6 +454,7 @@ impl Endpoint {
             cap,
             rng: Rng::new(cfg.seed),
             rejects_sent: HashMap::new(),
+            rr: SocketAddr::from(([0, 0, 0, 0], 0)),
         };
         let inner = Arc::new(Inner {
             socket,
@@ -1133,6 +1136,7 @@ impl Inner {
             cap,
             rng,
             drops,
+            rr,
             ..
         } = st;
         for p in peers.values_mut() {
@@ -1142,10 +1146,26 @@ impl Inner {
                 }
             }
         }
+        // Round robin over neighbours with queued data, resuming after the
+        // last one served so a binding cap does not favour the first.
+        let mut keys: Vec<SocketAddr> = peers
+            .iter()
+            .filter(|(_, p)| !p.tx.queue.is_empty())
+            .map(|(a, _)| *a)
+            .collect();
+        keys.sort_unstable();
+        if keys.is_empty() {
+            return wake;
+        }
+        let start = keys.partition_point(|a| *a <= *rr);
+        keys.rotate_left(start);
         let mut sent_any = true;
         'passes: while sent_any {
             sent_any = false;
-            for (addr, p) in peers.iter_mut() {
+            for addr in &keys {
+                let Some(p) = peers.get_mut(addr) else {
+                    continue;
+                };
                 if out.items.len() >= SEND_BATCH {
                     at(now);
                     break 'passes;
@@ -1194,6 +1214,7 @@ impl Inner {
                 }
                 p.stats.data.bytes_sent += size as u64;
                 p.stats.data.datagrams_sent += 1;
+                *rr = *addr;
                 sent_any = true;
             }
         }
