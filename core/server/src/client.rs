@@ -28,11 +28,10 @@ const MAX_PAGES: usize = 4096;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
-    #[error("server {server} did not answer: {source}")]
+    #[error("server {server} did not answer: {error}")]
     Network {
         server: SocketAddr,
-        #[source]
-        source: SendError,
+        error: SendError,
     },
     #[error("server {server} refused: {message}")]
     Refused {
@@ -112,9 +111,9 @@ impl ServerClient {
         self.endpoint
             .request(self.server, payload, self.timeout)
             .await
-            .map_err(|source| ClientError::Network {
+            .map_err(|error| ClientError::Network {
                 server: self.server,
-                source,
+                error,
             })
     }
 
@@ -412,6 +411,16 @@ pub mod blocking {
         pub fn request_raw(&self, payload: Vec<u8>) -> Result<Bytes, ClientError> {
             self.rt
                 .block_on(self.inner.request_raw(Bytes::from(payload)))
+        }
+
+        /// Sends any payload as a one-way (acknowledged) message, the way a
+        /// client sends what needs no answer; the server handles it and
+        /// answers nothing.
+        pub fn send_raw(&self, payload: Vec<u8>) -> Result<(), ClientError> {
+            let server = self.inner.server();
+            self.rt
+                .block_on(self.endpoint.send_reliable(server, Bytes::from(payload)))
+                .map_err(|error| ClientError::Network { server, error })
         }
 
         pub fn register(

@@ -33,26 +33,14 @@ pub fn default_db_path() -> Option<PathBuf> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("database {path}: {source}")]
-    Database {
-        path: PathBuf,
-        #[source]
-        source: StoreError,
-    },
-    #[error("cannot create {path}: {source}")]
-    DatabaseDir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
+    #[error("database {path}: {error}")]
+    Database { path: PathBuf, error: StoreError },
+    #[error("cannot create {path}: {error}")]
+    DatabaseDir { path: PathBuf, error: io::Error },
+    #[error("cannot listen on {addr}: {error}")]
+    Bind { addr: SocketAddr, error: io::Error },
     #[error("cannot start the async runtime: {0}")]
-    Runtime(#[source] io::Error),
+    Runtime(io::Error),
 }
 
 /// The network settings a server needs: room for many concurrent clients and
@@ -81,23 +69,23 @@ impl Server {
         cfg: ServerConfig,
     ) -> Result<Self, ServerError> {
         if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| ServerError::DatabaseDir {
+            std::fs::create_dir_all(dir).map_err(|error| ServerError::DatabaseDir {
                 path: dir.to_owned(),
-                source,
+                error,
             })?;
         }
-        let database = |source| ServerError::Database {
+        let database = |error| ServerError::Database {
             path: db.to_owned(),
-            source,
+            error,
         };
         let store = Store::open(db).map_err(database)?;
         let service = Service::new(store, cfg, Instant::now()).map_err(database)?;
         let (endpoint, events) =
             Endpoint::bind(listen, server_net_config())
                 .await
-                .map_err(|source| ServerError::Bind {
+                .map_err(|error| ServerError::Bind {
                     addr: listen,
-                    source,
+                    error,
                 })?;
         Ok(Server {
             endpoint,

@@ -1,6 +1,8 @@
 //! The `p2ner` command line.
 
 mod plugins;
+pub mod server;
+mod streams;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +44,10 @@ pub enum Command {
     /// List, inspect and check plugin libraries.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
+    /// Run a server: the stream catalogue and the entry point of swarms.
+    Server(server::ServerArgs),
+    /// Browse the streams of one or more servers.
+    Streams(streams::StreamsArgs),
 }
 
 impl Cli {
@@ -76,6 +82,8 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match &cli.command {
         Command::Plugins(cmd) => plugins::run(cmd, &cli.plugin_options()),
+        Command::Server(args) => server::run(args),
+        Command::Streams(args) => streams::run(args),
     };
     match result {
         Ok(code) => code,
