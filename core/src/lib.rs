@@ -6,4 +6,7 @@
 //! discovery, the command line, and (later) the network channels and stats.
 
 pub mod cli;
+pub mod engine;
 pub mod plugins;
+pub mod sim;
+pub mod stream;

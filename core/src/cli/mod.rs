@@ -2,6 +2,7 @@
 
 mod plugins;
 pub mod server;
+mod stream;
 mod streams;
 
 use std::path::PathBuf;
@@ -48,6 +49,10 @@ pub enum Command {
     Server(server::ServerArgs),
     /// Browse the streams of one or more servers.
     Streams(streams::StreamsArgs),
+    /// Publish a live stream: register it on servers and feed the swarm.
+    Publish(Box<stream::PublishArgs>),
+    /// Join a stream and play, save or discard it.
+    Subscribe(stream::SubscribeArgs),
 }
 
 impl Cli {
@@ -84,6 +89,8 @@ pub fn main() -> ExitCode {
         Command::Plugins(cmd) => plugins::run(cmd, &cli.plugin_options()),
         Command::Server(args) => server::run(args),
         Command::Streams(args) => streams::run(args),
+        Command::Publish(args) => stream::publish(args, &cli.plugin_options()),
+        Command::Subscribe(args) => stream::subscribe(args, &cli.plugin_options()),
     };
     match result {
         Ok(code) => code,

@@ -9,6 +9,12 @@
 //! served only as fast as the data channel can take them, so nothing queues
 //! up behind a slow link.
 //!
+//! The publisher is treated apart: if it announced every chunk at once, every
+//! subscriber would ask it first (it is the only holder) and its upload would
+//! become the swarm's bottleneck. So it pushes each new chunk to a few
+//! neighbours in turn and announces it to everyone only after a delay, by
+//! which time the pushed copies have spread and are requested from peers.
+//!
 //! Sans-IO and deterministic for a seed.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -28,6 +34,11 @@ pub struct Pull {
     urgent_us: u64,
     lookback: u64,
     map_every_us: u64,
+    source_push: usize,
+    source_delay_us: u64,
+    /// The publisher's chunks not announced yet, with when they were made.
+    held: VecDeque<(u64, u64)>,
+    push_turn: usize,
     rng: Rng,
     ctx: Option<SchedContext>,
     have: BTreeSet<u64>,
@@ -43,8 +54,10 @@ struct Neighbour {
     link: Link,
     have: BTreeSet<u64>,
     outstanding: usize,
-    /// Their requests to me, waiting for capacity.
-    queue: VecDeque<u64>,
+    /// Their requests to me, waiting for capacity, with when they came.
+    queue: VecDeque<(u64, u64)>,
+    /// Chunks the publisher pushes to this neighbour unasked.
+    pushes: VecDeque<u64>,
     /// Bytes the data channel takes now; `None` until the engine says.
     budget: Option<u64>,
     next_map_us: u64,
@@ -56,8 +69,12 @@ impl Pull {
             max_requests: params.parse_or("max_requests", 8)?,
             request_timeout_us: params.parse_or::<u64>("request_timeout_ms", 1000)? * 1000,
             urgent_us: params.parse_or::<u64>("urgent_ms", 1000)? * 1000,
-            lookback: params.parse_or("lookback_chunks", 10)?,
+            lookback: params.parse_or("lookback_chunks", 20)?,
             map_every_us: params.parse_or::<u64>("map_ms", 1000)? * 1000,
+            source_push: params.parse_or("source_push", 2)?,
+            source_delay_us: params.parse_or::<u64>("source_announce_ms", 300)? * 1000,
+            held: VecDeque::new(),
+            push_turn: 0,
             rng: Rng::new(0),
             ctx: None,
             have: BTreeSet::new(),
@@ -101,13 +118,23 @@ impl Pull {
         for n in self.neighbours.values_mut() {
             n.have = n.have.split_off(&keep_from);
         }
+        // Requests for chunks that are past playback are given up, and no
+        // longer count against the neighbour they were sent to.
         let start = self.window_start();
-        self.requested.retain(|&seq, _| seq >= start);
+        let stale = self.requested.split_off(&start);
+        for (peer, _) in std::mem::replace(&mut self.requested, stale).into_values() {
+            if let Some(n) = self.neighbours.get_mut(&peer) {
+                n.outstanding = n.outstanding.saturating_sub(1);
+            }
+        }
     }
 
     fn map_message(&self) -> Vec<u8> {
         let base = self.have.first().copied().unwrap_or(0);
-        let last = self.have.last().copied().unwrap_or(0);
+        let last = match self.held.front() {
+            Some(&(first_held, _)) => first_held.saturating_sub(1),
+            None => self.have.last().copied().unwrap_or(0),
+        };
         let bits = ((last - base + 1) as usize).min(MAX_SEQS * 64);
         let mut msg = vec![MAP];
         msg.extend_from_slice(&base.to_le_bytes());
@@ -190,17 +217,30 @@ impl Pull {
         }
     }
 
-    fn serve(&mut self, out: &mut SchedOut<'_>) {
+    fn serve(&mut self, now_us: u64, out: &mut SchedOut<'_>) {
         let chunk_bytes = self.chunk_bytes();
         for (&peer, n) in self.neighbours.iter_mut() {
-            while let Some(&seq) = n.queue.front() {
+            // A request older than the requester's timeout has been issued
+            // again elsewhere: serving it now would only duplicate.
+            while n
+                .queue
+                .front()
+                .is_some_and(|&(_, at)| now_us > at + self.request_timeout_us)
+            {
+                n.queue.pop_front();
+            }
+            while let Some(seq) = n.pushes.front().copied().or(n.queue.front().map(|r| r.0)) {
+                // The data channel takes a chunk whenever any room is left
+                // (its window would otherwise never open beyond one chunk).
                 if let Some(budget) = n.budget {
-                    if budget < chunk_bytes {
+                    if budget == 0 {
                         break;
                     }
-                    n.budget = Some(budget - chunk_bytes);
+                    n.budget = Some(budget.saturating_sub(chunk_bytes));
                 }
-                n.queue.pop_front();
+                if n.pushes.pop_front().is_none() {
+                    n.queue.pop_front();
+                }
                 if self.have.contains(&seq) {
                     out.send_chunk(peer, seq);
                 }
@@ -288,6 +328,7 @@ impl Scheduler for Pull {
                 have: BTreeSet::new(),
                 outstanding: 0,
                 queue: VecDeque::new(),
+                pushes: VecDeque::new(),
                 budget: None,
                 next_map_us: now_us + self.map_every_us,
             },
@@ -303,8 +344,31 @@ impl Scheduler for Pull {
         self.requested.retain(|_, (p, _)| *p != peer);
     }
 
-    fn on_chunk(&mut self, _now_us: u64, seq: u64, _from: Option<PeerId>, _out: &mut SchedOut<'_>) {
-        if self.have.insert(seq) {
+    fn on_chunk(&mut self, now_us: u64, seq: u64, from: Option<PeerId>, out: &mut SchedOut<'_>) {
+        let fresh = self.have.insert(seq);
+        if from.is_none() && self.is_source() && self.source_delay_us > 0 {
+            let downstream: Vec<PeerId> = self
+                .neighbours
+                .iter()
+                .filter(|(_, n)| n.link.downstream)
+                .map(|(&id, _)| id)
+                .collect();
+            for k in 0..self.source_push.min(downstream.len()) {
+                let peer = downstream[(self.push_turn + k) % downstream.len()];
+                self.neighbours
+                    .get_mut(&peer)
+                    .expect("listed")
+                    .pushes
+                    .push_back(seq);
+            }
+            self.push_turn = self.push_turn.wrapping_add(self.source_push);
+            if !downstream.is_empty() {
+                self.held.push_back((seq, now_us));
+                self.serve(now_us, out);
+            } else if fresh {
+                self.announce.push(seq);
+            }
+        } else if fresh {
             self.announce.push(seq);
         }
         self.newest_known = Some(self.newest_known.map_or(seq, |n| n.max(seq)));
@@ -315,7 +379,7 @@ impl Scheduler for Pull {
         }
     }
 
-    fn on_message(&mut self, _now_us: u64, peer: PeerId, payload: &[u8], out: &mut SchedOut<'_>) {
+    fn on_message(&mut self, now_us: u64, peer: PeerId, payload: &[u8], out: &mut SchedOut<'_>) {
         let Some(message) = decode(payload) else {
             return;
         };
@@ -331,8 +395,8 @@ impl Scheduler for Pull {
             }
             Message::Request(seqs) => {
                 if n.link.downstream {
-                    n.queue.extend(seqs);
-                    self.serve(out);
+                    n.queue.extend(seqs.into_iter().map(|s| (s, now_us)));
+                    self.serve(now_us, out);
                 }
             }
         }
@@ -340,7 +404,7 @@ impl Scheduler for Pull {
 
     fn on_capacity(
         &mut self,
-        _now_us: u64,
+        now_us: u64,
         peer: PeerId,
         capacity: Capacity,
         out: &mut SchedOut<'_>,
@@ -348,7 +412,7 @@ impl Scheduler for Pull {
         if let Some(n) = self.neighbours.get_mut(&peer) {
             n.budget = Some(capacity.can_send_bytes);
         }
-        self.serve(out);
+        self.serve(now_us, out);
     }
 
     fn on_playout(&mut self, _now_us: u64, playout: Playout, _out: &mut SchedOut<'_>) {
@@ -360,6 +424,13 @@ impl Scheduler for Pull {
     }
 
     fn on_tick(&mut self, now_us: u64, out: &mut SchedOut<'_>) {
+        while let Some(&(seq, at)) = self.held.front() {
+            if now_us < at + self.source_delay_us {
+                break;
+            }
+            self.held.pop_front();
+            self.announce.push(seq);
+        }
         self.prune();
         let announce = std::mem::take(&mut self.announce);
         let full_map = self.map_message();
@@ -379,7 +450,7 @@ impl Scheduler for Pull {
         if !self.is_source() {
             self.request_missing(now_us, out);
         }
-        self.serve(out);
+        self.serve(now_us, out);
     }
 }
 
@@ -393,8 +464,10 @@ fn register(lib: &mut Registrar) {
         .param("max_requests", "8", "requests outstanding to one neighbour at most")
         .param("request_timeout_ms", "1000", "re-request a chunk not received within this time")
         .param("urgent_ms", "1000", "chunks due within this time are requested before rarer ones")
-        .param("lookback_chunks", "10", "before playback starts, how far behind the newest chunk to begin")
-        .param("map_ms", "1000", "interval between full buffer maps"),
+        .param("lookback_chunks", "20", "before playback starts, how far behind the newest chunk to begin")
+        .param("map_ms", "1000", "interval between full buffer maps")
+        .param("source_push", "2", "publisher: neighbours each new chunk is pushed to unasked")
+        .param("source_announce_ms", "300", "publisher: announce a chunk to all only after this long (0: at once, and no pushes)"),
         Pull::new,
     );
 }
@@ -496,7 +569,8 @@ mod tests {
 
     #[test]
     fn serves_requests_within_the_data_channel_budget() {
-        let mut pull = Pull::new(&Params::new()).unwrap();
+        // No unasked pushes from the publisher: requests alone here.
+        let mut pull = Pull::new(&Params::new().with("source_announce_ms", "0")).unwrap();
         let mut actions = RVec::new();
         let mut out = SchedOut::new(&mut actions);
         pull.on_start(0, &ctx(true), &mut out);
@@ -528,8 +602,8 @@ mod tests {
         };
         assert_eq!(
             sent(&actions),
-            2,
-            "2500 bytes of budget take two 1000-byte chunks"
+            3,
+            "2500 bytes take three 1000-byte chunks: the last may overdraw, as the data channel allows"
         );
         let mut out = SchedOut::new(&mut actions);
         pull.on_capacity(
@@ -542,7 +616,7 @@ mod tests {
             },
             &mut out,
         );
-        // 2 and 3 go out; 9 was never here and is dropped.
+        // 3 goes out; 9 was never here and is dropped.
         assert_eq!(sent(&actions), 4);
     }
 }

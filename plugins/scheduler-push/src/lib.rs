@@ -295,7 +295,7 @@ impl Push {
     /// Repair requests first, then pushes, while budgets last.
     fn send_round(&mut self, now_us: u64, out: &mut SchedOut<'_>) {
         self.refill(now_us);
-        let chunk_bytes = self.chunk_bytes();
+
         // Repairs.
         let peers: Vec<PeerId> = self.neighbours.keys().copied().collect();
         for peer in peers {
@@ -304,7 +304,7 @@ impl Push {
                     return;
                 }
                 let n = &self.neighbours[&peer];
-                if n.budget.is_none_or(|b| b < chunk_bytes) {
+                if n.budget.is_none_or(|b| b == 0) {
                     break;
                 }
                 let Some(seq) = self.neighbours.get_mut(&peer).expect("n").queue.pop_front() else {
@@ -318,7 +318,7 @@ impl Push {
         // Pushes: what each neighbour with budget lacks.
         let mut useful: BTreeMap<PeerId, Vec<u64>> = BTreeMap::new();
         for (&peer, n) in &self.neighbours {
-            if !n.link.downstream || n.budget.is_none_or(|b| b < chunk_bytes) {
+            if !n.link.downstream || n.budget.is_none_or(|b| b == 0) {
                 continue;
             }
             let seqs: Vec<u64> = self
@@ -353,9 +353,7 @@ impl Push {
             };
             let seq = seqs.remove(i);
             self.spend(peer, seq, now_us, out);
-            let spent = self.neighbours[&peer]
-                .budget
-                .is_none_or(|b| b < chunk_bytes);
+            let spent = self.neighbours[&peer].budget.is_none_or(|b| b == 0);
             if spent || useful[&peer].is_empty() {
                 useful.remove(&peer);
             }

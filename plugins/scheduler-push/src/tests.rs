@@ -153,10 +153,10 @@ fn a_tight_budget_is_shared_most_deprived_first() {
     push.on_message(0, PeerId(2), &have(&[0, 1, 2]), &mut out);
     push.on_message(0, PeerId(3), &have(&[0, 1, 2, 3, 4]), &mut out);
     for p in 1..=3 {
-        push.on_capacity(0, PeerId(p), cap(1500), &mut out);
+        push.on_capacity(0, PeerId(p), cap(1000), &mut out);
     }
     push.on_tick(10_000, &mut out);
-    // One chunk per link (1500 bytes take one 1000-byte chunk), the most
+    // One chunk per link (1000 bytes take one 1000-byte chunk), the most
     // deprived first, each the newest it lacks.
     assert_eq!(sent(&actions), vec![(2, 9), (3, 9), (1, 9)]);
 }
@@ -201,8 +201,8 @@ fn no_push_beyond_capacity_upstream_or_behind_playout() {
     let mut push = source_with(Params::new(), 30, 3, DOWN, 1);
     let mut actions = RVec::new();
     let mut out = SchedOut::new(&mut actions);
-    // Peer 1: 2500 bytes = two chunks. Peer 2: never reports capacity.
-    push.on_capacity(0, PeerId(1), cap(2500), &mut out);
+    // Peer 1: 2000 bytes = two chunks. Peer 2: never reports capacity.
+    push.on_capacity(0, PeerId(1), cap(2000), &mut out);
     // Peer 3 plays 25 already: only 25.. are useful to it.
     let msg = seqs_message(HAVE, Some(25), &[]);
     push.on_message(0, PeerId(3), &msg, &mut out);

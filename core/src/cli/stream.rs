@@ -1,0 +1,227 @@
+//! `p2ner publish` and `p2ner subscribe`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use p2ner_plugin_api::Group;
+
+use crate::engine::{self, Choice, End, NetOptions};
+use crate::plugins::PluginOptions;
+use crate::stream::Summary;
+
+#[derive(Debug, Args)]
+pub struct NetArgs {
+    /// Local UDP address for the peer-to-peer traffic.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:0")]
+    pub listen: SocketAddr,
+    /// Cap on this client's upload, all neighbours together (kbit/s).
+    #[arg(long, value_name = "KBPS")]
+    pub upload_kbps: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long = "for", value_name = "SECONDS")]
+    pub run_for: Option<f64>,
+    /// Write one JSON line of stats per second, and a summary line at the end.
+    #[arg(long, value_name = "FILE")]
+    pub stats: Option<PathBuf>,
+    /// Print the summary as JSON on stdout at the end.
+    #[arg(long)]
+    pub json: bool,
+    /// No live progress line on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl NetArgs {
+    fn net(&self) -> NetOptions {
+        NetOptions {
+            listen: self.listen,
+            upload_kbps: self.upload_kbps,
+        }
+    }
+
+    fn run_for(&self) -> anyhow::Result<Option<Duration>> {
+        self.run_for
+            .map(|s| {
+                Duration::try_from_secs_f64(s)
+                    .map_err(|_| anyhow::anyhow!("--for {s}: not a number of seconds"))
+            })
+            .transpose()
+    }
+
+    fn progress(&self) -> bool {
+        !self.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr())
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Server to register the stream on (repeatable).
+    #[arg(long = "server", value_name = "ADDR", required = true)]
+    pub servers: Vec<SocketAddr>,
+    #[arg(long)]
+    pub title: String,
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// Input plugin: `synthetic`, `gst`, `vlc`, ... (NAME:VALUE sets its first parameter).
+    #[arg(long, value_name = "NAME", default_value = "synthetic")]
+    pub input: String,
+    /// What the input reads: `test`, a file, `v4l2:/dev/video0`, or an rtp/udp/http/rtsp URI.
+    #[arg(long, value_name = "URI")]
+    pub source: Option<String>,
+    /// Extra input parameter (repeatable).
+    #[arg(long = "input-param", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub input_params: Vec<(String, String)>,
+    /// Stream bitrate (kbit/s).
+    #[arg(long, value_name = "KBPS", default_value_t = 1000)]
+    pub bitrate: u32,
+    #[arg(long)]
+    pub width: Option<u32>,
+    #[arg(long)]
+    pub height: Option<u32>,
+    #[arg(long)]
+    pub fps: Option<u32>,
+    /// Media per chunk (ms).
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub chunk_ms: u32,
+    /// What a subscriber buffers before it starts playing (ms).
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub buffer_ms: u32,
+    /// Scheduler plugin every peer of the stream loads.
+    #[arg(long, value_name = "NAME", default_value = "pull")]
+    pub scheduler: String,
+    /// Scheduler parameter (repeatable).
+    #[arg(long = "scheduler-param", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub scheduler_params: Vec<(String, String)>,
+    /// Overlay plugin every peer of the stream loads.
+    #[arg(long, value_name = "NAME", default_value = "mesh")]
+    pub overlay: String,
+    /// Overlay parameter (repeatable).
+    #[arg(long = "overlay-param", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub overlay_params: Vec<(String, String)>,
+    /// The publisher's key (created on first use); default under the config folder.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    /// The server the stream is registered on.
+    #[arg(long, value_name = "ADDR")]
+    pub server: SocketAddr,
+    /// The stream's id (see `p2ner streams`).
+    pub stream: String,
+    /// Output plugin: `null`, `file:PATH`, `gst:screen`, `gst:file:PATH`, `gst:decode`, `vlc:...`.
+    #[arg(long, value_name = "NAME", default_value = "null")]
+    pub output: String,
+    /// Extra output parameter (repeatable).
+    #[arg(long = "output-param", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub output_params: Vec<(String, String)>,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("'{s}' is not KEY=VALUE"))
+}
+
+fn choice(
+    text: &str,
+    group: Group,
+    extra: &[(String, String)],
+    registry: &crate::plugins::Registry,
+) -> anyhow::Result<Choice> {
+    let mut c = Choice::parse(text, group, registry)?;
+    c.params.extend(extra.iter().cloned());
+    Ok(c)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+pub fn publish(args: &PublishArgs, plugins: &PluginOptions) -> anyhow::Result<ExitCode> {
+    let registry = plugins.registry()?;
+    let mut input = choice(&args.input, Group::Input, &args.input_params, &registry)?;
+    if let Some(source) = &args.source {
+        input.params.insert("source".into(), source.clone());
+    }
+    let opts = engine::PublishOptions {
+        servers: args.servers.clone(),
+        title: args.title.clone(),
+        description: args.description.clone(),
+        input,
+        bitrate_kbps: args.bitrate,
+        chunk_ms: args.chunk_ms,
+        buffer_ms: args.buffer_ms,
+        width: args.width,
+        height: args.height,
+        fps: args.fps,
+        scheduler: choice(
+            &args.scheduler,
+            Group::Scheduler,
+            &args.scheduler_params,
+            &registry,
+        )?,
+        overlay: choice(
+            &args.overlay,
+            Group::Overlay,
+            &args.overlay_params,
+            &registry,
+        )?,
+        identity: args.identity.clone(),
+        net: args.net.net(),
+        run_for: args.net.run_for()?,
+        stats: args.net.stats.clone(),
+        progress: args.net.progress(),
+    };
+    let (end, summary) = runtime()?.block_on(engine::publish(&registry, opts))?;
+    finish(end, &summary, args.net.json)
+}
+
+pub fn subscribe(args: &SubscribeArgs, plugins: &PluginOptions) -> anyhow::Result<ExitCode> {
+    let registry = plugins.registry()?;
+    let opts = engine::SubscribeOptions {
+        server: args.server,
+        stream: args.stream.clone(),
+        output: choice(&args.output, Group::Output, &args.output_params, &registry)?,
+        net: args.net.net(),
+        run_for: args.net.run_for()?,
+        stats: args.net.stats.clone(),
+        progress: args.net.progress(),
+    };
+    let (end, summary) = runtime()?.block_on(engine::subscribe(&registry, opts))?;
+    finish(end, &summary, args.net.json)
+}
+
+fn finish(end: End, summary: &Summary, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string(summary)?);
+    } else if summary.chunks_produced > 0 {
+        eprintln!(
+            "published {} chunks, {} bytes up",
+            summary.chunks_produced, summary.bytes_up
+        );
+    } else {
+        eprintln!(
+            "played {} chunks, missed {}, continuity {:.4}, startup {} ms, lag p50 {} ms",
+            summary.chunks_played,
+            summary.chunks_missed,
+            summary.continuity,
+            summary.startup_ms.map_or("-".into(), |v| format!("{v:.0}")),
+            summary.lag_ms_p50.map_or("-".into(), |v| format!("{v:.0}")),
+        );
+    }
+    match end {
+        End::Failed(e) => anyhow::bail!("{e}"),
+        End::Time | End::Interrupted | End::InputEnded => Ok(ExitCode::SUCCESS),
+    }
+}

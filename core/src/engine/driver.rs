@@ -1,0 +1,330 @@
+//! Runs one [`Session`] on the real network: the glue between the sans-IO
+//! stream and `p2ner-net`'s endpoint, on one tokio task.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use p2ner_net::{Endpoint, Event, Events, SendError};
+use p2ner_plugin_api::{Capacity, PeerId, PeerInfo};
+use p2ner_server::client::ServerClient;
+use p2ner_server::proto::StreamId;
+use tokio::sync::mpsc;
+
+use crate::stream::{wire, Session, Summary, Transmit};
+
+/// Engine time: microseconds since the Unix epoch, so that capture times
+/// stamped by a publisher mean the same on every peer of this machine (and,
+/// with synchronised clocks, of others).
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// How often the session's clock advances; bounds play-out jitter.
+pub const TICK: Duration = Duration::from_millis(20);
+
+/// The stream's id on the wire: a hash of its catalogue id.
+pub fn wire_id(stream: &StreamId) -> u64 {
+    // FNV-1a: stable across builds and platforms, which std's hasher is not.
+    stream.as_str().bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// What keeps a stream registered at its servers.
+pub enum Heartbeat {
+    Publisher {
+        identity: Box<p2ner_server::identity::Identity>,
+    },
+    Peer {
+        peer_id: u64,
+    },
+}
+
+pub struct Driver {
+    pub endpoint: Endpoint,
+    pub events: Events,
+    pub session: Session,
+    pub stream: StreamId,
+    pub servers: Vec<ServerClient>,
+    pub heartbeat: Heartbeat,
+    pub peer_id: u64,
+    /// Stop after this long.
+    pub run_for: Option<Duration>,
+    /// JSON lines, one per second, and the final summary.
+    pub stats: Option<Box<dyn Write + Send>>,
+    /// A live line per second on stderr.
+    pub progress: bool,
+}
+
+/// Why a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    Time,
+    Interrupted,
+    InputEnded,
+    Failed(String),
+}
+
+impl Driver {
+    pub async fn run(mut self) -> (End, Summary) {
+        let wire = wire_id(&self.stream);
+        let started = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let (unreachable_tx, mut unreachable) = mpsc::unbounded_channel::<SocketAddr>();
+        let (peers_tx, mut candidates) = mpsc::unbounded_channel::<Vec<PeerInfo>>();
+        let mut next_second = now_us() + 1_000_000;
+        let mut next_heartbeat = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut refused = 0u64;
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        let end = loop {
+            tokio::select! {
+                ev = self.events.recv() => {
+                    let Some(ev) = ev else { break End::Failed("network endpoint closed".into()) };
+                    let now = now_us();
+                    match ev {
+                        Event::Message { from, payload } => {
+                            if let Some(env) = wire::decode(&payload) {
+                                if env.stream == wire {
+                                    self.session.on_message(now, from, env, payload.len());
+                                }
+                            }
+                        }
+                        Event::Chunk { from, stream, seq, data } => {
+                            if stream == wire {
+                                self.session.on_chunk(now, from, seq, data);
+                            }
+                        }
+                        Event::Request { from, id, .. } => {
+                            // Peers do not serve requests; say so instead of
+                            // letting the asker time out.
+                            self.endpoint.respond(from, id, Bytes::new());
+                        }
+                    }
+                }
+                Some(addr) = unreachable.recv() => {
+                    self.session.on_unreachable(now_us(), addr);
+                }
+                Some(peers) = candidates.recv() => {
+                    self.session.on_candidates(now_us(), &peers);
+                }
+                _ = tick.tick() => {
+                    let now = now_us();
+                    for addr in self.session.neighbour_addrs() {
+                        let c = self.endpoint.capacity(addr);
+                        self.session.set_capacity(addr, Capacity {
+                            can_send_bytes: c.can_send_bytes,
+                            rate_bps: c.rate_bps,
+                            rtt_us: c.rtt_us,
+                        });
+                    }
+                    self.session.tick(now);
+                    if now >= next_second {
+                        next_second += 1_000_000;
+                        self.second(now);
+                    }
+                    if tokio::time::Instant::now() >= next_heartbeat {
+                        next_heartbeat += Duration::from_secs(5);
+                        self.send_heartbeats();
+                    }
+                    if let Some(e) = self.session.failed() {
+                        break End::Failed(e.to_owned());
+                    }
+                    if self.session.ended() {
+                        break End::InputEnded;
+                    }
+                    if self.run_for.is_some_and(|d| started.elapsed() >= d) {
+                        break End::Time;
+                    }
+                }
+                _ = &mut ctrl_c => break End::Interrupted,
+            }
+            refused += self.flush(wire, &unreachable_tx, &peers_tx);
+        };
+        let now = now_us();
+        if let Some(e) = self.session.close(now) {
+            tracing::warn!("closing the stream: {e}");
+        }
+        self.flush(wire, &unreachable_tx, &peers_tx);
+        if refused > 0 {
+            tracing::info!(refused, "chunks the data channel refused (no capacity)");
+        }
+        let mut summary = self.session.stats().summary(self.stream.as_str());
+        // Whole datagrams, framing and acknowledgements included.
+        let net = self.endpoint.stats();
+        let t = &net.total;
+        summary.bytes_down = t.control.bytes_recv + t.data.bytes_recv;
+        summary.bytes_up = t.control.bytes_sent + t.data.bytes_sent;
+        if summary.media_bytes > 0 {
+            summary.overhead = summary.bytes_down.saturating_sub(summary.media_bytes) as f64
+                / summary.media_bytes as f64;
+        }
+        if let Some(out) = &mut self.stats {
+            let _ = serde_json::to_writer(&mut *out, &summary);
+            let _ = writeln!(out);
+            let _ = out.flush();
+        }
+        self.leave().await;
+        (end, summary)
+    }
+
+    /// Hands the session's transmissions to the endpoint; returns the
+    /// chunks the data channel refused.
+    fn flush(
+        &mut self,
+        wire: u64,
+        unreachable: &mpsc::UnboundedSender<SocketAddr>,
+        peers: &mpsc::UnboundedSender<Vec<PeerInfo>>,
+    ) -> u64 {
+        let mut refused = 0;
+        for t in self.session.drain() {
+            match t {
+                Transmit::Message {
+                    to,
+                    bytes,
+                    reliable: true,
+                } => {
+                    let endpoint = self.endpoint.clone();
+                    let unreachable = unreachable.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = endpoint.send_reliable(to, Bytes::from(bytes)).await {
+                            tracing::debug!(%to, "reliable message failed: {e}");
+                            let _ = unreachable.send(to);
+                        }
+                    });
+                }
+                Transmit::Message { to, bytes, .. } => {
+                    if let Err(e) = self.endpoint.send_unreliable(to, Bytes::from(bytes)) {
+                        tracing::debug!(%to, "message not sent: {e}");
+                    }
+                }
+                Transmit::Chunk { to, seq, data } => {
+                    match self.endpoint.send_chunk(to, wire, seq, data) {
+                        Ok(()) => {}
+                        Err(SendError::WouldBlock) => refused += 1,
+                        Err(e) => tracing::debug!(%to, seq, "chunk not sent: {e}"),
+                    }
+                }
+                Transmit::WantPeers { .. } => {
+                    for server in self.servers.clone() {
+                        let (stream, peer_id, peers) =
+                            (self.stream.clone(), self.peer_id, peers.clone());
+                        tokio::spawn(async move {
+                            match server.peers(&stream, peer_id).await {
+                                Ok(found) => {
+                                    let _ = peers.send(peer_infos(&found));
+                                }
+                                Err(e) => tracing::debug!("asking for peers: {e}"),
+                            }
+                        });
+                    }
+                }
+                Transmit::Forget { addr } => self.endpoint.forget(addr),
+            }
+        }
+        refused
+    }
+
+    fn second(&mut self, now: u64) {
+        let snap = self.session.snapshot(now);
+        if let Some(out) = &mut self.stats {
+            let _ = serde_json::to_writer(&mut *out, &snap);
+            let _ = writeln!(out);
+            let _ = out.flush();
+        }
+        if self.progress {
+            let s = self.session.stats();
+            eprint!(
+                "\r{:>5}s  {}  neighbours {:>2}  down {:>6.0} kbit/s  up {:>6.0} kbit/s  {}   ",
+                snap.t_ms / 1000,
+                if self.session.is_source() {
+                    format!("produced {:>5}", s.chunks_produced)
+                } else {
+                    format!(
+                        "continuity {:.3}  buffer {:>5} ms",
+                        snap.continuity, snap.buffer_ms
+                    )
+                },
+                snap.neighbours,
+                snap.down_kbps,
+                snap.up_kbps,
+                if self.session.is_source() || snap.playing {
+                    ""
+                } else {
+                    "(buffering)"
+                }
+            );
+        }
+    }
+
+    fn send_heartbeats(&self) {
+        for server in self.servers.clone() {
+            let stream = self.stream.clone();
+            match &self.heartbeat {
+                Heartbeat::Publisher { identity } => {
+                    let identity = identity.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = server.publisher_heartbeat(&identity, &stream).await {
+                            tracing::warn!(server = %server.server(), "heartbeat: {e}");
+                        }
+                    });
+                }
+                Heartbeat::Peer { peer_id } => {
+                    let peer_id = *peer_id;
+                    tokio::spawn(async move {
+                        if let Err(e) = server.peer_heartbeat(&stream, peer_id).await {
+                            tracing::warn!(server = %server.server(), "heartbeat: {e}");
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Leaves the swarm at every server, briefly: a server that does not
+    /// answer will expire us anyway.
+    async fn leave(&self) {
+        if self.progress {
+            eprintln!();
+        }
+        let mut calls = Vec::new();
+        for server in &self.servers {
+            let (server, stream) = (server.clone(), self.stream.clone());
+            match &self.heartbeat {
+                Heartbeat::Publisher { identity } => {
+                    let identity = identity.clone();
+                    calls.push(tokio::spawn(async move {
+                        server.remove(&identity, &stream).await.map(|_| ())
+                    }));
+                }
+                Heartbeat::Peer { peer_id } => {
+                    let peer_id = *peer_id;
+                    calls.push(tokio::spawn(async move {
+                        server.leave(&stream, peer_id).await.map(|_| ())
+                    }));
+                }
+            }
+        }
+        for call in calls {
+            if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(2), call).await {
+                tracing::debug!("leaving: {e}");
+            }
+        }
+    }
+}
+
+/// Server peer entries as the overlay sees them.
+pub fn peer_infos(entries: &[p2ner_server::proto::PeerEntry]) -> Vec<PeerInfo> {
+    entries
+        .iter()
+        .map(|e| PeerInfo {
+            id: PeerId(e.peer_id),
+            addr: e.addr.to_string().into(),
+        })
+        .collect()
+}

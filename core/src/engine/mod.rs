@@ -1,0 +1,407 @@
+//! The engine: publish and subscribe on the real network.
+//!
+//! Both build a [`Session`] from the stream's parameters, with the named
+//! plugins loaded from the registry, and hand it to a [`driver::Driver`]
+//! that connects it to one UDP endpoint and the stream's servers.
+
+pub mod driver;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use p2ner_net::{Endpoint, NetConfig};
+use p2ner_plugin_api::{Group, Params, PeerId, PeerInfo, StreamFormat};
+use p2ner_server::client::{ClientError, ServerClient};
+use p2ner_server::identity::Identity;
+use p2ner_server::proto::{PluginRef, StreamId, StreamParams, PUBLISHER_PEER_ID};
+use semver::VersionReq;
+
+use crate::plugins::Registry;
+use crate::stream::{Role, Session, SessionConfig, Summary};
+pub use driver::End;
+use driver::{now_us, wire_id, Driver, Heartbeat};
+
+/// A plugin chosen by name, with parameters.
+#[derive(Debug, Clone, Default)]
+pub struct Choice {
+    pub name: String,
+    pub params: BTreeMap<String, String>,
+}
+
+impl Choice {
+    /// `NAME` or `NAME:VALUE`, where VALUE sets the component's first
+    /// declared parameter (`gst:file:out.ts` is `gst` with `sink=file:out.ts`,
+    /// `file:out.ts` is `file` with `path=out.ts`).
+    pub fn parse(text: &str, group: Group, registry: &Registry) -> anyhow::Result<Choice> {
+        let (name, value) = match text.split_once(':') {
+            Some((n, v)) => (n, Some(v)),
+            None => (text, None),
+        };
+        let mut choice = Choice {
+            name: name.to_owned(),
+            params: BTreeMap::new(),
+        };
+        if let Some(value) = value {
+            let component = registry.find(group, name, None)?;
+            let Some(first) = component.info.params.first() else {
+                bail!("{group} '{name}' takes no parameters, so '{text}' means nothing");
+            };
+            choice
+                .params
+                .insert(first.name.to_string(), value.to_owned());
+        }
+        Ok(choice)
+    }
+
+    fn params(&self) -> Params {
+        self.params
+            .iter()
+            .fold(Params::new(), |p, (k, v)| p.with(k, v.as_str()))
+    }
+}
+
+/// Network settings shared by publishers and subscribers.
+#[derive(Debug, Clone)]
+pub struct NetOptions {
+    pub listen: SocketAddr,
+    pub upload_kbps: Option<u64>,
+}
+
+async fn bind(net: &NetOptions) -> anyhow::Result<(Endpoint, p2ner_net::Events)> {
+    let cfg = NetConfig {
+        upload_kbps: net.upload_kbps,
+        ..NetConfig::default()
+    };
+    Endpoint::bind(net.listen, cfg)
+        .await
+        .with_context(|| format!("cannot listen on {}", net.listen))
+}
+
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    pub servers: Vec<SocketAddr>,
+    pub title: String,
+    pub description: String,
+    pub input: Choice,
+    pub bitrate_kbps: u32,
+    pub chunk_ms: u32,
+    pub buffer_ms: u32,
+    /// Video size and rate, for inputs that transcode.
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<u32>,
+    pub scheduler: Choice,
+    pub overlay: Choice,
+    pub identity: Option<PathBuf>,
+    pub net: NetOptions,
+    pub run_for: Option<Duration>,
+    pub stats: Option<PathBuf>,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SubscribeOptions {
+    pub server: SocketAddr,
+    pub stream: String,
+    pub output: Choice,
+    pub net: NetOptions,
+    pub run_for: Option<Duration>,
+    pub stats: Option<PathBuf>,
+    pub progress: bool,
+}
+
+/// The stream's parameters as the input, scheduler and overlay declare
+/// them, so the catalogue says exactly what a subscriber must load.
+fn plugin_ref(registry: &Registry, group: Group, choice: &Choice) -> anyhow::Result<PluginRef> {
+    let component = registry.find(group, &choice.name, None)?;
+    Ok(PluginRef {
+        name: choice.name.clone(),
+        version: component.info.version.to_string(),
+        params: choice.params.clone(),
+    })
+}
+
+/// Publishes a stream until the time is up, the input ends or fails, or
+/// Ctrl-C. Prints the stream id on stdout as soon as it is registered.
+pub async fn publish(registry: &Registry, opts: PublishOptions) -> anyhow::Result<(End, Summary)> {
+    if opts.servers.is_empty() {
+        bail!("no server given: publish needs --server ADDR");
+    }
+    let identity_path = match &opts.identity {
+        Some(p) => p.clone(),
+        None => Identity::default_path()
+            .context("no config folder for the publisher key: pass --identity FILE")?,
+    };
+    let identity = Identity::load_or_create(&identity_path)
+        .with_context(|| format!("publisher key {}", identity_path.display()))?;
+    let input_info = registry.find(Group::Input, &opts.input.name, None)?;
+    let declared: Vec<String> = input_info
+        .info
+        .params
+        .iter()
+        .map(|p| p.name.to_string())
+        .collect();
+    // Stream-wide settings reach the input when it has such a parameter.
+    let mut input = opts.input.clone();
+    let mut offer = |name: &str, value: Option<String>| {
+        if let Some(v) = value {
+            if declared.iter().any(|d| d == name) {
+                input.params.entry(name.to_owned()).or_insert(v);
+            }
+        }
+    };
+    offer("bitrate_kbps", Some(opts.bitrate_kbps.to_string()));
+    offer("chunk_ms", Some(opts.chunk_ms.to_string()));
+    offer("width", opts.width.map(|v| v.to_string()));
+    offer("height", opts.height.map(|v| v.to_string()));
+    offer("fps", opts.fps.map(|v| v.to_string()));
+    let scheduler_ref = plugin_ref(registry, Group::Scheduler, &opts.scheduler)?;
+    let overlay_ref = plugin_ref(registry, Group::Overlay, &opts.overlay)?;
+    let input_box = registry.new_input(&input.name, None, &input.params())?;
+    let scheduler = registry.new_scheduler(&opts.scheduler.name, None, &opts.scheduler.params())?;
+    let overlay = registry.new_overlay(&opts.overlay.name, None, &opts.overlay.params())?;
+
+    let (endpoint, events) = bind(&opts.net).await?;
+    let stream_id = StreamId::derive(&identity.public_key(), &opts.title);
+    let local = PeerInfo {
+        id: PeerId(PUBLISHER_PEER_ID),
+        addr: endpoint.local_addr().to_string().into(),
+    };
+    let mut cfg = SessionConfig::new(
+        wire_id(&stream_id),
+        stream_id.as_str(),
+        local,
+        opts.bitrate_kbps,
+        opts.chunk_ms,
+    );
+    cfg.seed = rand_seed();
+    let mut session = Session::new(
+        cfg,
+        Role::Source {
+            input: input_box,
+            key: identity.clone(),
+        },
+        scheduler,
+        overlay,
+        now_us(),
+    );
+    // The source opens before the stream is announced: nobody is sent to a
+    // stream whose camera or file cannot be read.
+    session.start(now_us(), None).map_err(anyhow::Error::msg)?;
+    let format = session.format().cloned().unwrap_or_default();
+    let params = StreamParams {
+        title: opts.title.clone(),
+        description: opts.description.clone(),
+        bitrate_kbps: opts.bitrate_kbps,
+        chunk_ms: (format.chunk_us / 1000).max(1),
+        buffer_ms: opts.buffer_ms,
+        scheduler: scheduler_ref,
+        overlay: overlay_ref,
+        input: format!("{} ({})", input.name, format.description),
+        container: format.container.to_string(),
+    };
+    let servers: Vec<ServerClient> = opts
+        .servers
+        .iter()
+        .map(|&s| ServerClient::new(endpoint.clone(), s))
+        .collect();
+    let mut registered = Vec::new();
+    for server in &servers {
+        let result = async {
+            let id = server.register(&identity, params.clone()).await?;
+            server.publisher_heartbeat(&identity, &id).await?;
+            Ok::<_, ClientError>(id)
+        }
+        .await;
+        match result {
+            Ok(_) => registered.push(server.clone()),
+            Err(e) => tracing::warn!(server = %server.server(), "not registered: {e}"),
+        }
+    }
+    if registered.is_empty() {
+        session.close(now_us());
+        bail!(
+            "could not register the stream at any server ({})",
+            opts.servers
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!("{stream_id}");
+    eprintln!(
+        "publishing '{}' as {stream_id} from {} on {}",
+        opts.title,
+        endpoint.local_addr(),
+        registered
+            .iter()
+            .map(|s| s.server().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let driver = Driver {
+        endpoint,
+        events,
+        session,
+        stream: stream_id,
+        servers: registered,
+        heartbeat: Heartbeat::Publisher {
+            identity: Box::new(identity),
+        },
+        peer_id: PUBLISHER_PEER_ID,
+        run_for: opts.run_for,
+        stats: open_stats(opts.stats.as_ref())?,
+        progress: opts.progress,
+    };
+    Ok(driver.run().await)
+}
+
+/// Subscribes to a stream and plays it through the chosen output.
+pub async fn subscribe(
+    registry: &Registry,
+    opts: SubscribeOptions,
+) -> anyhow::Result<(End, Summary)> {
+    let (endpoint, events) = bind(&opts.net).await?;
+    let server = ServerClient::new(endpoint.clone(), opts.server);
+    let stream = StreamId(opts.stream.clone());
+    let peer_id = loop {
+        let id = rand_seed();
+        if id != PUBLISHER_PEER_ID {
+            break id;
+        }
+    };
+    let joined = server
+        .join(&stream, peer_id)
+        .await
+        .map_err(|e| match e.code() {
+            Some(p2ner_server::proto::ErrorCode::NotFound) => {
+                anyhow::anyhow!("no stream '{}' on server {}", opts.stream, opts.server)
+            }
+            _ => anyhow::anyhow!("joining '{}' at {}: {e}", opts.stream, opts.server),
+        })?;
+    let info = joined.info;
+    let p = &info.params;
+    let sreq = version_req(&p.scheduler.version)?;
+    let scheduler = registry
+        .new_scheduler(
+            &p.scheduler.name,
+            sreq.as_ref(),
+            &wanted_params(&p.scheduler),
+        )
+        .map_err(|e| needs(Group::Scheduler, &p.scheduler, e))?;
+    let oreq = version_req(&p.overlay.version)?;
+    let overlay = registry
+        .new_overlay(&p.overlay.name, oreq.as_ref(), &wanted_params(&p.overlay))
+        .map_err(|e| needs(Group::Overlay, &p.overlay, e))?;
+    let output = registry.new_output(&opts.output.name, None, &opts.output.params())?;
+    let local = PeerInfo {
+        id: PeerId(peer_id),
+        addr: endpoint.local_addr().to_string().into(),
+    };
+    let mut cfg = SessionConfig::new(
+        wire_id(&stream),
+        stream.as_str(),
+        local,
+        p.bitrate_kbps,
+        p.chunk_ms,
+    );
+    cfg.seed = peer_id;
+    if p.buffer_ms > 0 {
+        cfg.startup_chunks = (p.buffer_ms as u64 * 1000 / cfg.chunk_us).max(1);
+    }
+    cfg.source = info.publisher_addr.map(|addr| PeerInfo {
+        id: PeerId(PUBLISHER_PEER_ID),
+        addr: addr.to_string().into(),
+    });
+    let mut session = Session::new(
+        cfg,
+        Role::Sink {
+            output,
+            key: info.publisher,
+        },
+        scheduler,
+        overlay,
+        now_us(),
+    );
+    let format = StreamFormat {
+        container: p.container.as_str().into(),
+        description: p.input.as_str().into(),
+        bitrate_kbps: p.bitrate_kbps,
+        chunk_us: p.chunk_ms * 1000,
+    };
+    session
+        .start(now_us(), Some(format))
+        .map_err(anyhow::Error::msg)?;
+    session.on_candidates(now_us(), &driver::peer_infos(&joined.peers));
+    eprintln!(
+        "subscribed to '{}' ({}, {} kbit/s, scheduler {} {}, overlay {} {}) from {}",
+        p.title,
+        stream,
+        p.bitrate_kbps,
+        p.scheduler.name,
+        p.scheduler.version,
+        p.overlay.name,
+        p.overlay.version,
+        endpoint.local_addr()
+    );
+    let driver = Driver {
+        endpoint,
+        events,
+        session,
+        stream,
+        servers: vec![server],
+        heartbeat: Heartbeat::Peer { peer_id },
+        peer_id,
+        run_for: opts.run_for,
+        stats: open_stats(opts.stats.as_ref())?,
+        progress: opts.progress,
+    };
+    Ok(driver.run().await)
+}
+
+/// Why a plugin the stream names cannot be had: which one, which version,
+/// and (from the registry) what is installed and where it looked.
+fn needs(group: Group, wanted: &PluginRef, e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!(
+        "this stream needs {group} '{}' {}: {e}",
+        wanted.name,
+        wanted.version
+    )
+}
+
+fn wanted_params(wanted: &PluginRef) -> Params {
+    wanted
+        .params
+        .iter()
+        .fold(Params::new(), |p, (k, v)| p.with(k, v.as_str()))
+}
+
+/// Same major version, at least the publisher's: a compatible build.
+fn version_req(version: &str) -> anyhow::Result<Option<VersionReq>> {
+    if version.is_empty() {
+        return Ok(None);
+    }
+    let req = VersionReq::parse(&format!("^{version}"))
+        .with_context(|| format!("bad version '{version}' in the stream's parameters"))?;
+    Ok(Some(req))
+}
+
+fn open_stats(path: Option<&PathBuf>) -> anyhow::Result<Option<Box<dyn std::io::Write + Send>>> {
+    match path {
+        None => Ok(None),
+        Some(p) => {
+            let file = std::fs::File::create(p)
+                .with_context(|| format!("cannot write stats to {}", p.display()))?;
+            Ok(Some(Box::new(std::io::LineWriter::new(file))))
+        }
+    }
+}
+
+fn rand_seed() -> u64 {
+    use rand_core::RngCore;
+    rand_core::OsRng.next_u64()
+}

@@ -1,0 +1,46 @@
+//! One stream on one peer, as a sans-IO state machine.
+//!
+//! A [`Session`] owns the stream's plugins (input or output, scheduler,
+//! overlay), its chunk buffer and play-out clock, its neighbours and its
+//! statistics. It is driven by events that carry the current time (a tick,
+//! a message or chunk from a peer, a peer found unreachable) and answers with
+//! [`Transmit`]s. The engine ([`crate::engine`]) connects it to the network
+//! layer; nothing in here reads a clock or touches a socket, so the same
+//! plugin code can be driven by a simulated clock and network just as well.
+
+mod buffer;
+mod playout;
+mod session;
+mod stats;
+pub mod wire;
+
+pub use buffer::{ChunkBuffer, Insert};
+pub use playout::{PlayEvent, PlayoutClock, PlayoutConfig};
+pub use session::{Role, Session, SessionConfig, Transmit};
+pub use stats::{percentile, Snapshot, StreamStats, Summary};
+
+use bytes::Bytes;
+
+/// A chunk as the engine keeps and forwards it: sealed as it travels, so
+/// forwarding never re-signs or copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub seq: u64,
+    /// Media time since the input started.
+    pub pts_us: u64,
+    pub duration_us: u32,
+    pub keyframe: bool,
+    /// When the publisher captured it, on the publisher's clock; the
+    /// source-to-playback lag is measured against it.
+    pub capture_us: u64,
+    /// The signed bytes as they travel on the data channel.
+    pub sealed: Bytes,
+    /// Where the media starts in `sealed`.
+    pub media_at: usize,
+}
+
+impl Chunk {
+    pub fn media(&self) -> &[u8] {
+        &self.sealed[self.media_at..]
+    }
+}

@@ -1,0 +1,149 @@
+//! What a stream measures, in the terms DESIGN.md's `--stats` lines use.
+
+use serde::Serialize;
+
+/// Running counters of one stream on one peer.
+#[derive(Debug, Default, Clone)]
+pub struct StreamStats {
+    pub chunks_played: u64,
+    /// Arrived after their deadline had passed (they were counted missed).
+    pub chunks_late: u64,
+    pub chunks_missed: u64,
+    pub chunks_produced: u64,
+    /// First copies of media, and what they carried.
+    pub chunks_received: u64,
+    pub media_bytes: u64,
+    pub duplicate_chunks: u64,
+    /// Chunks whose signature did not verify (nothing of them was used).
+    pub forged_chunks: u64,
+    /// Neighbours dropped for sending forged chunks.
+    pub peers_banned: u64,
+    /// Everything this stream's peers sent and received through the
+    /// session: envelopes and sealed chunks.
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+    pub chunks_sent: u64,
+    /// Chunks the data channel refused (no capacity towards that neighbour).
+    pub chunks_refused: u64,
+    pub startup_us: Option<u64>,
+    /// Capture at the publisher to playback here, per played chunk.
+    pub lag_us: Vec<u64>,
+}
+
+impl StreamStats {
+    /// Chunks played on time / chunks due since playback started.
+    pub fn continuity(&self) -> f64 {
+        let due = self.chunks_played + self.chunks_missed;
+        if due == 0 {
+            0.0
+        } else {
+            self.chunks_played as f64 / due as f64
+        }
+    }
+
+    pub fn lag_percentile_ms(&self, p: f64) -> Option<f64> {
+        percentile(&self.lag_us, p).map(|us| us as f64 / 1000.0)
+    }
+
+    /// Bytes received that were not first copies of media, per media byte.
+    pub fn overhead(&self) -> f64 {
+        if self.media_bytes == 0 {
+            0.0
+        } else {
+            self.bytes_down.saturating_sub(self.media_bytes) as f64 / self.media_bytes as f64
+        }
+    }
+
+    pub fn summary(&self, stream: &str) -> Summary {
+        Summary {
+            final_: true,
+            stream: stream.to_owned(),
+            continuity: self.continuity(),
+            startup_ms: self.startup_us.map(|us| us as f64 / 1000.0),
+            lag_ms_p50: self.lag_percentile_ms(0.50),
+            lag_ms_p95: self.lag_percentile_ms(0.95),
+            chunks_played: self.chunks_played,
+            chunks_late: self.chunks_late,
+            chunks_missed: self.chunks_missed,
+            chunks_produced: self.chunks_produced,
+            duplicate_chunks: self.duplicate_chunks,
+            forged_chunks: self.forged_chunks,
+            peers_banned: self.peers_banned,
+            bytes_down: self.bytes_down,
+            bytes_up: self.bytes_up,
+            media_bytes: self.media_bytes,
+            overhead: self.overhead(),
+        }
+    }
+}
+
+/// The last line of `--stats`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Summary {
+    #[serde(rename = "final")]
+    pub final_: bool,
+    pub stream: String,
+    pub continuity: f64,
+    pub startup_ms: Option<f64>,
+    pub lag_ms_p50: Option<f64>,
+    pub lag_ms_p95: Option<f64>,
+    pub chunks_played: u64,
+    pub chunks_late: u64,
+    pub chunks_missed: u64,
+    pub chunks_produced: u64,
+    pub duplicate_chunks: u64,
+    pub forged_chunks: u64,
+    pub peers_banned: u64,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+    pub media_bytes: u64,
+    pub overhead: f64,
+}
+
+/// One `--stats` line per second.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Snapshot {
+    pub t_ms: u64,
+    pub stream: String,
+    pub continuity: f64,
+    pub buffer_ms: u64,
+    pub neighbours: usize,
+    pub down_kbps: f64,
+    pub up_kbps: f64,
+    pub chunks_played: u64,
+    pub chunks_missed: u64,
+    pub playing: bool,
+}
+
+/// Nearest-rank percentile; `None` for no samples.
+pub fn percentile(samples: &[u64], p: f64) -> Option<u64> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continuity_overhead_and_percentiles() {
+        let s = StreamStats {
+            chunks_played: 99,
+            chunks_missed: 1,
+            media_bytes: 1000,
+            bytes_down: 1030,
+            lag_us: (1..=100).map(|i| i * 1000).collect(),
+            ..Default::default()
+        };
+        assert_eq!(s.continuity(), 0.99);
+        assert!((s.overhead() - 0.03).abs() < 1e-9);
+        assert_eq!(s.lag_percentile_ms(0.5), Some(50.0));
+        assert_eq!(s.lag_percentile_ms(0.95), Some(95.0));
+        assert_eq!(percentile(&[], 0.5), None);
+    }
+}
