@@ -165,3 +165,5 @@ pub fn listed(json: &str) -> Vec<(String, String, String)> {
         })
         .collect()
 }
+
+pub mod swarm;
