@@ -1,5 +1,6 @@
 //! The `p2ner` command line.
 
+mod demo;
 mod plugins;
 pub mod server;
 mod stream;
@@ -53,6 +54,8 @@ pub enum Command {
     Publish(Box<stream::PublishArgs>),
     /// Join a stream and play, save or discard it.
     Subscribe(stream::SubscribeArgs),
+    /// A server, a publisher and a few subscribers on this machine, with live stats.
+    Demo(demo::DemoArgs),
 }
 
 impl Cli {
@@ -91,6 +94,7 @@ pub fn main() -> ExitCode {
         Command::Streams(args) => streams::run(args),
         Command::Publish(args) => stream::publish(args, &cli.plugin_options()),
         Command::Subscribe(args) => stream::subscribe(args, &cli.plugin_options()),
+        Command::Demo(args) => demo::run(args, &cli.plugin_options()),
     };
     match result {
         Ok(code) => code,

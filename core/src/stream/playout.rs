@@ -15,6 +15,9 @@ pub struct PlayoutConfig {
     pub chunk_us: u64,
     /// Contiguous chunks needed before playback starts.
     pub startup_chunks: u64,
+    /// How far behind the newest chunk held playback starts, in chunks: the
+    /// time a late chunk has to arrive (a lost request, a retransmission).
+    pub lead_chunks: u64,
     /// Start with whatever is there after this long.
     pub startup_timeout_us: u64,
     /// Playback (and resync after a gap) must begin on a keyframe.
@@ -130,16 +133,25 @@ impl PlayoutClock {
             .from(0)
             .filter(|c| c.keyframe || !self.cfg.need_keyframe)
             .map(|c| c.seq);
+        let newest = buffer.newest()?;
         let mut first = None;
+        // The newest start point that leaves enough lead: the least lag.
+        let mut best = None;
         for s0 in candidates {
             first.get_or_insert(s0);
+            if newest.saturating_sub(s0) < self.cfg.lead_chunks {
+                break;
+            }
             let run = (s0..)
                 .take_while(|s| buffer.contains(*s))
                 .take(self.cfg.startup_chunks as usize)
                 .count() as u64;
             if run >= self.cfg.startup_chunks.max(1) {
-                return Some(s0);
+                best = Some(s0);
             }
+        }
+        if best.is_some() {
+            return best;
         }
         if waited_us >= self.cfg.startup_timeout_us {
             // Better a picture that repairs at the next keyframe than none.
@@ -158,6 +170,7 @@ mod tests {
         PlayoutConfig {
             chunk_us: 100_000,
             startup_chunks: 3,
+            lead_chunks: 4,
             startup_timeout_us: 2_000_000,
             need_keyframe: true,
         }
@@ -175,6 +188,9 @@ mod tests {
         clock.poll(50_000, &buf, &mut ev);
         assert!(ev.is_empty(), "a run of 2 from the keyframe is not enough");
         buf.insert(chunk(12));
+        clock.poll(55_000, &buf, &mut ev);
+        assert!(ev.is_empty(), "a run of 3 but a lead of 2 is not enough");
+        buf.insert(chunk(14));
         clock.poll(60_000, &buf, &mut ev);
         assert_eq!(
             ev,
@@ -187,8 +203,7 @@ mod tests {
             ]
         );
         ev.clear();
-        // 13 never arrives; 14 does.
-        buf.insert(chunk(14));
+        // 13 never arrives; 14 did.
         clock.poll(60_000 + 450_000, &buf, &mut ev);
         assert_eq!(
             ev,

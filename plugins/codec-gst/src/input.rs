@@ -6,6 +6,9 @@ use gstreamer_app as gst_app;
 use p2ner_plugin_api::prelude::*;
 use p2ner_plugin_api::InputState;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use crate::{Chunker, Source};
 
 /// Audio is Opus at a fixed rate; the video encoder gets the rest.
@@ -31,6 +34,10 @@ struct Running {
     pipeline: gst::Pipeline,
     sink: gst_app::AppSink,
     chunker: Chunker,
+    /// Video keyframes the encoder made that the muxer has not passed on
+    /// yet. The muxer marks every audio buffer as a sync point too, so its
+    /// flags alone would cut a chunk at each one.
+    video_keys: Arc<AtomicU64>,
     /// Engine time of the last buffer (or of the start).
     last_data_us: u64,
     ended: bool,
@@ -95,7 +102,7 @@ impl GstInput {
         d.push_str(&format!(
             " {video_src} ! queue ! videoconvert ! videoscale ! videorate \
              ! video/x-raw,format=I420,width={w},height={h},framerate={fps}/1 \
-             ! x264enc tune=zerolatency speed-preset=ultrafast bitrate={video_kbps} key-int-max={key_int} bframes=0 \
+             ! x264enc name=venc tune=zerolatency speed-preset=ultrafast bitrate={video_kbps} key-int-max={key_int} bframes=0 \
                pass=cbr vbv-buf-capacity=1000 option-string=nal-hrd=cbr \
              ! h264parse config-interval=-1 ! queue ! mux.",
             w = self.width,
@@ -173,10 +180,23 @@ impl Input for GstInput {
             let _ = pipeline.set_state(gst::State::Null);
             return Err(self.fail(format!("cannot play: {why}")));
         }
+        let video_keys = Arc::new(AtomicU64::new(0));
+        if let Some(pad) = pipeline.by_name("venc").and_then(|e| e.static_pad("src")) {
+            let keys = video_keys.clone();
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                if let Some(buffer) = info.buffer() {
+                    if !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+                        keys.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+                gst::PadProbeReturn::Ok
+            });
+        }
         self.running = Some(Running {
             pipeline,
             sink,
             chunker: Chunker::new(self.chunk_us as u64),
+            video_keys,
             last_data_us: now_us,
             ended: false,
         });
@@ -244,12 +264,17 @@ impl Input for GstInput {
             let map = buffer
                 .map_readable()
                 .map_err(|_| fail("unreadable buffer".into()))?;
-            let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
-            out.extend(
-                running
-                    .chunker
-                    .push(buffer.pts().map(|t| t.useconds()), keyframe, &map),
-            );
+            // With audio, the first sync point the muxer passes on after the
+            // encoder made a keyframe starts a chunk: the keyframe itself, or
+            // at worst an audio packet just before it.
+            let pts = buffer.pts().map(|t| t.useconds());
+            let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT)
+                && (!self.audio
+                    || running
+                        .video_keys
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |k| k.checked_sub(1))
+                        .is_ok());
+            out.extend(running.chunker.push(pts, keyframe, &map));
             running.last_data_us = now_us;
         }
         if running.ended {

@@ -67,9 +67,9 @@ impl Pull {
     pub fn new(params: &Params) -> Result<Self, PluginError> {
         let pull = Pull {
             max_requests: params.parse_or("max_requests", 8)?,
-            request_timeout_us: params.parse_or::<u64>("request_timeout_ms", 1000)? * 1000,
+            request_timeout_us: params.parse_or::<u64>("request_timeout_ms", 500)? * 1000,
             urgent_us: params.parse_or::<u64>("urgent_ms", 1000)? * 1000,
-            lookback: params.parse_or("lookback_chunks", 20)?,
+            lookback: params.parse_or("lookback_chunks", 30)?,
             map_every_us: params.parse_or::<u64>("map_ms", 1000)? * 1000,
             source_push: params.parse_or("source_push", 2)?,
             source_delay_us: params.parse_or::<u64>("source_announce_ms", 300)? * 1000,
@@ -462,9 +462,9 @@ fn register(lib: &mut Registrar) {
             "buffer maps and requests: urgent chunks first, then rarest first, re-requested on timeout",
         )
         .param("max_requests", "8", "requests outstanding to one neighbour at most")
-        .param("request_timeout_ms", "1000", "re-request a chunk not received within this time")
+        .param("request_timeout_ms", "500", "re-request a chunk not received within this time")
         .param("urgent_ms", "1000", "chunks due within this time are requested before rarer ones")
-        .param("lookback_chunks", "20", "before playback starts, how far behind the newest chunk to begin")
+        .param("lookback_chunks", "30", "before playback starts, how far behind the newest chunk to begin")
         .param("map_ms", "1000", "interval between full buffer maps")
         .param("source_push", "2", "publisher: neighbours each new chunk is pushed to unasked")
         .param("source_announce_ms", "300", "publisher: announce a chunk to all only after this long (0: at once, and no pushes)"),

@@ -145,7 +145,7 @@ impl Push {
             max_repairs: params.parse_or("max_repairs", 4)?,
             repair_us: params.parse_or::<u64>("repair_ms", 300)? * 1000,
             repair_timeout_us: params.parse_or::<u64>("repair_timeout_ms", 500)? * 1000,
-            lookback: params.parse_or("lookback_chunks", 10)?,
+            lookback: params.parse_or("lookback_chunks", 30)?,
             map_every_us: params.parse_or::<u64>("map_ms", 1000)? * 1000,
             push_grace_us: params.parse_or::<u64>("push_grace_ms", 1000)? * 1000,
             upload_bytes_per_s: params.parse_or::<u64>("upload_kbps", 0)? * 125,
@@ -668,7 +668,7 @@ fn register(lib: &mut Registrar) {
         )
         .param(
             "lookback_chunks",
-            "10",
+            "30",
             "for a neighbour not playing yet, how far behind the newest chunk pushes start",
         )
         .param("map_ms", "1000", "interval between full buffer maps"),

@@ -175,7 +175,9 @@ fn latest_useful_picks_the_newest_chunk_the_neighbour_lacks() {
 #[test]
 fn random_useful_is_deterministic_for_a_seed_and_only_sends_useful_chunks() {
     let run = |seed: u64| {
-        let params = Params::new().with("policy", "random-useful");
+        let params = Params::new()
+            .with("policy", "random-useful")
+            .with("lookback_chunks", "10");
         let mut push = source_with(params, 40, 2, DOWN, seed);
         let mut actions = RVec::new();
         let mut out = SchedOut::new(&mut actions);
