@@ -90,38 +90,6 @@ fn span(chunks: &[MediaChunk]) -> f64 {
     (last.pts_us + last.duration_us as u64 - chunks[0].pts_us) as f64 / 1e6
 }
 
-/// What gst-discoverer-1.0 says about a file: (video codec line, width, height, seconds).
-fn discover(path: &Path) -> (String, u32, u32, f64) {
-    let out = Command::new("gst-discoverer-1.0")
-        .arg(path)
-        .output()
-        .expect("gst-discoverer-1.0 (gstreamer1.0-plugins-base-apps)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(name))
-            .unwrap_or_else(|| panic!("no '{name}' in discoverer output:\n{text}"))
-            .trim()
-            .to_owned()
-    };
-    let video = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("video #"))
-        .unwrap_or_else(|| panic!("no video stream:\n{text}"))
-        .to_owned();
-    let duration = field("Duration:");
-    let mut secs = 0.0;
-    for part in duration.split(':') {
-        secs = secs * 60.0 + part.parse::<f64>().unwrap_or(0.0);
-    }
-    (
-        video,
-        field("Width:").parse().unwrap(),
-        field("Height:").parse().unwrap(),
-        secs,
-    )
-}
-
 /// CPU seconds this process (with VLC's threads) has used.
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
