@@ -81,6 +81,7 @@
 //!   host refuses libraries built for another major by name.
 
 mod abi;
+pub mod chunker;
 mod components;
 mod describe;
 mod error;

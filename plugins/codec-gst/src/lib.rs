@@ -10,14 +10,13 @@
 //! pushes through the plain plugin interface, so nothing async crosses the
 //! boundary.
 
-mod chunker;
 mod input;
 mod output;
 mod source;
 
-pub use chunker::Chunker;
 pub use input::GstInput;
 pub use output::GstOutput;
+pub use p2ner_plugin_api::chunker::Chunker;
 pub use source::Source;
 
 use p2ner_plugin_api::prelude::*;

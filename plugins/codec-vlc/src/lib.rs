@@ -16,7 +16,6 @@
 //! VLC runs on its own threads; the engine polls and pushes through the
 //! plain plugin interface, so nothing async crosses the boundary.
 
-mod chunker;
 mod input;
 mod output;
 mod source;
@@ -24,9 +23,9 @@ mod testsrc;
 pub mod ts;
 pub mod vlc;
 
-pub use chunker::Chunker;
 pub use input::VlcInput;
 pub use output::VlcOutput;
+pub use p2ner_plugin_api::chunker::Chunker;
 pub use source::Source;
 
 use p2ner_plugin_api::prelude::*;

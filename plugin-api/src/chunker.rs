@@ -1,15 +1,16 @@
-//! Cutting a transport stream into chunks that start on keyframes.
+//! Cutting a media stream into chunks that start on keyframes.
 //!
-//! The same logic as codec-gst's chunker (a plugin cannot depend on another
-//! plugin): VLC only feeds it frames found by [`crate::ts::TsScanner`].
+//! Part of the SDK because every codec input needs the same rule (both the
+//! `gst` and the `vlc` inputs use it): pure logic, fed by whatever muxer the
+//! plugin drives.
 
-use p2ner_plugin_api::MediaChunk;
+use crate::MediaChunk;
 
 /// Accumulates muxer output buffers into chunks.
 ///
 /// A chunk ends when it holds `chunk_us` of media or when a keyframe arrives
 /// (so every keyframe starts a chunk, and a joiner can start decoding at the
-/// first keyframe chunk it gets). Pure logic: the TS scanner only feeds it.
+/// first keyframe chunk it gets).
 #[derive(Debug)]
 pub struct Chunker {
     chunk_us: u64,
