@@ -168,6 +168,82 @@ pub fn listed(json: &str) -> Vec<(String, String, String)> {
 
 pub mod swarm;
 
+/// A third-party live source: H.264 in MPEG-TS, sent by `gst-launch-1.0` to
+/// a free port on 127.0.0.1. The sender is killed when this drops, which is
+/// how tests make a source die mid-stream.
+pub struct UdpSender {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl UdpSender {
+    pub fn start() -> UdpSender {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free UDP port")
+            .port();
+        let child = Command::new("gst-launch-1.0")
+            .args(["-q", "videotestsrc", "is-live=true", "!"])
+            .args(["video/x-raw,width=320,height=240,framerate=25/1", "!"])
+            .args(["x264enc", "tune=zerolatency", "key-int-max=25", "!"])
+            .args(["mpegtsmux", "!", "udpsink", "host=127.0.0.1"])
+            .arg(format!("port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("gst-launch-1.0 (gstreamer1.0-tools)");
+        UdpSender { child, port }
+    }
+
+    /// The `source=` of an input reading this stream.
+    pub fn uri(&self) -> String {
+        format!("udp://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for UdpSender {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `input` on a real clock until it fails (at most 30 s), killing
+/// `sender` once `chunks` chunks have come: the chunks, the input's error
+/// (if any) and how long after the kill it came.
+pub fn capture_until_dead(
+    input: &mut p2ner_plugin_api::InputBox,
+    sender: UdpSender,
+    chunks: usize,
+) -> (
+    Vec<p2ner_plugin_api::MediaChunk>,
+    Option<p2ner_plugin_api::PluginError>,
+    Option<std::time::Duration>,
+) {
+    use std::time::{Duration, Instant};
+    let start = Instant::now();
+    input.start(0).unwrap_or_else(|e| panic!("{e}"));
+    let mut got = p2ner_plugin_api::abi_stable::std_types::RVec::new();
+    let mut died = None;
+    let mut killed_at = None;
+    let mut sender = Some(sender);
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Err(e) = input
+            .poll(start.elapsed().as_micros() as u64, &mut got)
+            .into_result()
+        {
+            died = Some(e);
+            break;
+        }
+        if got.len() >= chunks && sender.is_some() {
+            drop(sender.take());
+            killed_at = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (got.into_vec(), died, killed_at.map(|t| t.elapsed()))
+}
+
 /// What gst-discoverer-1.0 says about a file: (video codec line, width, height, seconds).
 pub fn discover(path: &Path) -> (String, u32, u32, f64) {
     let out = Command::new("gst-discoverer-1.0")

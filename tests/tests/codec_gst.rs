@@ -3,7 +3,7 @@
 //! meets (a missing file, a source that dies).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use p2ner_core::plugins::Registry;
@@ -177,84 +177,22 @@ fn a_file_source_streams_to_the_end_and_decodes_cleanly() {
     assert!(frames >= 50, "{}", report.detail);
 }
 
-struct Sender(Child);
-
-impl Drop for Sender {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn a_udp_source_streams_and_its_death_is_a_clear_error() {
     let registry = registry();
-    let port = free_udp_port();
-    let sender = Sender(
-        Command::new("gst-launch-1.0")
-            .args([
-                "-q",
-                "videotestsrc",
-                "is-live=true",
-                "!",
-                "video/x-raw,width=320,height=240,framerate=25/1",
-                "!",
-                "x264enc",
-                "tune=zerolatency",
-                "key-int-max=25",
-                "!",
-                "mpegtsmux",
-                "!",
-                "udpsink",
-                "host=127.0.0.1",
-            ])
-            .arg(format!("port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("gst-launch-1.0"),
-    );
+    let sender = UdpSender::start();
+    let uri = sender.uri();
     let mut input = input(
         &registry,
         &[
-            ("source", &format!("udp://127.0.0.1:{port}")),
+            ("source", &uri),
             ("width", "320"),
             ("height", "240"),
             ("bitrate_kbps", "300"),
             ("timeout_ms", "3000"),
         ],
     );
-    let start = Instant::now();
-    input.start(0).unwrap_or_else(|e| panic!("{e}"));
-    let mut chunks = RVec::new();
-    let mut died = None;
-    let mut killed_at = None;
-    let mut sender = Some(sender);
-    while start.elapsed() < Duration::from_secs(30) {
-        match input
-            .poll(start.elapsed().as_micros() as u64, &mut chunks)
-            .into_result()
-        {
-            Ok(_) => {}
-            Err(e) => {
-                died = Some(e);
-                break;
-            }
-        }
-        if chunks.len() >= 15 && sender.is_some() {
-            drop(sender.take());
-            killed_at = Some(Instant::now());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (chunks, died, since_kill) = capture_until_dead(&mut input, sender, 15);
     assert!(
         chunks.len() >= 15,
         "only {} chunks from the udp source",
@@ -262,10 +200,10 @@ fn a_udp_source_streams_and_its_death_is_a_clear_error() {
     );
     let err = died.expect("the dead source is reported");
     assert!(
-        err.message.contains(&format!("udp://127.0.0.1:{port}")) && err.message.contains("dead"),
+        err.message.contains(&uri) && err.message.contains("dead"),
         "{err}"
     );
-    assert!(killed_at.unwrap().elapsed() < Duration::from_secs(10));
+    assert!(since_kill.expect("the sender was killed") < Duration::from_secs(10));
 
     let mut decoder = output(&registry, "decode");
     decoder.start(&Default::default()).unwrap();

@@ -2,7 +2,6 @@
 //! `p2ner subscribe` writing a file, checked by `gst-discoverer-1.0`; for the
 //! GStreamer and the VLC backends; and a source that dies mid-stream.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use p2ner_tests::swarm::{f, Swarm};
@@ -60,36 +59,8 @@ fn vlc_test_pattern_is_recorded_by_subscribers_including_a_late_joiner() {
 #[test]
 fn a_source_dying_mid_stream_ends_the_publisher_with_a_clear_error() {
     let s = Swarm::start(None);
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut sender = Command::new("gst-launch-1.0")
-        .args([
-            "-q",
-            "videotestsrc",
-            "is-live=true",
-            "!",
-            "video/x-raw,width=320,height=240,framerate=25/1",
-        ])
-        .args([
-            "!",
-            "x264enc",
-            "tune=zerolatency",
-            "key-int-max=25",
-            "!",
-            "mpegtsmux",
-            "!",
-            "udpsink",
-            "host=127.0.0.1",
-        ])
-        .arg(format!("port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gst-launch-1.0");
-    let source = format!("udp://127.0.0.1:{port}");
+    let sender = UdpSender::start();
+    let source = sender.uri();
     let (mut publisher, stream) = s.publish(&[
         "--input",
         "gst",
@@ -105,8 +76,7 @@ fn a_source_dying_mid_stream_ends_the_publisher_with_a_clear_error() {
         .summary(&mut sub, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(f(&sum, "chunks_played") > 0.0, "{sum}");
-    let _ = sender.kill();
-    let _ = sender.wait();
+    drop(sender);
     let status = (0..200)
         .find_map(|_| {
             std::thread::sleep(Duration::from_millis(100));
