@@ -97,8 +97,8 @@ impl GstInput {
         // Paced by the sink's clock unless the source is live by nature.
         let paced = self.live
             && matches!(self.source, Source::File(_) | Source::Uri(_))
-            && !self.is_live_uri();
-        let mut d = self.source.launch_fragment(self.live);
+            && !self.source.is_live_uri();
+        let mut d = crate::source::launch_fragment(&self.source, self.live);
         d.push_str(&format!(
             " {video_src} ! queue ! videoconvert ! videoscale ! videorate \
              ! video/x-raw,format=I420,width={w},height={h},framerate={fps}/1 \
@@ -119,10 +119,6 @@ impl GstInput {
             " mpegtsmux name=mux alignment=7 ! appsink name=sink sync={paced} max-buffers=5000 drop=false"
         ));
         d
-    }
-
-    fn is_live_uri(&self) -> bool {
-        matches!(&self.source, Source::Uri(u) if u.starts_with("rtp://") || u.starts_with("udp://") || u.starts_with("rtsp://"))
     }
 
     fn fail(&self, what: impl std::fmt::Display) -> PluginError {

@@ -17,7 +17,7 @@ mod source;
 pub use input::GstInput;
 pub use output::GstOutput;
 pub use p2ner_plugin_api::chunker::Chunker;
-pub use source::Source;
+pub use p2ner_plugin_api::source::Source;
 
 use p2ner_plugin_api::prelude::*;
 

@@ -174,7 +174,7 @@ impl Input for VlcInput {
         };
         let media = match &self.source {
             Source::File(path) => instance.media_path(&path.to_string_lossy()),
-            other => instance.media_location(&other.mrl()),
+            other => instance.media_location(&crate::source::mrl(other)),
         }
         .map_err(|e| self.fail(e.message))?;
         let sout = self.sout(access, &dst);

@@ -26,7 +26,7 @@ pub mod vlc;
 pub use input::VlcInput;
 pub use output::VlcOutput;
 pub use p2ner_plugin_api::chunker::Chunker;
-pub use source::Source;
+pub use p2ner_plugin_api::source::Source;
 
 use p2ner_plugin_api::prelude::*;
 
