@@ -90,6 +90,7 @@ mod host;
 mod logging;
 mod params;
 mod rng;
+pub mod seqmap;
 pub mod source;
 pub mod synthetic;
 mod types;

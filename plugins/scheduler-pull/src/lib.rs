@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use p2ner_plugin_api::prelude::*;
-use p2ner_plugin_api::{Capacity, Playout};
+use p2ner_plugin_api::{seqmap, Capacity, Playout};
 
 const HAVE: u8 = 1;
 const MAP: u8 = 2;
@@ -137,14 +137,7 @@ impl Pull {
         };
         let bits = ((last - base + 1) as usize).min(MAX_SEQS * 64);
         let mut msg = vec![MAP];
-        msg.extend_from_slice(&base.to_le_bytes());
-        msg.extend_from_slice(&(bits as u32).to_le_bytes());
-        let mut bitmap = vec![0u8; bits.div_ceil(8)];
-        for &seq in self.have.range(base..base + bits as u64) {
-            let i = (seq - base) as usize;
-            bitmap[i / 8] |= 1 << (i % 8);
-        }
-        msg.extend_from_slice(&bitmap);
+        seqmap::write_map(&mut msg, &self.have, base, bits);
         msg
     }
 
@@ -297,19 +290,7 @@ pub fn decode(msg: &[u8]) -> Option<Message> {
                 Message::Request(seqs)
             })
         }
-        MAP => {
-            let base = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
-            let bits = u32::from_le_bytes(rest.get(8..12)?.try_into().ok()?) as usize;
-            let bitmap = rest.get(12..)?;
-            if bits > MAX_SEQS * 64 || bitmap.len() != bits.div_ceil(8) {
-                return None;
-            }
-            let seqs = (0..bits)
-                .filter(|i| bitmap[i / 8] & (1 << (i % 8)) != 0)
-                .map(|i| base.checked_add(i as u64))
-                .collect::<Option<Vec<u64>>>()?;
-            Some(Message::Map(seqs))
-        }
+        MAP => seqmap::read_map(rest, MAX_SEQS * 64).map(Message::Map),
         _ => None,
     }
 }

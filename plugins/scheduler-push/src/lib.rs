@@ -46,7 +46,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use p2ner_plugin_api::prelude::*;
-use p2ner_plugin_api::{Capacity, Playout};
+use p2ner_plugin_api::{seqmap, Capacity, Playout};
 
 const HAVE: u8 = 1;
 const MAP: u8 = 2;
@@ -249,14 +249,7 @@ impl Push {
         };
         let mut msg = vec![MAP];
         msg.extend_from_slice(&self.playout_word().to_le_bytes());
-        msg.extend_from_slice(&base.to_le_bytes());
-        msg.extend_from_slice(&(bits as u32).to_le_bytes());
-        let mut bitmap = vec![0u8; bits.div_ceil(8)];
-        for &seq in self.have.range(base..base + bits as u64) {
-            let i = (seq - base) as usize;
-            bitmap[i / 8] |= 1 << (i % 8);
-        }
-        msg.extend_from_slice(&bitmap);
+        seqmap::write_map(&mut msg, &self.have, base, bits);
         msg
     }
 
@@ -469,20 +462,10 @@ pub fn decode(msg: &[u8]) -> Option<Message> {
             seqs: seqs(&rest[8..])?,
         }),
         REQUEST => Some(Message::Request(seqs(rest)?)),
-        MAP => {
-            let playout = playout_of(u64_at(rest, 0)?);
-            let base = u64_at(rest, 8)?;
-            let bits = u32::from_le_bytes(rest.get(16..20)?.try_into().ok()?) as usize;
-            let bitmap = rest.get(20..)?;
-            if bits > MAX_BITS || bitmap.len() != bits.div_ceil(8) {
-                return None;
-            }
-            let seqs = (0..bits)
-                .filter(|i| bitmap[i / 8] & (1 << (i % 8)) != 0)
-                .map(|i| base.checked_add(i as u64))
-                .collect::<Option<Vec<u64>>>()?;
-            Some(Message::Map { playout, seqs })
-        }
+        MAP => Some(Message::Map {
+            playout: playout_of(u64_at(rest, 0)?),
+            seqs: seqmap::read_map(rest.get(8..)?, MAX_BITS)?,
+        }),
         _ => None,
     }
 }
