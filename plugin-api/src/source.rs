@@ -1,4 +1,4 @@
-//! What a codec input's `source=` parameter names.
+//! What a codec input's `source=` and a codec output's `sink=` name.
 //!
 //! Part of the SDK so that every codec input (`gst`, `vlc`, ...) reads the
 //! same syntax and a user can switch backends without rewriting sources;
@@ -72,6 +72,33 @@ impl Source {
     }
 }
 
+/// What a codec output's `sink=` parameter names: the same three for every
+/// backend, so a user can switch outputs without relearning them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    /// Play on this machine's screen and speakers.
+    Screen,
+    /// Decode and discard, counting frames and errors (a measurement mode).
+    Decode,
+    /// Write a file standard tools open.
+    File(String),
+}
+
+impl Sink {
+    pub fn parse(text: &str) -> Result<Sink, PluginError> {
+        match text {
+            "screen" => Ok(Sink::Screen),
+            "decode" => Ok(Sink::Decode),
+            other => match other.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => Ok(Sink::File(path.to_owned())),
+                _ => Err(PluginError::new(format!(
+                    "sink '{other}': use screen, decode or file:PATH"
+                ))),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +128,16 @@ mod tests {
             .check()
             .unwrap_err();
         assert!(err.message.contains("/nonexistent/clip.mp4"), "{err}");
+    }
+
+    #[test]
+    fn sinks_parse_and_a_bad_one_says_what_is_allowed() {
+        assert_eq!(Sink::parse("screen").unwrap(), Sink::Screen);
+        assert_eq!(Sink::parse("decode").unwrap(), Sink::Decode);
+        assert_eq!(Sink::parse("file:a.ts").unwrap(), Sink::File("a.ts".into()));
+        for bad in ["file:", "speaker"] {
+            let err = Sink::parse(bad).unwrap_err();
+            assert!(err.message.contains("screen, decode or file:PATH"), "{err}");
+        }
     }
 }

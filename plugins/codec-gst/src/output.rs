@@ -7,13 +7,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use p2ner_plugin_api::prelude::*;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Sink {
-    Screen,
-    Decode,
-    File(String),
-}
+use p2ner_plugin_api::source::Sink;
 
 pub struct GstOutput {
     sink: Sink,
@@ -35,18 +29,7 @@ const TS_CAPS: &str = "video/mpegts,systemstream=true,packetsize=188";
 
 impl GstOutput {
     pub fn new(params: &Params) -> Result<Self, PluginError> {
-        let sink = match params.get("sink").unwrap_or("screen") {
-            "screen" => Sink::Screen,
-            "decode" => Sink::Decode,
-            other => match other.strip_prefix("file:") {
-                Some(path) if !path.is_empty() => Sink::File(path.to_owned()),
-                _ => {
-                    return Err(PluginError::new(format!(
-                        "sink '{other}': use screen, decode or file:PATH"
-                    )))
-                }
-            },
-        };
+        let sink = Sink::parse(params.get("sink").unwrap_or("screen"))?;
         Ok(GstOutput {
             sink,
             running: None,

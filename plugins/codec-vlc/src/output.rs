@@ -23,6 +23,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use p2ner_plugin_api::prelude::*;
+use p2ner_plugin_api::source::Sink;
 use p2ner_plugin_api::tracing;
 
 use crate::vlc::{Instance, Media, Player, State};
@@ -34,13 +35,6 @@ const MAX_QUEUED: usize = 32 << 20;
 /// `finish` waits for VLC to drain this long after its last progress.
 const STALL: Duration = Duration::from_secs(10);
 const FINISH_MAX: Duration = Duration::from_secs(120);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Sink {
-    Screen,
-    Decode,
-    File(String),
-}
 
 pub struct VlcOutput {
     sink: Sink,
@@ -250,18 +244,7 @@ unsafe extern "C" fn feed_close(_opaque: *mut c_void) {}
 
 impl VlcOutput {
     pub fn new(params: &Params) -> Result<Self, PluginError> {
-        let sink = match params.get("sink").unwrap_or("screen") {
-            "screen" => Sink::Screen,
-            "decode" => Sink::Decode,
-            other => match other.strip_prefix("file:") {
-                Some(path) if !path.is_empty() => Sink::File(path.to_owned()),
-                _ => {
-                    return Err(PluginError::new(format!(
-                        "sink '{other}': use screen, decode or file:PATH"
-                    )))
-                }
-            },
-        };
+        let sink = Sink::parse(params.get("sink").unwrap_or("screen"))?;
         Ok(VlcOutput {
             sink,
             running: None,
