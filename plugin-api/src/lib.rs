@@ -115,7 +115,7 @@ pub use export::Registrar;
 pub use host::{HostServices, HostServicesRef, LogLevel};
 pub use params::{Param, Params};
 pub use rng::Rng;
-pub use types::{Link, MediaChunk, NeighbourReport, PeerId, PeerInfo, StreamFormat};
+pub use types::{Link, MediaChunk, NeighbourReport, PeerId, PeerInfo, StreamFormat, Upload};
 
 /// Re-exported so that plugin code and generated code name one copy.
 pub use abi_stable;
@@ -127,7 +127,7 @@ pub mod prelude {
         ChunkRef, ComponentSpec, EngineControl, Frontend, Input, InputState, Link, MediaChunk,
         NeighbourReport, Output, OutputReport, Overlay, OverlayAction, OverlayContext, OverlayOut,
         Params, PeerId, PeerInfo, PluginError, Registrar, Rng, SchedAction, SchedContext, SchedOut,
-        Scheduler, StreamFormat,
+        Scheduler, StreamFormat, Upload,
     };
     pub use abi_stable::std_types::{RSlice, RStr, RString, RVec};
 }

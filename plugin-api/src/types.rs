@@ -65,6 +65,33 @@ pub struct NeighbourReport {
     pub loss_rate: f64,
 }
 
+/// This peer's uplink, shared by every neighbour (and every stream of the
+/// engine): what schedulers and overlays need to spend scarce upload well.
+///
+/// Delivered every tick through `on_upload`, before the tick's per-link
+/// capacities. Added in ABI 1.1: a plugin built for 1.0 never sees it.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Upload {
+    /// What the uplink can carry, bit/s: the upload cap when one is set
+    /// (`capped`), otherwise the highest rate measured so far (a lower bound;
+    /// 0 before anything was sent).
+    pub capacity_bps: u64,
+    /// `capacity_bps` is a configured cap, not an estimate.
+    pub capped: bool,
+    /// What this peer sent over the last second, all neighbours, bit/s.
+    pub rate_bps: u64,
+    /// Media bytes handed to the data channel and not yet on the wire.
+    pub queued_bytes: u64,
+    /// How long that queue takes to drain at `capacity_bps`, µs (0 uncapped
+    /// or empty): a chunk handed over now leaves no earlier than this.
+    pub queued_us: u64,
+    /// Bytes the scheduler may hand to the data channel this tick without
+    /// queueing beyond the channel's short target, all neighbours together;
+    /// `u64::MAX` when the uplink is not capped.
+    pub budget_bytes: u64,
+}
+
 /// What an input produces, so outputs can set themselves up.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq, Default)]

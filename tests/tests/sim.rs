@@ -4,6 +4,7 @@
 
 use p2ner_core::plugins::Registry;
 use p2ner_core::sim::{self, SimConfig, SimResult};
+use p2ner_core::stream::Summary;
 use p2ner_tests::*;
 
 /// Only the libraries a sim needs, so the test is about them alone.
@@ -74,4 +75,77 @@ fn runs_are_deterministic_for_a_seed() {
     assert_eq!(a.subscribers, b.subscribers);
     let c = run(&SimConfig { seed: 2, ..cfg });
     assert_ne!(a.subscribers, c.subscribers);
+}
+
+/// Subscriber uploads in three classes (0.5x, 1x and 1.6x of a base) scaled
+/// so that the stream's rate is `load` times the fluid bound
+/// `min(u_s, (u_s + sum u_i) / n)` (Kumar, Liu, Ross 2007).
+fn caps_for_load(bitrate_kbps: u64, n: usize, source_kbps: u64, load: f64) -> Vec<u64> {
+    let classes = [0.5, 1.0, 1.6];
+    let mean = classes.iter().sum::<f64>() / classes.len() as f64;
+    let per_peer = bitrate_kbps as f64 / load - source_kbps as f64 / n as f64;
+    let base = per_peer / mean;
+    classes.iter().map(|c| (c * base).round() as u64).collect()
+}
+
+fn capped(scheduler: &str, overlay: &str, load: f64, n: usize) -> SimConfig {
+    SimConfig {
+        subscribers: n,
+        duration_us: 30_000_000,
+        source_upload_kbps: 2000,
+        peer_uploads_kbps: caps_for_load(1000, n, 2000, load),
+        scheduler: (scheduler.into(), p2ner_plugin_api::Params::new()),
+        overlay: (overlay.into(), p2ner_plugin_api::Params::new()),
+        ..SimConfig::default()
+    }
+}
+
+fn report(r: &SimResult) -> String {
+    let mut c: Vec<f64> = r.subscribers.iter().map(|s| s.continuity).collect();
+    c.sort_by(f64::total_cmp);
+    let overhead =
+        r.subscribers.iter().map(|s| s.overhead).sum::<f64>() / r.subscribers.len().max(1) as f64;
+    format!(
+        "mean {:.4} min {:.4} p10 {:.4} overhead {:.1}%",
+        mean_continuity(r),
+        c[0],
+        c[c.len() / 10],
+        100.0 * overhead
+    )
+}
+
+#[test]
+fn pull_over_mesh_plays_at_load_0_9_of_the_fluid_bound() {
+    let r = run(&capped("pull", "mesh", 0.9, 50));
+    eprintln!("pull x mesh at load 0.9: {}", report(&r));
+    assert!(r.subscribers.iter().all(|s| s.continuity >= 0.99), "{}", report(&r));
+}
+
+#[test]
+#[ignore = "exploration: P2NER_SIM_* environment variables"]
+fn explore() {
+    let get = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+    let params = |s: String| {
+        let mut p = p2ner_plugin_api::Params::new();
+        for kv in s.split(',').filter(|kv| !kv.is_empty()) {
+            let (k, v) = kv.split_once('=').expect("k=v");
+            p.set(k, v);
+        }
+        p
+    };
+    let load: f64 = get("P2NER_SIM_LOAD", "0.9").parse().unwrap();
+    let n: usize = get("P2NER_SIM_N", "50").parse().unwrap();
+    let mut cfg = capped(&get("P2NER_SIM_SCHED", "pull"), &get("P2NER_SIM_OVERLAY", "mesh"), load, n);
+    cfg.scheduler.1 = params(get("P2NER_SIM_SP", ""));
+    cfg.overlay.1 = params(get("P2NER_SIM_OP", ""));
+    cfg.source_upload_kbps = get("P2NER_SIM_SOURCE", "2000").parse().unwrap();
+    let r = run(&cfg);
+    eprintln!("caps {:?}: {}", cfg.peer_uploads_kbps, report(&r));
+    for class in 0..3 {
+        let c: Vec<&Summary> = r.subscribers.iter().skip(class).step_by(3).collect();
+        let mean = c.iter().map(|s| s.continuity).sum::<f64>() / c.len() as f64;
+        let start = c.iter().filter_map(|s| s.startup_ms).sum::<f64>() / c.len() as f64;
+        let up = c.iter().map(|s| s.bytes_up).sum::<u64>() as f64 / c.len() as f64 * 8.0 / 30e3;
+        eprintln!("class {class}: continuity {mean:.4} startup {start:.0} ms up {up:.0} kbit/s");
+    }
 }

@@ -12,7 +12,7 @@ use p2ner_server::client::ServerClient;
 use p2ner_server::proto::StreamId;
 use tokio::sync::mpsc;
 
-use crate::stream::{wire, Session, Summary, Transmit};
+use crate::stream::{wire, Session, Summary, Transmit, UplinkModel, DATAGRAM_OVERHEAD};
 
 /// Engine time: microseconds since the Unix epoch, so that capture times
 /// stamped by a publisher mean the same on every peer of this machine (and,
@@ -80,6 +80,8 @@ impl Driver {
         let mut next_second = now_us() + 1_000_000;
         let mut next_heartbeat = tokio::time::Instant::now() + Duration::from_secs(5);
         let mut refused = 0u64;
+        let cap_bps = self.endpoint.config().upload_kbps.map(|k| k as u64 * 1000);
+        let mut uplink = UplinkModel::new(cap_bps);
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
         let end = loop {
@@ -115,6 +117,7 @@ impl Driver {
                 }
                 _ = tick.tick() => {
                     let now = now_us();
+                    self.session.set_upload(uplink.upload(now));
                     for addr in self.session.neighbour_addrs() {
                         let c = self.endpoint.capacity(addr);
                         self.session.set_capacity(addr, Capacity {
@@ -144,13 +147,13 @@ impl Driver {
                 }
                 _ = &mut ctrl_c => break End::Interrupted,
             }
-            refused += self.flush(wire, &unreachable_tx, &peers_tx);
+            refused += self.flush(wire, &unreachable_tx, &peers_tx, &mut uplink);
         };
         let now = now_us();
         if let Some(e) = self.session.close(now) {
             tracing::warn!("closing the stream: {e}");
         }
-        self.flush(wire, &unreachable_tx, &peers_tx);
+        self.flush(wire, &unreachable_tx, &peers_tx, &mut uplink);
         if refused > 0 {
             tracing::info!(refused, "chunks the data channel refused (no capacity)");
         }
@@ -180,9 +183,22 @@ impl Driver {
         wire: u64,
         unreachable: &mpsc::UnboundedSender<SocketAddr>,
         peers: &mpsc::UnboundedSender<Vec<PeerInfo>>,
+        uplink: &mut UplinkModel,
     ) -> u64 {
         let mut refused = 0;
+        let now = now_us();
+        let max_payload = self.endpoint.config().max_payload.max(1) as u64;
         for t in self.session.drain() {
+            match &t {
+                Transmit::Message { bytes, .. } => {
+                    uplink.sent(now, bytes.len() as u64 + DATAGRAM_OVERHEAD)
+                }
+                Transmit::Chunk { data, .. } => {
+                    let len = data.len() as u64;
+                    uplink.sent(now, len + len.div_ceil(max_payload) * DATAGRAM_OVERHEAD)
+                }
+                _ => {}
+            }
             match t {
                 Transmit::Message {
                     to,

@@ -17,7 +17,9 @@ use p2ner_plugin_api::{Capacity, Params, PeerId, PeerInfo, Rng};
 use p2ner_server::identity::Identity;
 
 use crate::plugins::Registry;
-use crate::stream::{wire, Role, Session, SessionConfig, Summary, Transmit};
+use crate::stream::{
+    wire, Role, Session, SessionConfig, Summary, Transmit, UplinkModel, DATAGRAM_OVERHEAD,
+};
 
 /// One experiment.
 #[derive(Debug, Clone)]
@@ -32,7 +34,11 @@ pub struct SimConfig {
     /// retransmissions would have it; unreliable messages are lost.
     pub loss: f64,
     pub source_upload_kbps: u64,
+    /// Every subscriber's upload, unless `peer_uploads_kbps` says otherwise.
     pub peer_upload_kbps: u64,
+    /// Subscriber `i` uploads `peer_uploads_kbps[i % len]`: heterogeneous
+    /// swarms (empty: all `peer_upload_kbps`).
+    pub peer_uploads_kbps: Vec<u64>,
     pub bitrate_kbps: u32,
     pub chunk_ms: u32,
     pub sample: usize,
@@ -53,13 +59,14 @@ impl Default for SimConfig {
             loss: 0.0,
             source_upload_kbps: 5_000,
             peer_upload_kbps: 4_000,
+            peer_uploads_kbps: Vec::new(),
             bitrate_kbps: 1000,
             chunk_ms: 100,
             sample: 10,
             scheduler: ("pull".into(), Params::new()),
             overlay: ("mesh".into(), Params::new()),
             seed: 1,
-            tick_us: 50_000,
+            tick_us: 20_000,
             datagram_payload: 1200,
         }
     }
@@ -106,7 +113,9 @@ struct Node {
     session: Option<Session>,
     addr: SocketAddr,
     upload_bps: u64,
-    busy_until: u64,
+    /// The upload link: it drains at `upload_bps`, and what it holds is
+    /// what the session is told (the same model the real engine uses).
+    uplink: UplinkModel,
 }
 
 pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
@@ -126,16 +135,21 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
     let by_addr: HashMap<SocketAddr, usize> =
         (0..=cfg.subscribers).map(|i| (addr_of(i), i)).collect();
     let mut nodes: Vec<Node> = (0..=cfg.subscribers)
-        .map(|i| Node {
-            session: None,
-            addr: addr_of(i),
-            upload_bps: 1000
-                * if i == 0 {
-                    cfg.source_upload_kbps
-                } else {
-                    cfg.peer_upload_kbps
-                },
-            busy_until: 0,
+        .map(|i| {
+            let kbps = if i == 0 {
+                cfg.source_upload_kbps
+            } else if cfg.peer_uploads_kbps.is_empty() {
+                cfg.peer_upload_kbps
+            } else {
+                cfg.peer_uploads_kbps[(i - 1) % cfg.peer_uploads_kbps.len()]
+            };
+            let upload_bps = 1000 * kbps.max(1);
+            Node {
+                session: None,
+                addr: addr_of(i),
+                upload_bps,
+                uplink: UplinkModel::new(Some(upload_bps)),
+            }
         })
         .collect();
     let mut queue: BinaryHeap<Reverse<(u64, u64, usize)>> = BinaryHeap::new();
@@ -200,17 +214,16 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
             }
             Event::Tick(i) => {
                 let node = &mut nodes[i];
-                let backlog = node.busy_until.saturating_sub(now);
-                let horizon = 200_000u64;
-                let can = (node.upload_bps / 8) * horizon.saturating_sub(backlog) / 1_000_000;
+                // One upload link, shared by all neighbours, described as
+                // the real engine describes its capped uplink.
+                let upload = node.uplink.upload(now);
                 let s = node.session.as_mut().expect("ticking nodes joined");
-                // One upload link, shared by all neighbours.
-                s.set_upload_budget(Some(can));
+                s.set_upload(upload);
                 for addr in s.neighbour_addrs() {
                     s.set_capacity(
                         addr,
                         Capacity {
-                            can_send_bytes: can,
+                            can_send_bytes: upload.budget_bytes,
                             rate_bps: node.upload_bps,
                             rtt_us: 2 * cfg.latency_us,
                         },
@@ -256,7 +269,8 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
                     if !reliable && rng.unit() < cfg.loss {
                         continue;
                     }
-                    let at = send_at(node, now, bytes.len(), cfg.latency_us);
+                    let len = bytes.len() + DATAGRAM_OVERHEAD as usize;
+                    let at = send_at(node, now, len, cfg.latency_us);
                     push(
                         &mut queue,
                         &mut events,
@@ -267,7 +281,8 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
                 Transmit::Chunk { to, seq, data } => {
                     let Some(&j) = by_addr.get(&to) else { continue };
                     let frags = data.len().div_ceil(cfg.datagram_payload).max(1);
-                    let mut at = send_at(node, now, data.len() + frags * 40, cfg.latency_us);
+                    let len = data.len() + frags * DATAGRAM_OVERHEAD as usize;
+                    let mut at = send_at(node, now, len, cfg.latency_us);
                     // The data channel retransmits a lost fragment once its
                     // loss is detected, about a round trip later.
                     let lost = (0..frags).filter(|_| rng.unit() < cfg.loss).count() as u64;
@@ -323,9 +338,8 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
 /// The time a transmission of `len` bytes arrives, after the sender's
 /// upload link has drained what was queued before it.
 fn send_at(node: &mut Node, now: u64, len: usize, latency_us: u64) -> u64 {
-    let start = node.busy_until.max(now);
-    node.busy_until = start + len as u64 * 8 * 1_000_000 / node.upload_bps.max(1);
-    node.busy_until + latency_us
+    node.uplink.sent(now, len as u64);
+    now + node.uplink.upload(now).queued_us + latency_us
 }
 
 fn sample(from: &[usize], n: usize, rng: &mut Rng) -> Vec<usize> {

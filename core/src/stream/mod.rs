@@ -12,12 +12,14 @@ mod buffer;
 mod playout;
 mod session;
 mod stats;
+mod uplink;
 pub mod wire;
 
 pub use buffer::{ChunkBuffer, Insert};
 pub use playout::{PlayEvent, PlayoutClock, PlayoutConfig};
 pub use session::{Role, Session, SessionConfig, Transmit};
 pub use stats::{percentile, Snapshot, StreamStats, Summary};
+pub use uplink::{UplinkModel, DATAGRAM_OVERHEAD, QUEUE_TARGET_US};
 
 use bytes::Bytes;
 

@@ -8,7 +8,7 @@ use p2ner_plugin_api::abi_stable::std_types::{ROption, RVec};
 use p2ner_plugin_api::{
     Capacity, ChunkRef, InputBox, InputState, Link, MediaChunk, NeighbourReport, OutputBox,
     OverlayAction, OverlayBox, OverlayContext, PeerId, PeerInfo, Playout, PluginError, SchedAction,
-    SchedContext, SchedulerBox, StreamFormat,
+    SchedContext, SchedulerBox, StreamFormat, Upload,
 };
 use p2ner_server::identity::{Identity, PublicKey};
 
@@ -144,6 +144,8 @@ pub struct Session {
     /// What the whole upload may still take this tick (an upload cap shared
     /// by all neighbours); `None`: no cap beyond each link's own.
     upload_left: Option<u64>,
+    /// The uplink as the carrier last described it.
+    upload: Upload,
     /// Rotates which neighbour is offered capacity first.
     turn: usize,
 }
@@ -191,6 +193,10 @@ impl Session {
             overlay_actions: RVec::new(),
             played: Vec::new(),
             upload_left: None,
+            upload: Upload {
+                budget_bytes: u64::MAX,
+                ..Upload::default()
+            },
             turn: 0,
         }
     }
@@ -452,10 +458,11 @@ impl Session {
         }
     }
 
-    /// What the whole upload can take until the next tick, shared by all
-    /// neighbours (the carrier's upload cap).
-    pub fn set_upload_budget(&mut self, bytes: Option<u64>) {
-        self.upload_left = bytes;
+    /// This peer's uplink, shared by all neighbours, for the next tick: what
+    /// the whole upload may take is `upload.budget_bytes` when it is capped.
+    pub fn set_upload(&mut self, upload: Upload) {
+        self.upload_left = upload.capped.then_some(upload.budget_bytes);
+        self.upload = upload;
     }
 
     /// Time passes: produce or play chunks, run the plugins' timers, check
@@ -466,6 +473,15 @@ impl Session {
         }
         self.produce(now_us);
         self.play(now_us);
+        let upload = self.upload;
+        let r = self
+            .scheduler
+            .on_upload(now_us, upload, &mut self.sched_actions);
+        self.after_scheduler("on_upload", r.into_result(), now_us);
+        let r = self
+            .overlay
+            .on_upload(now_us, upload, &mut self.overlay_actions);
+        self.after_overlay("on_upload", r.into_result(), now_us);
         let mut peers: Vec<PeerId> = self
             .neighbours
             .iter()

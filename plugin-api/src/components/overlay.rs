@@ -7,7 +7,7 @@ use abi_stable::{
 };
 
 use super::Guarded;
-use crate::{Link, NeighbourReport, PeerId, PeerInfo, PluginError};
+use crate::{Link, NeighbourReport, PeerId, PeerInfo, PluginError, Upload};
 
 /// What an overlay learns once, when its stream starts.
 #[repr(C)]
@@ -99,6 +99,9 @@ pub trait Overlay: Send + 'static {
     ) {
     }
     fn on_tick(&mut self, _now_us: u64, _out: &mut OverlayOut<'_>) {}
+    /// This peer's shared uplink, every tick before [`Overlay::on_tick`]
+    /// (ABI 1.1): how many children or neighbours it can feed.
+    fn on_upload(&mut self, _now_us: u64, _upload: Upload, _out: &mut OverlayOut<'_>) {}
 }
 
 /// The boundary face of [`Overlay`].
@@ -144,6 +147,16 @@ pub trait OverlayAbi: Send {
     ) -> RResult<(), PluginError>;
     #[sabi(last_prefix_field)]
     fn on_tick(&mut self, now_us: u64, out: &mut RVec<OverlayAction>) -> RResult<(), PluginError>;
+    /// ABI 1.1. A library built for 1.0 lacks it; the host then runs this
+    /// default body, which does nothing.
+    fn on_upload(
+        &mut self,
+        _now_us: u64,
+        _upload: Upload,
+        _out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
 }
 
 impl<T: Overlay> OverlayAbi for Guarded<T> {
@@ -199,5 +212,13 @@ impl<T: Overlay> OverlayAbi for Guarded<T> {
     }
     fn on_tick(&mut self, now_us: u64, out: &mut RVec<OverlayAction>) -> RResult<(), PluginError> {
         self.event(|o| o.on_tick(now_us, &mut OverlayOut(out)))
+    }
+    fn on_upload(
+        &mut self,
+        now_us: u64,
+        upload: Upload,
+        out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError> {
+        self.event(|o| o.on_upload(now_us, upload, &mut OverlayOut(out)))
     }
 }

@@ -7,7 +7,7 @@ use abi_stable::{
 };
 
 use super::Guarded;
-use crate::{Link, PeerId, PluginError};
+use crate::{Link, PeerId, PluginError, Upload};
 
 /// What a scheduler learns once, when its stream starts.
 #[repr(C)]
@@ -142,6 +142,9 @@ pub trait Scheduler: Send + 'static {
     fn on_playout(&mut self, _now_us: u64, _playout: Playout, _out: &mut SchedOut<'_>) {}
     /// Called at the engine's tick rate (and by the simulator's clock).
     fn on_tick(&mut self, _now_us: u64, _out: &mut SchedOut<'_>) {}
+    /// This peer's shared uplink, every tick before the tick's
+    /// [`Scheduler::on_capacity`] calls (ABI 1.1).
+    fn on_upload(&mut self, _now_us: u64, _upload: Upload, _out: &mut SchedOut<'_>) {}
 }
 
 /// The boundary face of [`Scheduler`].
@@ -195,6 +198,16 @@ pub trait SchedulerAbi: Send {
     ) -> RResult<(), PluginError>;
     #[sabi(last_prefix_field)]
     fn on_tick(&mut self, now_us: u64, out: &mut RVec<SchedAction>) -> RResult<(), PluginError>;
+    /// ABI 1.1. A library built for 1.0 lacks it; the host then runs this
+    /// default body, which does nothing.
+    fn on_upload(
+        &mut self,
+        _now_us: u64,
+        _upload: Upload,
+        _out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
 }
 
 impl<T: Scheduler> SchedulerAbi for Guarded<T> {
@@ -260,5 +273,13 @@ impl<T: Scheduler> SchedulerAbi for Guarded<T> {
     }
     fn on_tick(&mut self, now_us: u64, out: &mut RVec<SchedAction>) -> RResult<(), PluginError> {
         self.event(|s| s.on_tick(now_us, &mut SchedOut(out)))
+    }
+    fn on_upload(
+        &mut self,
+        now_us: u64,
+        upload: Upload,
+        out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        self.event(|s| s.on_upload(now_us, upload, &mut SchedOut(out)))
     }
 }

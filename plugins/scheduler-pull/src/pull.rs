@@ -1,0 +1,611 @@
+//! The `pull` state machine. See the crate docs for the why.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use p2ner_plugin_api::prelude::*;
+use p2ner_plugin_api::{Capacity, Playout, Upload};
+
+use crate::wire::{self, Advert, Message, MAX_SEQS};
+
+/// Parameters, with their defaults written once: `register` declares these
+/// and [`Pull::new`] parses them.
+pub const PARAMS: &[(&str, &str, &str)] = &[
+    ("max_requests", "8", "requests outstanding to one neighbour at most"),
+    ("request_timeout_ms", "600", "re-request a chunk not received within this time"),
+    ("max_wait_ms", "300", "refuse a request that would wait longer than this in the upload queue (under an upload cap)"),
+    ("urgent_ms", "1000", "chunks due within this time are requested before rarer ones"),
+    ("lookback_chunks", "30", "before playback starts, how far behind the newest chunk to begin"),
+    ("map_ms", "1000", "interval between full buffer maps"),
+    ("source_push", "1", "publisher: copies of each new chunk pushed unasked, to the neighbours best able to forward them"),
+    ("source_announce_ms", "300", "publisher: announce a chunk to all only after this long (0: at once, and no pushes)"),
+];
+
+fn default_of(name: &str) -> &'static str {
+    PARAMS
+        .iter()
+        .find(|p| p.0 == name)
+        .map(|p| p.1)
+        .expect("declared parameter")
+}
+
+fn param<T: std::str::FromStr>(params: &Params, name: &str) -> Result<T, PluginError>
+where
+    T::Err: std::fmt::Display,
+{
+    match params.get(name) {
+        Some(_) => params.parse(name),
+        None => default_of(name)
+            .parse()
+            .map_err(|e| PluginError::new(format!("default of {name}: {e}"))),
+    }
+}
+
+/// A neighbour that advertised no capacity is assumed to upload this many
+/// times the stream's rate (the first version's peers, plugins elsewhere).
+const UNKNOWN_UPLOAD_FACTOR: u64 = 1;
+/// A neighbour that refused a request is not asked again for this long.
+const REFUSED_BACKOFF_US: u64 = 150_000;
+/// A chunk not pushed by then is no longer fresh: peers pull it instead.
+const FRESH_FOR_US: u64 = 1_000_000;
+
+pub struct Pull {
+    max_requests: usize,
+    request_timeout_us: u64,
+    max_wait_us: u64,
+    urgent_us: u64,
+    lookback: u64,
+    map_every_us: u64,
+    source_push: u32,
+    source_delay_us: u64,
+    rng: Rng,
+    ctx: Option<SchedContext>,
+    have: BTreeSet<u64>,
+    /// New chunks to announce, with the neighbour they came from (it has it).
+    announce: Vec<(u64, Option<PeerId>)>,
+    neighbours: BTreeMap<PeerId, Neighbour>,
+    /// My requests in flight: seq -> (to whom, when).
+    requested: BTreeMap<u64, (PeerId, u64)>,
+    playout: Option<Playout>,
+    newest_known: Option<u64>,
+    /// Requests accepted from neighbours, oldest first: (peer, seq, expires).
+    jobs: VecDeque<(PeerId, u64, u64)>,
+    /// The uplink as the engine last reported it; `None`: plentiful.
+    upload: Option<Upload>,
+    /// Bytes the shared uplink still takes this tick.
+    budget: u64,
+    // The publisher's side.
+    /// Chunks not pushed yet, with when they were made.
+    fresh: VecDeque<(u64, u64, u32)>,
+    /// Chunks not announced yet, with when they were made.
+    held: VecDeque<(u64, u64)>,
+    /// Weighted round robin over forwarders: credit per neighbour.
+    credit: BTreeMap<PeerId, i64>,
+}
+
+struct Neighbour {
+    link: Link,
+    have: BTreeSet<u64>,
+    outstanding: usize,
+    /// Bytes the data channel towards it takes now; `None` until the engine says.
+    budget: Option<u64>,
+    advert: Option<Advert>,
+    /// It refused us: do not ask it before this.
+    busy_until_us: u64,
+    next_map_us: u64,
+}
+
+impl Pull {
+    pub fn new(params: &Params) -> Result<Self, PluginError> {
+        let pull = Pull {
+            max_requests: param(params, "max_requests")?,
+            request_timeout_us: param::<u64>(params, "request_timeout_ms")? * 1000,
+            max_wait_us: param::<u64>(params, "max_wait_ms")? * 1000,
+            urgent_us: param::<u64>(params, "urgent_ms")? * 1000,
+            lookback: param(params, "lookback_chunks")?,
+            map_every_us: param::<u64>(params, "map_ms")? * 1000,
+            source_push: param(params, "source_push")?,
+            source_delay_us: param::<u64>(params, "source_announce_ms")? * 1000,
+            rng: Rng::new(0),
+            ctx: None,
+            have: BTreeSet::new(),
+            announce: Vec::new(),
+            neighbours: BTreeMap::new(),
+            requested: BTreeMap::new(),
+            playout: None,
+            newest_known: None,
+            jobs: VecDeque::new(),
+            upload: None,
+            budget: u64::MAX,
+            fresh: VecDeque::new(),
+            held: VecDeque::new(),
+            credit: BTreeMap::new(),
+        };
+        if pull.max_requests == 0 || pull.request_timeout_us == 0 || pull.map_every_us == 0 {
+            return Err(PluginError::new(
+                "max_requests, request_timeout_ms and map_ms must be positive",
+            ));
+        }
+        Ok(pull)
+    }
+
+    fn chunk_bytes(&self) -> u64 {
+        self.ctx.as_ref().map_or(1, |c| c.chunk_bytes.max(1) as u64)
+    }
+
+    fn chunk_us(&self) -> u64 {
+        self.ctx
+            .as_ref()
+            .map_or(100_000, |c| c.chunk_us.max(1) as u64)
+    }
+
+    fn window(&self) -> u64 {
+        self.ctx
+            .as_ref()
+            .map_or(300, |c| c.window_chunks.max(1) as u64)
+    }
+
+    fn is_source(&self) -> bool {
+        self.ctx.as_ref().is_some_and(|c| c.is_source)
+    }
+
+    /// The stream's rate in bit/s, from the chunk size.
+    fn stream_bps(&self) -> u64 {
+        self.chunk_bytes() * 8 * 1_000_000 / self.chunk_us()
+    }
+
+    /// How long a chunk handed to the uplink now waits before it leaves:
+    /// what the data channel holds plus what this scheduler has promised.
+    fn wait_us(&self) -> u64 {
+        let Some(u) = self.upload.filter(|u| u.capped && u.capacity_bps > 0) else {
+            return 0;
+        };
+        let promised = (self.jobs.len() + self.fresh.len()) as u64 * self.chunk_bytes();
+        u.queued_us + promised * 8 * 1_000_000 / u.capacity_bps
+    }
+
+    fn advert(&self) -> Advert {
+        let upload_kbps = match self.upload {
+            Some(u) if u.capped => (u.capacity_bps / 1000).min(u32::MAX as u64 - 1) as u32,
+            _ => u32::MAX,
+        };
+        Advert {
+            upload_kbps,
+            queued_ms: (self.wait_us() / 1000).min(u16::MAX as u64) as u16,
+        }
+    }
+
+    /// What a neighbour can upload, bit/s, as far as we know.
+    fn upload_of(&self, n: &Neighbour) -> u64 {
+        match n.advert {
+            Some(a) if a.upload_kbps == u32::MAX => 100 * self.stream_bps(),
+            Some(a) => a.upload_kbps as u64 * 1000,
+            None => UNKNOWN_UPLOAD_FACTOR * self.stream_bps(),
+        }
+    }
+
+    /// Requests worth keeping outstanding at one neighbour: what it can send
+    /// in about one request timeout, within `max_requests`.
+    fn max_outstanding(&self, n: &Neighbour) -> usize {
+        let chunk_bits = self.chunk_bytes() * 8;
+        let in_time = self.upload_of(n) * (self.max_wait_us.max(100_000) / 1000) / 1000;
+        ((in_time / chunk_bits.max(1)) as usize).clamp(1, self.max_requests)
+    }
+
+    fn learn_newest(&mut self, seq: u64) {
+        // A neighbour's claim moves the window only within reach of what is
+        // known, so a forged HAVE cannot make the window (and the work per
+        // tick) arbitrarily large.
+        let reach = match self.newest_known.or(self.have.last().copied()) {
+            Some(n) => n.saturating_add(self.window()),
+            None => seq,
+        };
+        let seq = seq.min(reach);
+        self.newest_known = Some(self.newest_known.map_or(seq, |n| n.max(seq)));
+    }
+
+    /// The oldest chunk still worth requesting.
+    fn window_start(&self) -> u64 {
+        let newest = self.newest_known.unwrap_or(0);
+        let by_window = (newest + 1).saturating_sub(self.window());
+        match self.playout {
+            Some(p) => p.next_seq.max(by_window),
+            None => newest.saturating_sub(self.lookback).max(by_window),
+        }
+    }
+
+    /// Drops what is older than the window, here and in what neighbours
+    /// are known to hold: state stays bounded on a publisher that never
+    /// plays as on a subscriber that does.
+    fn prune(&mut self) {
+        let newest = self.newest_known.unwrap_or(0);
+        let by_window = (newest + 1).saturating_sub(self.window());
+        let keep_from = match self.playout {
+            Some(p) => p.oldest_seq.max(by_window),
+            None => by_window,
+        };
+        self.have = self.have.split_off(&keep_from);
+        for n in self.neighbours.values_mut() {
+            n.have = n.have.split_off(&keep_from);
+        }
+        // Requests for chunks that are past playback are given up.
+        let start = self.window_start();
+        let live = self.requested.split_off(&start);
+        for (peer, _) in std::mem::replace(&mut self.requested, live).into_values() {
+            if let Some(n) = self.neighbours.get_mut(&peer) {
+                n.outstanding = n.outstanding.saturating_sub(1);
+            }
+        }
+    }
+
+    fn map_message(&self) -> Vec<u8> {
+        let base = self.have.first().copied().unwrap_or(0);
+        let last = match self.held.front() {
+            Some(&(first_held, _)) => first_held.saturating_sub(1),
+            None => self.have.last().copied().unwrap_or(0),
+        };
+        let bits = (last.saturating_sub(base) + 1) as usize;
+        wire::map(self.advert(), &self.have, base, bits)
+    }
+
+    fn forget_request(&mut self, seq: u64) {
+        if let Some((peer, _)) = self.requested.remove(&seq) {
+            if let Some(n) = self.neighbours.get_mut(&peer) {
+                n.outstanding = n.outstanding.saturating_sub(1);
+            }
+        }
+    }
+
+    fn request_missing(&mut self, now_us: u64, out: &mut SchedOut<'_>) {
+        let Some(newest) = self.newest_known else {
+            return;
+        };
+        let expired: Vec<u64> = self
+            .requested
+            .iter()
+            .filter(|(_, &(_, at))| now_us > at + self.request_timeout_us)
+            .map(|(&seq, _)| seq)
+            .collect();
+        for seq in expired {
+            self.forget_request(seq);
+        }
+        let start = self.window_start();
+        let end = newest.min(start.saturating_add(self.window()));
+        let chunk_us = self.chunk_us();
+        let playout = self.playout;
+        let deadline_of = move |seq: u64| {
+            playout.map(|p| p.next_deadline_us + seq.saturating_sub(p.next_seq) * chunk_us)
+        };
+        // (not urgent, then rarest (or seq when urgent), random tie-break, seq)
+        let mut order: Vec<(bool, u64, u64, u64)> = Vec::new();
+        for seq in start..=end {
+            if self.have.contains(&seq) || self.requested.contains_key(&seq) {
+                continue;
+            }
+            let count = self
+                .neighbours
+                .values()
+                .filter(|n| n.link.upstream && n.have.contains(&seq))
+                .count() as u64;
+            if count == 0 {
+                continue;
+            }
+            let urgent = deadline_of(seq).is_some_and(|d| d <= now_us + self.urgent_us);
+            order.push((
+                !urgent,
+                if urgent { seq } else { count },
+                self.rng.next_u64(),
+                seq,
+            ));
+        }
+        if order.is_empty() {
+            return;
+        }
+        order.sort_unstable();
+        let chunk_bits = self.chunk_bytes() * 8;
+        let mut batches: BTreeMap<PeerId, (u16, Vec<u64>)> = BTreeMap::new();
+        for (_, _, _, seq) in order {
+            // The holder that would deliver soonest: its advertised queue,
+            // plus what we already asked of it, at its advertised rate.
+            let best = self
+                .neighbours
+                .iter()
+                .filter(|(_, n)| {
+                    n.link.upstream
+                        && n.have.contains(&seq)
+                        && n.busy_until_us <= now_us
+                        && n.outstanding < self.max_outstanding(n)
+                })
+                .map(|(&id, n)| {
+                    let rate = self.upload_of(n).max(1);
+                    let queued = n.advert.map_or(0, |a| a.queued_ms as u64 * 1000);
+                    let eta = queued + (n.outstanding as u64 + 1) * chunk_bits * 1_000_000 / rate;
+                    (eta, id)
+                })
+                .collect::<Vec<_>>();
+            // Ties at random, so equal holders share the load.
+            let best = best
+                .iter()
+                .map(|&(eta, id)| (eta, self.rng.next_u64(), id))
+                .min();
+            let Some((_, _, peer)) = best else { continue };
+            self.neighbours.get_mut(&peer).expect("holder").outstanding += 1;
+            self.requested.insert(seq, (peer, now_us));
+            let slack = deadline_of(seq).map_or(u16::MAX, |d| {
+                (d.saturating_sub(now_us) / 1000).min(u16::MAX as u64 - 1) as u16
+            });
+            let batch = batches.entry(peer).or_insert((u16::MAX, Vec::new()));
+            batch.0 = batch.0.min(slack);
+            batch.1.push(seq);
+        }
+        for (peer, (slack, seqs)) in batches {
+            for part in seqs.chunks(MAX_SEQS) {
+                out.send_message(peer, wire::request(slack, part), false);
+            }
+        }
+    }
+
+    /// Requests from `peer`: accepted when they can be served in time,
+    /// refused at once otherwise, so the requester asks elsewhere instead of
+    /// waiting and asking twice.
+    fn on_request(
+        &mut self,
+        now_us: u64,
+        peer: PeerId,
+        slack_ms: u16,
+        seqs: Vec<u64>,
+        out: &mut SchedOut<'_>,
+    ) {
+        if !self
+            .neighbours
+            .get(&peer)
+            .is_some_and(|n| n.link.downstream)
+        {
+            return;
+        }
+        let limit = self.max_wait_us.min(slack_ms as u64 * 1000);
+        let mut refused = Vec::new();
+        for seq in seqs {
+            let queued_already = self.jobs.iter().any(|&(p, s, _)| p == peer && s == seq);
+            if queued_already {
+                continue;
+            }
+            if !self.have.contains(&seq) || self.wait_us() > limit {
+                refused.push(seq);
+                continue;
+            }
+            self.jobs.push_back((peer, seq, now_us + self.max_wait_us));
+        }
+        if !refused.is_empty() {
+            out.send_message(peer, wire::refuse(&refused), false);
+        }
+        self.serve(now_us, out);
+    }
+
+    /// Sends what the uplink takes now: the publisher's fresh chunks first,
+    /// then accepted requests, oldest first.
+    fn serve(&mut self, now_us: u64, out: &mut SchedOut<'_>) {
+        let chunk_bytes = self.chunk_bytes();
+        self.push_fresh(now_us, out);
+        let mut kept = VecDeque::with_capacity(self.jobs.len());
+        while let Some((peer, seq, expires)) = self.jobs.pop_front() {
+            if now_us > expires || !self.have.contains(&seq) {
+                continue;
+            }
+            let Some(n) = self.neighbours.get_mut(&peer) else {
+                continue;
+            };
+            let link_room = n.budget.is_none_or(|b| b > 0);
+            if self.budget == 0 {
+                kept.push_back((peer, seq, expires));
+                kept.extend(self.jobs.drain(..));
+                break;
+            }
+            if !link_room {
+                kept.push_back((peer, seq, expires));
+                continue;
+            }
+            if let Some(b) = &mut n.budget {
+                *b = b.saturating_sub(chunk_bytes);
+            }
+            self.budget = self.budget.saturating_sub(chunk_bytes);
+            out.send_chunk(peer, seq);
+        }
+        self.jobs = kept;
+    }
+
+    /// The publisher's copies of new chunks, each to the neighbour next in
+    /// a round robin weighted by what neighbours can upload: the first copy
+    /// goes to peers that can forward it, in proportion to how much.
+    fn push_fresh(&mut self, now_us: u64, out: &mut SchedOut<'_>) {
+        let chunk_bytes = self.chunk_bytes();
+        while let Some(&(seq, made, copies_left)) = self.fresh.front() {
+            if now_us > made + FRESH_FOR_US || !self.have.contains(&seq) || copies_left == 0 {
+                self.fresh.pop_front();
+                continue;
+            }
+            if self.budget == 0 {
+                return;
+            }
+            let candidates: Vec<(PeerId, u64)> = self
+                .neighbours
+                .iter()
+                .filter(|(_, n)| {
+                    n.link.downstream && !n.have.contains(&seq) && n.budget.is_none_or(|b| b > 0)
+                })
+                .map(|(&id, n)| (id, self.upload_of(n)))
+                .collect();
+            if candidates.is_empty() {
+                return;
+            }
+            let total: u64 = candidates.iter().map(|c| c.1).sum::<u64>().max(1);
+            for &(id, w) in &candidates {
+                *self.credit.entry(id).or_insert(0) += (w * 1024 / total) as i64;
+            }
+            let (peer, _) = candidates
+                .iter()
+                .map(|&(id, _)| (id, self.credit[&id]))
+                .max_by_key(|&(id, c)| (c, std::cmp::Reverse(id)))
+                .expect("candidates");
+            *self.credit.get_mut(&peer).expect("credited") -= 1024;
+            let n = self.neighbours.get_mut(&peer).expect("candidate");
+            if let Some(b) = &mut n.budget {
+                *b = b.saturating_sub(chunk_bytes);
+            }
+            // It holds it now as far as anyone asking us is concerned.
+            n.have.insert(seq);
+            self.budget = self.budget.saturating_sub(chunk_bytes);
+            out.send_chunk(peer, seq);
+            self.fresh.front_mut().expect("front").2 -= 1;
+        }
+    }
+}
+
+impl Scheduler for Pull {
+    fn on_start(&mut self, _now_us: u64, ctx: &SchedContext, _out: &mut SchedOut<'_>) {
+        self.rng = Rng::new(ctx.seed);
+        self.ctx = Some(ctx.clone());
+    }
+
+    fn on_neighbour_up(&mut self, now_us: u64, peer: PeerId, link: Link, out: &mut SchedOut<'_>) {
+        self.neighbours.insert(
+            peer,
+            Neighbour {
+                link,
+                have: BTreeSet::new(),
+                outstanding: 0,
+                budget: None,
+                advert: None,
+                busy_until_us: 0,
+                next_map_us: now_us + self.map_every_us,
+            },
+        );
+        if link.downstream && !self.have.is_empty() {
+            out.send_message(peer, self.map_message(), false);
+        }
+    }
+
+    fn on_neighbour_down(&mut self, _now_us: u64, peer: PeerId, _out: &mut SchedOut<'_>) {
+        self.neighbours.remove(&peer);
+        self.credit.remove(&peer);
+        self.jobs.retain(|j| j.0 != peer);
+        // What was asked of it is asked again elsewhere at the next tick.
+        self.requested.retain(|_, (p, _)| *p != peer);
+    }
+
+    fn on_chunk(&mut self, now_us: u64, seq: u64, from: Option<PeerId>, out: &mut SchedOut<'_>) {
+        let fresh = self.have.insert(seq);
+        self.learn_newest(seq);
+        self.forget_request(seq);
+        if let Some(n) = from.and_then(|p| self.neighbours.get_mut(&p)) {
+            n.have.insert(seq);
+        }
+        if from.is_none() && self.is_source() && self.source_delay_us > 0 && self.source_push > 0 {
+            self.fresh.push_back((seq, now_us, self.source_push));
+            self.held.push_back((seq, now_us));
+            self.serve(now_us, out);
+        } else if fresh {
+            self.announce.push((seq, from));
+        }
+    }
+
+    fn on_message(&mut self, now_us: u64, peer: PeerId, payload: &[u8], out: &mut SchedOut<'_>) {
+        let Some(message) = wire::decode(payload) else {
+            return;
+        };
+        if !self.neighbours.contains_key(&peer) {
+            return;
+        }
+        match message {
+            Message::Have(advert, seqs) | Message::Map(advert, seqs) => {
+                let known = self.newest_known;
+                if let Some(&max) = seqs.iter().max() {
+                    self.learn_newest(max);
+                }
+                // Claims far beyond what is known are not recorded.
+                let reach = known
+                    .or(self.have.last().copied())
+                    .map_or(u64::MAX, |k| k.saturating_add(self.window()));
+                let n = self.neighbours.get_mut(&peer).expect("checked");
+                if advert.is_some() {
+                    n.advert = advert;
+                }
+                n.have.extend(seqs.into_iter().filter(|&s| s <= reach));
+            }
+            Message::Request { slack_ms, seqs } => {
+                self.on_request(now_us, peer, slack_ms, seqs, out)
+            }
+            Message::Refuse(seqs) => {
+                let n = self.neighbours.get_mut(&peer).expect("checked");
+                n.busy_until_us = now_us + REFUSED_BACKOFF_US;
+                for seq in seqs {
+                    if self.requested.get(&seq).is_some_and(|r| r.0 == peer) {
+                        self.forget_request(seq);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_upload(&mut self, _now_us: u64, upload: Upload, _out: &mut SchedOut<'_>) {
+        self.budget = upload.budget_bytes;
+        self.upload = Some(upload);
+    }
+
+    fn on_capacity(
+        &mut self,
+        now_us: u64,
+        peer: PeerId,
+        capacity: Capacity,
+        out: &mut SchedOut<'_>,
+    ) {
+        if let Some(n) = self.neighbours.get_mut(&peer) {
+            n.budget = Some(capacity.can_send_bytes);
+        }
+        self.serve(now_us, out);
+    }
+
+    fn on_playout(&mut self, _now_us: u64, playout: Playout, _out: &mut SchedOut<'_>) {
+        self.playout = Some(playout);
+        self.learn_newest(playout.newest_seq);
+    }
+
+    fn on_tick(&mut self, now_us: u64, out: &mut SchedOut<'_>) {
+        while let Some(&(seq, at)) = self.held.front() {
+            if now_us < at + self.source_delay_us {
+                break;
+            }
+            self.held.pop_front();
+            self.announce.push((seq, None));
+        }
+        self.prune();
+        let announce = std::mem::take(&mut self.announce);
+        let advert = self.advert();
+        let full_map = self.map_message();
+        for (&peer, n) in self.neighbours.iter_mut() {
+            if !n.link.downstream {
+                continue;
+            }
+            if now_us >= n.next_map_us {
+                n.next_map_us = now_us + self.map_every_us;
+                out.send_message(peer, full_map.clone(), false);
+                continue;
+            }
+            let news: Vec<u64> = announce
+                .iter()
+                .filter(|(_, from)| *from != Some(peer))
+                .map(|&(seq, _)| seq)
+                .collect();
+            for part in news.chunks(MAX_SEQS) {
+                out.send_message(peer, wire::have(advert, part), false);
+            }
+        }
+        if !self.is_source() {
+            self.request_missing(now_us, out);
+        }
+        self.serve(now_us, out);
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;
