@@ -163,7 +163,7 @@ impl Session {
                 PlayoutConfig {
                     chunk_us: cfg.chunk_us,
                     startup_chunks: cfg.startup_chunks,
-                    lead_chunks: cfg.startup_chunks + cfg.startup_chunks / 2,
+                    lead_chunks: cfg.startup_chunks,
                     startup_timeout_us: cfg.startup_timeout_us,
                     need_keyframe: cfg.need_keyframe,
                 },

@@ -14,7 +14,7 @@ pub const PARAMS: &[(&str, &str, &str)] = &[
     ("request_timeout_ms", "600", "re-request a chunk not received within this time"),
     ("max_wait_ms", "300", "refuse a request that would wait longer than this in the upload queue (under an upload cap)"),
     ("urgent_ms", "1000", "chunks due within this time are requested before rarer ones"),
-    ("lookback_chunks", "30", "before playback starts, how far behind the newest chunk to begin"),
+    ("lookback_chunks", "20", "before playback starts, how far behind the newest chunk to begin (the start lead plus a keyframe interval is enough)"),
     ("map_ms", "1000", "interval between full buffer maps"),
     ("source_push", "1", "publisher: copies of each new chunk pushed unasked, to the neighbours best able to forward them"),
     ("source_announce_ms", "300", "publisher: announce a chunk to all only after this long (0: at once, and no pushes)"),
@@ -289,7 +289,9 @@ impl Pull {
             if count == 0 {
                 continue;
             }
-            let urgent = deadline_of(seq).is_some_and(|d| d <= now_us + self.urgent_us);
+            // Before playback starts everything is urgent, in order: the
+            // player needs a contiguous run from a keyframe, not rare chunks.
+            let urgent = deadline_of(seq).is_none_or(|d| d <= now_us + self.urgent_us);
             order.push((
                 !urgent,
                 if urgent { seq } else { count },
