@@ -11,21 +11,14 @@
 //! endpoint and [`client`] is what the engine and the CLI call.
 
 pub mod client;
-pub mod identity;
 pub mod limits;
 pub mod live;
-pub mod proto;
 pub mod server;
 pub mod service;
 pub mod store;
 
 pub use client::{browse_many, ClientError, Joined, ServerClient};
-pub use identity::{Identity, PublicKey, Signature};
 pub use limits::{Bounds, RateLimit};
-pub use proto::{
-    Liveness, Page, PeerEntry, PluginRef, ServerStats, StreamId, StreamInfo, StreamParams,
-    StreamSummary,
-};
 pub use server::{default_db_path, run_server, serve_blocking, Server, ServerError};
 pub use service::{ServerConfig, Service};
 pub use store::Store;

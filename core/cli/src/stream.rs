@@ -8,9 +8,9 @@ use std::time::Duration;
 use clap::Args;
 use p2ner_plugin_api::Group;
 
-use crate::engine::{self, Choice, End, NetOptions};
-use crate::plugins::PluginOptions;
-use crate::stream::Summary;
+use p2ner_engine::live::{self as engine, Choice, End, NetOptions};
+use p2ner_engine::plugins::PluginOptions;
+use p2ner_engine::stream::Summary;
 
 #[derive(Debug, Args)]
 pub struct NetArgs {
@@ -135,7 +135,7 @@ fn choice(
     text: &str,
     group: Group,
     extra: &[(String, String)],
-    registry: &crate::plugins::Registry,
+    registry: &p2ner_engine::plugins::Registry,
 ) -> anyhow::Result<Choice> {
     let mut c = Choice::parse(text, group, registry)?;
     c.params.extend(extra.iter().cloned());

@@ -8,11 +8,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use p2ner_net::{Endpoint, Event, Events, SendError};
 use p2ner_plugin_api::{Capacity, PeerId, PeerInfo};
+use p2ner_proto::peer as wire;
+use p2ner_proto::server::StreamId;
 use p2ner_server::client::ServerClient;
-use p2ner_server::proto::StreamId;
 use tokio::sync::mpsc;
 
-use crate::stream::{wire, Session, Summary, Transmit};
+use crate::stream::{Session, Summary, Transmit};
 
 /// Engine time: microseconds since the Unix epoch, so that capture times
 /// stamped by a publisher mean the same on every peer of this machine (and,
@@ -37,7 +38,7 @@ pub fn wire_id(stream: &StreamId) -> u64 {
 /// What keeps a stream registered at its servers.
 pub enum Heartbeat {
     Publisher {
-        identity: Box<p2ner_server::identity::Identity>,
+        identity: Box<p2ner_proto::identity::Identity>,
     },
     Peer {
         peer_id: u64,
@@ -319,7 +320,7 @@ impl Driver {
 }
 
 /// Server peer entries as the overlay sees them.
-pub fn peer_infos(entries: &[p2ner_server::proto::PeerEntry]) -> Vec<PeerInfo> {
+pub fn peer_infos(entries: &[p2ner_proto::server::PeerEntry]) -> Vec<PeerInfo> {
     entries
         .iter()
         .map(|e| PeerInfo {

@@ -14,10 +14,11 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use bytes::Bytes;
 use p2ner_plugin_api::{Capacity, Params, PeerId, PeerInfo, Rng};
-use p2ner_server::identity::Identity;
+use p2ner_proto::identity::Identity;
+use p2ner_proto::peer as wire;
 
 use crate::plugins::Registry;
-use crate::stream::{wire, Role, Session, SessionConfig, Summary, Transmit};
+use crate::stream::{Role, Session, SessionConfig, Summary, Transmit};
 
 /// One experiment.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use p2ner_plugin_api::{Group, Params};
 use serde_json::json;
 
-use crate::plugins::{libraries_in, Component, PluginOptions, Registry, Severity};
+use p2ner_engine::plugins::{libraries_in, Component, PluginOptions, Registry, Severity};
 
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
@@ -266,7 +266,7 @@ fn check(dir: &std::path::Path, _options: &PluginOptions) -> Result<ExitCode> {
                 c.info.version
             ),
             // A conflict was already reported above.
-            Err(crate::plugins::ComponentError::Conflict { .. }) => {}
+            Err(p2ner_engine::plugins::ComponentError::Conflict { .. }) => {}
             Err(e) => {
                 errors += 1;
                 eprintln!("error: {}: {e}", c.library.path.display());

@@ -14,9 +14,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use p2ner_net::{Endpoint, NetConfig};
 use p2ner_plugin_api::{Group, Params, PeerId, PeerInfo, StreamFormat};
+use p2ner_proto::identity::Identity;
+use p2ner_proto::server::{PluginRef, StreamId, StreamParams, PUBLISHER_PEER_ID};
 use p2ner_server::client::{ClientError, ServerClient};
-use p2ner_server::identity::Identity;
-use p2ner_server::proto::{PluginRef, StreamId, StreamParams, PUBLISHER_PEER_ID};
 use semver::VersionReq;
 
 use crate::plugins::Registry;
@@ -278,7 +278,7 @@ pub async fn subscribe(
         .join(&stream, peer_id)
         .await
         .map_err(|e| match e.code() {
-            Some(p2ner_server::proto::ErrorCode::NotFound) => {
+            Some(p2ner_proto::server::ErrorCode::NotFound) => {
                 anyhow::anyhow!("no stream '{}' on server {}", opts.stream, opts.server)
             }
             _ => anyhow::anyhow!("joining '{}' at {}: {e}", opts.stream, opts.server),

@@ -5,8 +5,7 @@
 //! through [`plugins`]. What stays here is what every stream shares: plugin
 //! discovery, the command line, and (later) the network channels and stats.
 
-pub mod cli;
-pub mod engine;
+pub mod live;
 pub mod plugins;
 pub mod sim;
 pub mod stream;
