@@ -13,6 +13,7 @@ use p2ner_proto::server::StreamId;
 use p2ner_server::client::ServerClient;
 use tokio::sync::mpsc;
 
+use super::{Report, Reporter};
 use crate::stream::{Session, Summary, Transmit};
 
 /// Engine time: microseconds since the Unix epoch, so that capture times
@@ -57,8 +58,8 @@ pub struct Driver {
     pub run_for: Option<Duration>,
     /// JSON lines, one per second, and the final summary.
     pub stats: Option<Box<dyn Write + Send>>,
-    /// A live line per second on stderr.
-    pub progress: bool,
+    /// Told once a second how the stream is doing.
+    pub report: Reporter,
 }
 
 /// Why a run ended.
@@ -238,29 +239,11 @@ impl Driver {
             let _ = writeln!(out);
             let _ = out.flush();
         }
-        if self.progress {
-            let s = self.session.stats();
-            eprint!(
-                "\r{:>5}s  {}  neighbours {:>2}  down {:>6.0} kbit/s  up {:>6.0} kbit/s  {}   ",
-                snap.t_ms / 1000,
-                if self.session.is_source() {
-                    format!("produced {:>5}", s.chunks_produced)
-                } else {
-                    format!(
-                        "continuity {:.3}  buffer {:>5} ms",
-                        snap.continuity, snap.buffer_ms
-                    )
-                },
-                snap.neighbours,
-                snap.down_kbps,
-                snap.up_kbps,
-                if self.session.is_source() || snap.playing {
-                    ""
-                } else {
-                    "(buffering)"
-                }
-            );
-        }
+        (self.report)(Report::Second {
+            snapshot: &snap,
+            stats: self.session.stats(),
+            source: self.session.is_source(),
+        });
     }
 
     fn send_heartbeats(&self) {
@@ -290,9 +273,6 @@ impl Driver {
     /// Leaves the swarm at every server, briefly: a server that does not
     /// answer will expire us anyway.
     async fn leave(&self) {
-        if self.progress {
-            eprintln!();
-        }
         let mut calls = Vec::new();
         for server in &self.servers {
             let (server, stream) = (server.clone(), self.stream.clone());
