@@ -49,8 +49,9 @@
 //! - **No tokio, no threads in schedulers and overlays.** They are sans-IO state
 //!   machines: events come in with the current time (`now_us`), actions go out.
 //!   They never read the clock, open sockets or spawn threads. That is what
-//!   lets the very same `.so` run in a real swarm and in `p2ner sim`, and be
-//!   deterministic for a given seed ([`Rng`] is a seedable generator for that).
+//!   lets the very same `.so` run in a real swarm and in the simulator
+//!   library (`p2ner_engine::sim`), and be deterministic for a given seed
+//!   ([`Rng`] is a seedable generator for that).
 //!   Inputs, outputs and frontends may run their own threads (media pipelines,
 //!   HTTP servers) but never an async runtime: the host drives everything
 //!   through synchronous calls.

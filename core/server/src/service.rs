@@ -14,7 +14,7 @@ use p2ner_proto::identity::PublicKey;
 use p2ner_proto::server::{
     decode, encode, encoded_len, DecodeError, ErrorCode, Page, PeerEntry, Request, Response,
     ServerStats, Signed, SignedOp, StreamId, StreamInfo, StreamParams, StreamSummary, MAX_MESSAGE,
-    PUBLISHER_PEER_ID,
+    PROTO_VERSION, PUBLISHER_PEER_ID,
 };
 
 /// How a server behaves; every field has a command-line flag.
@@ -147,11 +147,15 @@ impl Service {
             Ok(req) => self.handle(from, req, now),
             // Only plausible future versions get an answer: random bytes
             // must not be answered (nor amplified).
-            Err(DecodeError::Version(v)) if (2..=8).contains(&v) => {
+            Err(DecodeError::Version(v))
+                if (PROTO_VERSION + 1..=PROTO_VERSION + 7).contains(&v) =>
+            {
                 self.stats.rejected += 1;
                 Response::error(
                     ErrorCode::Version,
-                    format!("protocol version {v} is not supported (this server speaks 1)"),
+                    format!(
+                        "protocol version {v} is not supported (this server speaks {PROTO_VERSION})"
+                    ),
                 )
             }
             Err(_) => {
