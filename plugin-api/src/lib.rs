@@ -83,6 +83,7 @@
 
 mod abi;
 pub mod chunker;
+pub mod codec;
 mod components;
 mod describe;
 mod error;
@@ -114,7 +115,7 @@ pub use describe::{ComponentInfo, ComponentSpec, Group, LibraryInfo, ParamInfo};
 pub use error::PluginError;
 pub use export::Registrar;
 pub use host::{HostServices, HostServicesRef, LogLevel};
-pub use params::{Param, Params};
+pub use params::{Param, ParamDef, Params};
 pub use rng::Rng;
 pub use types::{Link, MediaChunk, NeighbourReport, PeerId, PeerInfo, StreamFormat};
 
@@ -127,8 +128,8 @@ pub mod prelude {
     pub use crate::{
         ChunkRef, ComponentSpec, EngineControl, Frontend, Input, InputState, Link, MediaChunk,
         NeighbourReport, Output, OutputReport, Overlay, OverlayAction, OverlayContext, OverlayOut,
-        Params, PeerId, PeerInfo, PluginError, Registrar, Rng, SchedAction, SchedContext, SchedOut,
-        Scheduler, StreamFormat,
+        ParamDef, Params, PeerId, PeerInfo, PluginError, Registrar, Rng, SchedAction, SchedContext,
+        SchedOut, Scheduler, StreamFormat,
     };
     pub use abi_stable::std_types::{RSlice, RStr, RString, RVec};
 }
