@@ -88,6 +88,7 @@ mod components;
 mod describe;
 mod error;
 mod export;
+mod guard;
 mod host;
 mod logging;
 mod params;

@@ -242,23 +242,9 @@ fn check(dir: &std::path::Path, _options: &PluginOptions) -> Result<ExitCode> {
     }
     let components: Vec<Component<'_>> = registry.components().collect();
     for c in &components {
-        let made = match c.group {
-            Group::Scheduler => registry
-                .new_scheduler(&c.info.name, None, &Params::new())
-                .map(drop),
-            Group::Overlay => registry
-                .new_overlay(&c.info.name, None, &Params::new())
-                .map(drop),
-            Group::Input => registry
-                .new_input(&c.info.name, None, &Params::new())
-                .map(drop),
-            Group::Output => registry
-                .new_output(&c.info.name, None, &Params::new())
-                .map(drop),
-            Group::Frontend => registry
-                .new_frontend(&c.info.name, None, &Params::new())
-                .map(drop),
-        };
+        let made = registry
+            .new_component(c.group, &c.info.name, None, &Params::new())
+            .map(drop);
         match made {
             Ok(()) => println!(
                 "ok: {} {} instantiates with its defaults",
