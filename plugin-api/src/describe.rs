@@ -120,6 +120,13 @@ impl ComponentSpec {
         self
     }
 
+    /// Declares every parameter of a table (see [`crate::ParamDef`]).
+    pub fn params(self, table: &[crate::ParamDef]) -> Self {
+        table
+            .iter()
+            .fold(self, |spec, p| spec.param(p.name, p.default, p.help))
+    }
+
     pub(crate) fn info(&self, group: Group) -> ComponentInfo {
         ComponentInfo {
             group: group.as_str().into(),

@@ -3,7 +3,6 @@
 //!
 //! Statics here are per library: each cdylib links its own copy of this crate.
 
-use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
@@ -15,9 +14,10 @@ use abi_stable::{
 };
 
 use crate::components::{
-    FrontendAbi_TO, Guarded, InputAbi_TO, OutputAbi_TO, OverlayAbi_TO, SchedulerAbi_TO,
+    FrontendAbi_TO, InputAbi_TO, OutputAbi_TO, OverlayAbi_TO, SchedulerAbi_TO,
 };
 use crate::describe::Group;
+use crate::guard::{install_panic_hook, panic_message, Guarded};
 use crate::{
     ComponentInfo, ComponentSpec, Frontend, FrontendBox, HostServicesRef, Input, InputBox,
     LibraryInfo, Output, OutputBox, Overlay, OverlayBox, Params, PluginError, PluginLib,
@@ -39,96 +39,58 @@ struct Entry<T> {
     make: Factory<T>,
 }
 
-/// Where a plugin's `register` function lists its components.
-#[derive(Default)]
-pub struct Registrar {
-    schedulers: Vec<Entry<SchedulerBox>>,
-    overlays: Vec<Entry<OverlayBox>>,
-    inputs: Vec<Entry<InputBox>>,
-    outputs: Vec<Entry<OutputBox>>,
-    frontends: Vec<Entry<FrontendBox>>,
+/// The five component groups, once: for each, the [`Registrar`] method a
+/// plugin declares a component with, the list it lands in, and the root
+/// module function the host makes one with.
+macro_rules! groups {
+    ($($group:ident: $method:ident, $list:ident, $Trait:ident, $Box:ident, $To:ident, $new:ident;)*) => {
+        /// Where a plugin's `register` function lists its components.
+        #[derive(Default)]
+        pub struct Registrar {
+            $($list: Vec<Entry<$Box>>,)*
+        }
+
+        impl Registrar {
+            $(
+                #[doc = concat!(
+                    "Declares a component of group `", stringify!($group), "` (see [`", stringify!($Trait),
+                    "`]): its description, and how to make one from its parameters.",
+                )]
+                pub fn $method<T, F>(&mut self, spec: ComponentSpec, make: F)
+                where
+                    T: $Trait,
+                    F: Fn(&Params) -> Result<T, PluginError> + Send + Sync + 'static,
+                {
+                    self.$list.push(Entry {
+                        spec,
+                        make: Box::new(move |p| {
+                            make(p).map(|c| $To::from_ptr(RBox::new(Guarded::new(c)), TD_Opaque))
+                        }),
+                    });
+                }
+            )*
+
+            fn components(&self) -> Vec<ComponentInfo> {
+                let mut all = Vec::new();
+                $(all.extend(self.$list.iter().map(|e| e.spec.info(Group::$group)));)*
+                all
+            }
+        }
+
+        $(
+            extern "C" fn $new(name: RStr<'_>, params: &Params) -> RResult<$Box, PluginError> {
+                instantiate(&library().registrar.$list, Group::$group, name, params)
+            }
+        )*
+    };
 }
 
-impl Registrar {
-    pub fn scheduler<T, F>(&mut self, spec: ComponentSpec, make: F)
-    where
-        T: Scheduler,
-        F: Fn(&Params) -> Result<T, PluginError> + Send + Sync + 'static,
-    {
-        self.schedulers.push(Entry {
-            spec,
-            make: Box::new(move |p| {
-                make(p).map(|s| SchedulerAbi_TO::from_ptr(RBox::new(Guarded::new(s)), TD_Opaque))
-            }),
-        });
-    }
-
-    pub fn overlay<T, F>(&mut self, spec: ComponentSpec, make: F)
-    where
-        T: Overlay,
-        F: Fn(&Params) -> Result<T, PluginError> + Send + Sync + 'static,
-    {
-        self.overlays.push(Entry {
-            spec,
-            make: Box::new(move |p| {
-                make(p).map(|o| OverlayAbi_TO::from_ptr(RBox::new(Guarded::new(o)), TD_Opaque))
-            }),
-        });
-    }
-
-    pub fn input<T, F>(&mut self, spec: ComponentSpec, make: F)
-    where
-        T: Input,
-        F: Fn(&Params) -> Result<T, PluginError> + Send + Sync + 'static,
-    {
-        self.inputs.push(Entry {
-            spec,
-            make: Box::new(move |p| {
-                make(p).map(|i| InputAbi_TO::from_ptr(RBox::new(Guarded::new(i)), TD_Opaque))
-            }),
-        });
-    }
-
-    pub fn output<T, F>(&mut self, spec: ComponentSpec, make: F)
-    where
-        T: Output,
-        F: Fn(&Params) -> Result<T, PluginError> + Send + Sync + 'static,
-    {
-        self.outputs.push(Entry {
-            spec,
-            make: Box::new(move |p| {
-                make(p).map(|o| OutputAbi_TO::from_ptr(RBox::new(Guarded::new(o)), TD_Opaque))
-            }),
-        });
-    }
-
-    pub fn frontend<T, F>(&mut self, spec: ComponentSpec, make: F)
-    where
-        T: Frontend,
-        F: Fn(&Params) -> Result<T, PluginError> + Send + Sync + 'static,
-    {
-        self.frontends.push(Entry {
-            spec,
-            make: Box::new(move |p| {
-                make(p).map(|f| FrontendAbi_TO::from_ptr(RBox::new(Guarded::new(f)), TD_Opaque))
-            }),
-        });
-    }
-
-    fn components(&self) -> Vec<ComponentInfo> {
-        fn infos<T>(
-            group: Group,
-            entries: &[Entry<T>],
-        ) -> impl Iterator<Item = ComponentInfo> + '_ {
-            entries.iter().map(move |e| e.spec.info(group))
-        }
-        infos(Group::Scheduler, &self.schedulers)
-            .chain(infos(Group::Overlay, &self.overlays))
-            .chain(infos(Group::Input, &self.inputs))
-            .chain(infos(Group::Output, &self.outputs))
-            .chain(infos(Group::Frontend, &self.frontends))
-            .collect()
-    }
+groups! {
+    Scheduler: scheduler, schedulers, Scheduler, SchedulerBox, SchedulerAbi_TO, new_scheduler;
+    Overlay: overlay, overlays, Overlay, OverlayBox, OverlayAbi_TO, new_overlay;
+    Input: input, inputs, Input, InputBox, InputAbi_TO, new_input;
+    Output: output, outputs, Output, OutputBox, OutputAbi_TO, new_output;
+    Frontend: frontend, frontends, Frontend, FrontendBox, FrontendAbi_TO, new_frontend;
 }
 
 struct Library {
@@ -212,76 +174,6 @@ fn instantiate<T>(
     }
 }
 
-extern "C" fn new_scheduler(name: RStr<'_>, params: &Params) -> RResult<SchedulerBox, PluginError> {
-    instantiate(
-        &library().registrar.schedulers,
-        Group::Scheduler,
-        name,
-        params,
-    )
-}
-
-extern "C" fn new_overlay(name: RStr<'_>, params: &Params) -> RResult<OverlayBox, PluginError> {
-    instantiate(&library().registrar.overlays, Group::Overlay, name, params)
-}
-
-extern "C" fn new_input(name: RStr<'_>, params: &Params) -> RResult<InputBox, PluginError> {
-    instantiate(&library().registrar.inputs, Group::Input, name, params)
-}
-
-extern "C" fn new_output(name: RStr<'_>, params: &Params) -> RResult<OutputBox, PluginError> {
-    instantiate(&library().registrar.outputs, Group::Output, name, params)
-}
-
-extern "C" fn new_frontend(name: RStr<'_>, params: &Params) -> RResult<FrontendBox, PluginError> {
-    instantiate(
-        &library().registrar.frontends,
-        Group::Frontend,
-        name,
-        params,
-    )
-}
-
-thread_local! {
-    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-/// Replaces the default hook (which would print to the host's stderr) with
-/// one that remembers the message and location for the error it becomes, and
-/// logs it through the host at debug level.
-fn install_panic_hook() {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        std::panic::set_hook(Box::new(|info| {
-            let payload = info.payload();
-            let text = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".to_owned());
-            let message = match info.location() {
-                Some(at) => format!("{text} (at {}:{})", at.file(), at.line()),
-                None => text,
-            };
-            tracing::debug!(target: "p2ner_plugin::panic", "{message}");
-            LAST_PANIC.with(|last| *last.borrow_mut() = Some(message));
-        }));
-    });
-}
-
-/// The message of a caught panic: the hook's version (with location) when it
-/// ran on this thread, otherwise what the payload holds.
-pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    if let Some(message) = LAST_PANIC.with(|last| last.borrow_mut().take()) {
-        return message;
-    }
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_owned())
-}
-
 /// Exports a p2ner plugin library.
 ///
 /// `register` is a `fn(&mut Registrar)` that declares the library's
@@ -319,8 +211,6 @@ macro_rules! export_plugin {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     /// The symbol abi_stable looks a library's root module up by; the macro
     /// must spell it literally (it cannot compute an identifier).
     const ROOT_SYMBOL: &str = "_1as_0lib_1header_0root_bmodule_bloader";
@@ -330,21 +220,5 @@ mod tests {
         assert_eq!(abi_stable::library::ROOT_MODULE_LOADER_NAME, ROOT_SYMBOL);
         let macro_text = include_str!("export.rs");
         assert!(macro_text.contains(&format!("#[export_name = \"{ROOT_SYMBOL}\"]")));
-    }
-
-    #[test]
-    fn guard_turns_a_panic_into_an_error_and_poisons() {
-        struct Boom;
-        impl Scheduler for Boom {
-            fn on_tick(&mut self, _now_us: u64, _out: &mut crate::SchedOut<'_>) {
-                panic!("boom");
-            }
-        }
-        let mut s = SchedulerAbi_TO::from_ptr(RBox::new(Guarded::new(Boom)), TD_Opaque);
-        let mut out = abi_stable::std_types::RVec::new();
-        let err = s.on_tick(1, &mut out).unwrap_err();
-        assert!(err.panicked && err.message.contains("boom"), "{err}");
-        let again = s.on_tick(2, &mut out).unwrap_err();
-        assert!(again.message.contains("poisoned"), "{again}");
     }
 }

@@ -49,8 +49,9 @@
 //! - **No tokio, no threads in schedulers and overlays.** They are sans-IO state
 //!   machines: events come in with the current time (`now_us`), actions go out.
 //!   They never read the clock, open sockets or spawn threads. That is what
-//!   lets the very same `.so` run in a real swarm and in `p2ner sim`, and be
-//!   deterministic for a given seed ([`Rng`] is a seedable generator for that).
+//!   lets the very same `.so` run in a real swarm and in the simulator
+//!   library (`p2ner_engine::sim`), and be deterministic for a given seed
+//!   ([`Rng`] is a seedable generator for that).
 //!   Inputs, outputs and frontends may run their own threads (media pipelines,
 //!   HTTP servers) but never an async runtime: the host drives everything
 //!   through synchronous calls.
@@ -82,10 +83,12 @@
 
 mod abi;
 pub mod chunker;
+pub mod codec;
 mod components;
 mod describe;
 mod error;
 mod export;
+mod guard;
 mod host;
 mod logging;
 mod params;
@@ -113,7 +116,7 @@ pub use describe::{ComponentInfo, ComponentSpec, Group, LibraryInfo, ParamInfo};
 pub use error::PluginError;
 pub use export::Registrar;
 pub use host::{HostServices, HostServicesRef, LogLevel};
-pub use params::{Param, Params};
+pub use params::{Param, ParamDef, Params};
 pub use rng::Rng;
 pub use types::{Link, MediaChunk, NeighbourReport, PeerId, PeerInfo, StreamFormat, Upload};
 
@@ -126,8 +129,8 @@ pub mod prelude {
     pub use crate::{
         ChunkRef, ComponentSpec, EngineControl, Frontend, Input, InputState, Link, MediaChunk,
         NeighbourReport, Output, OutputReport, Overlay, OverlayAction, OverlayContext, OverlayOut,
-        Params, PeerId, PeerInfo, PluginError, Registrar, Rng, SchedAction, SchedContext, SchedOut,
-        Scheduler, StreamFormat, Upload,
+        ParamDef, Params, PeerId, PeerInfo, PluginError, Registrar, Rng, SchedAction, SchedContext,
+        SchedOut, Scheduler, StreamFormat, Upload,
     };
     pub use abi_stable::std_types::{RSlice, RStr, RString, RVec};
 }

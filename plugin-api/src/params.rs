@@ -92,6 +92,59 @@ impl Params {
     }
 }
 
+/// A parameter written once: its name, default and help serve both to
+/// declare it ([`crate::ComponentSpec::params`]) and to read it
+/// ([`ParamDef::parse`]), so the default is never written twice.
+///
+/// ```
+/// use p2ner_plugin_api::{ComponentSpec, ParamDef, Params};
+///
+/// const RATE: ParamDef = ParamDef::new("rate", "10", "chunks per second");
+///
+/// let spec = ComponentSpec::new("ticker", "0.1.0", "ticks").params(&[RATE]);
+/// let rate: u32 = RATE.parse(&Params::new()).unwrap();
+/// assert_eq!(rate, 10);
+/// # let _ = spec;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamDef {
+    /// The parameter's name, as users write it (`bitrate_kbps`).
+    pub name: &'static str,
+    /// The value used when none is given.
+    pub default: &'static str,
+    /// One line of help, shown by `p2ner plugins inspect`.
+    pub help: &'static str,
+}
+
+impl ParamDef {
+    /// A parameter with its default and help.
+    pub const fn new(name: &'static str, default: &'static str, help: &'static str) -> Self {
+        ParamDef {
+            name,
+            default,
+            help,
+        }
+    }
+
+    /// Its text in `params`, or the default when absent.
+    pub fn get<'p>(&self, params: &'p Params) -> &'p str {
+        params.get(self.name).unwrap_or(self.default)
+    }
+
+    /// Its value in `params` parsed as `T`, or the default parsed when
+    /// absent; an error names the parameter and the value.
+    pub fn parse<T>(&self, params: &Params) -> Result<T, PluginError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        let raw = self.get(params);
+        raw.trim()
+            .parse()
+            .map_err(|e| PluginError::new(format!("parameter '{}' = '{raw}': {e}", self.name)))
+    }
+}
+
 impl<'a> FromIterator<(&'a str, &'a str)> for Params {
     fn from_iter<I: IntoIterator<Item = (&'a str, &'a str)>>(iter: I) -> Self {
         let mut params = Params::new();
@@ -113,6 +166,17 @@ mod tests {
         assert!(err.message.contains("bitrate_kbps"), "{err}");
         assert!(err.message.contains("fast"), "{err}");
         assert_eq!(p.parse_or("chunk_ms", 40u32).unwrap(), 40);
+    }
+
+    #[test]
+    fn a_param_def_falls_back_to_its_default() {
+        const CHUNK: ParamDef = ParamDef::new("chunk_ms", "40", "media per chunk");
+        assert_eq!(CHUNK.parse::<u32>(&Params::new()).unwrap(), 40);
+        let given = Params::new().with("chunk_ms", " 20 ");
+        assert_eq!(CHUNK.parse::<u32>(&given).unwrap(), 20);
+        let bad = Params::new().with("chunk_ms", "soon");
+        let err = CHUNK.parse::<u32>(&bad).unwrap_err();
+        assert!(err.message.contains("chunk_ms") && err.message.contains("soon"));
     }
 
     #[test]

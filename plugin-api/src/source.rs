@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use crate::PluginError;
+use crate::{ParamDef, Params, PluginError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -85,6 +85,15 @@ pub enum Sink {
 }
 
 impl Sink {
+    /// The `sink` parameter, declared and read by every output that takes one.
+    pub const PARAM: ParamDef = ParamDef::new("sink", "screen", "screen | decode | file:PATH");
+
+    /// The sink `params` name (`sink`, default `screen`).
+    pub fn from_params(params: &Params) -> Result<Sink, PluginError> {
+        Sink::parse(Self::PARAM.get(params))
+    }
+
+    /// `screen`, `decode` or `file:PATH`.
     pub fn parse(text: &str) -> Result<Sink, PluginError> {
         match text {
             "screen" => Ok(Sink::Screen),

@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use p2ner_core::plugins::Registry;
+use p2ner_engine::plugins::Registry;
 use p2ner_plugin_api::{ChunkRef, Output, Params};
 
 const CALLS: u64 = 20_000_000;

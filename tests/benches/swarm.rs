@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use p2ner_core::stream::percentile;
+use p2ner_engine::stream::percentile;
 use p2ner_tests::swarm::{f, Proc, Swarm};
 
 fn env(name: &str, default: u32) -> u32 {

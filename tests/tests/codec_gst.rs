@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use p2ner_core::plugins::Registry;
+use p2ner_engine::plugins::Registry;
 use p2ner_plugin_api::abi_stable::std_types::RVec;
 use p2ner_plugin_api::{ChunkRef, InputBox, InputState, MediaChunk, OutputBox, Params};
 use p2ner_tests::*;

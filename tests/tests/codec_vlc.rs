@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use p2ner_core::plugins::Registry;
+use p2ner_engine::plugins::Registry;
 use p2ner_plugin_api::abi_stable::std_types::RVec;
 use p2ner_plugin_api::{ChunkRef, InputBox, InputState, MediaChunk, OutputBox, Params};
 use p2ner_tests::*;

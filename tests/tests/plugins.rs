@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use p2ner_core::plugins::{ComponentError, Origin, Registry, SearchDir};
+use p2ner_engine::plugins::{ComponentError, Origin, Registry, SearchDir};
 use p2ner_plugin_api::abi_stable::std_types::{ROption, RVec};
 use p2ner_plugin_api::{
     synthetic, ChunkRef, InputState, Link, Params, PeerId, SchedAction, SchedContext,

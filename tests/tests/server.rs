@@ -11,12 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use p2ner_core::cli::server::lib as srv;
+use p2ner_proto::server::{
+    self as proto, ErrorCode, Liveness, PluginRef, Request, Response, Signed, SignedOp, StreamId,
+    StreamParams,
+};
+use p2ner_proto::Identity;
+use p2ner_server as srv;
 use p2ner_tests::{p2ner, run};
 use serde_json::Value;
 use srv::client::blocking::Client;
-use srv::proto::{self, ErrorCode, Request, Response, Signed, SignedOp};
-use srv::{Identity, Liveness, PluginRef, StreamId, StreamParams};
 
 /// A `p2ner server` process, killed (SIGKILL) when dropped.
 struct ServerProc {

@@ -2,9 +2,9 @@
 //! deterministic checks of the distribution logic itself, on a simulated
 //! clock and network (a flash crowd of 20 joining within 2 s).
 
-use p2ner_core::plugins::Registry;
-use p2ner_core::sim::{self, SimConfig, SimResult};
-use p2ner_core::stream::Summary;
+use p2ner_engine::plugins::Registry;
+use p2ner_engine::sim::{self, SimConfig, SimResult};
+use p2ner_engine::stream::Summary;
 use p2ner_tests::*;
 
 /// Only the libraries a sim needs, so the test is about them alone.

@@ -170,12 +170,12 @@ fn a_stream_whose_scheduler_is_not_installed_is_a_clear_error() {
 #[test]
 fn forged_chunks_are_detected_and_never_played() {
     use bytes::Bytes;
-    use p2ner_core::engine::driver::wire_id;
-    use p2ner_core::stream::wire::{self, ChunkHeader, Envelope, PeerMsg};
+    use p2ner_engine::live::driver::wire_id;
     use p2ner_net::{Endpoint, NetConfig};
+    use p2ner_proto::identity::Identity;
+    use p2ner_proto::peer::{self as wire, ChunkHeader, Envelope, PeerMsg};
+    use p2ner_proto::server::StreamId;
     use p2ner_server::client::ServerClient;
-    use p2ner_server::identity::Identity;
-    use p2ner_server::proto::StreamId;
 
     let _one = lock();
     let s = Swarm::start(None);

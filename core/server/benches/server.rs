@@ -10,10 +10,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use p2ner_net::{Endpoint, NetConfig};
-use p2ner_server::proto::{encode, Request, Signed, SignedOp};
-use p2ner_server::{
-    Identity, PluginRef, Server, ServerClient, ServerConfig, Service, Store, StreamId, StreamParams,
-};
+use p2ner_proto::server::{encode, PluginRef, Request, Signed, SignedOp, StreamId, StreamParams};
+use p2ner_proto::Identity;
+use p2ner_server::{Server, ServerClient, ServerConfig, Service, Store};
 
 fn params(title: &str) -> StreamParams {
     StreamParams {

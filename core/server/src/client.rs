@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use p2ner_net::{Endpoint, SendError};
 
-use crate::identity::Identity;
-use crate::proto::{
+use p2ner_proto::identity::Identity;
+use p2ner_proto::server::{
     decode, encode, ErrorCode, Page, PeerEntry, Request, Response, ServerStats, Signed, SignedOp,
     StreamId, StreamInfo, StreamParams, StreamSummary,
 };
@@ -357,8 +357,8 @@ pub async fn browse_many(
 /// command, end-to-end tests): each owns a small runtime and an endpoint.
 pub mod blocking {
     use super::*;
-    use crate::proto::StreamId;
     use p2ner_net::{Events, NetConfig};
+    use p2ner_proto::server::StreamId;
     use std::io;
 
     /// A [`ServerClient`] with its own runtime and endpoint.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::proto::{encoded_len, PluginRef, StreamParams};
+use p2ner_proto::server::{encoded_len, PluginRef, StreamParams};
 
 /// Upper bounds on what a client may store on the server. The field bounds
 /// keep a stream's full description within one datagram with room for a

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::proto::{Liveness, PeerEntry, StreamId, PUBLISHER_PEER_ID};
+use p2ner_proto::server::{Liveness, PeerEntry, StreamId, PUBLISHER_PEER_ID};
 
 #[derive(Clone, Copy, Debug)]
 struct Peer {

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use p2ner_net::{Endpoint, Event, Events, NetConfig};
 
-use crate::proto::{encode, Request};
 use crate::service::{ServerConfig, Service};
 use crate::store::{Store, StoreError};
+use p2ner_proto::server::{encode, Request};
 
 /// How long after its last datagram a client's connection state in the
 /// network layer is dropped. Long enough for a lost answer to be
@@ -30,7 +30,17 @@ const FORGET_IDLE: Duration = Duration::from_secs(5);
 
 /// `$XDG_DATA_HOME/p2ner/server.db`, else `~/.local/share/p2ner/server.db`.
 pub fn default_db_path() -> Option<PathBuf> {
-    crate::identity::data_dir().map(|d| d.join("p2ner").join("server.db"))
+    data_dir().map(|d| d.join("p2ner").join("server.db"))
+}
+
+/// `$XDG_DATA_HOME`, else `~/.local/share`.
+fn data_dir() -> Option<PathBuf> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("XDG_DATA_HOME").or_else(|| var("HOME").map(|h| h.join(".local").join("share")))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +208,6 @@ mod tests {
 
     #[test]
     fn messages_fit_the_network_layer() {
-        assert!(crate::proto::MAX_MESSAGE <= NetConfig::default().max_control_payload());
+        assert!(p2ner_proto::server::MAX_MESSAGE <= NetConfig::default().max_control_payload());
     }
 }

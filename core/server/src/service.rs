@@ -7,15 +7,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::identity::PublicKey;
 use crate::limits::{Bounds, RateLimit, RateLimiter};
 use crate::live::{Live, PeerError, Ttls};
-use crate::proto::{
+use crate::store::{Store, StoreError, StoredStream};
+use p2ner_proto::identity::PublicKey;
+use p2ner_proto::server::{
     decode, encode, encoded_len, DecodeError, ErrorCode, Page, PeerEntry, Request, Response,
     ServerStats, Signed, SignedOp, StreamId, StreamInfo, StreamParams, StreamSummary, MAX_MESSAGE,
-    PUBLISHER_PEER_ID,
+    PROTO_VERSION, PUBLISHER_PEER_ID,
 };
-use crate::store::{Store, StoreError, StoredStream};
 
 /// How a server behaves; every field has a command-line flag.
 #[derive(Clone, Debug)]
@@ -147,11 +147,15 @@ impl Service {
             Ok(req) => self.handle(from, req, now),
             // Only plausible future versions get an answer: random bytes
             // must not be answered (nor amplified).
-            Err(DecodeError::Version(v)) if (2..=8).contains(&v) => {
+            Err(DecodeError::Version(v))
+                if (PROTO_VERSION + 1..=PROTO_VERSION + 7).contains(&v) =>
+            {
                 self.stats.rejected += 1;
                 Response::error(
                     ErrorCode::Version,
-                    format!("protocol version {v} is not supported (this server speaks 1)"),
+                    format!(
+                        "protocol version {v} is not supported (this server speaks {PROTO_VERSION})"
+                    ),
                 )
             }
             Err(_) => {
@@ -556,8 +560,8 @@ fn fit(mut peers: Vec<PeerEntry>, base: usize) -> Vec<PeerEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Identity;
-    use crate::proto::{Liveness, PluginRef};
+    use p2ner_proto::identity::Identity;
+    use p2ner_proto::server::{Liveness, PluginRef};
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
@@ -918,7 +922,7 @@ mod tests {
             let len = rng.usize(0..200);
             let mut buf: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
             if i % 2 == 0 && !buf.is_empty() {
-                buf[0] = crate::proto::PROTO_VERSION;
+                buf[0] = p2ner_proto::server::PROTO_VERSION;
             }
             let from = SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 1));
             answered += svc.handle_payload(from, &buf, now).is_some() as u32;

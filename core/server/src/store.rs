@@ -14,8 +14,8 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::identity::PublicKey;
-use crate::proto::{StreamId, StreamParams};
+use p2ner_proto::identity::PublicKey;
+use p2ner_proto::server::{StreamId, StreamParams};
 
 /// The schema this build writes; `PRAGMA user_version` in the file.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -195,7 +195,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::Identity;
+    use p2ner_proto::identity::Identity;
 
     fn stream(id: &str, key: PublicKey, title: &str) -> StoredStream {
         StoredStream {

@@ -5,10 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use p2ner_net::{Endpoint, NetConfig};
-use p2ner_server::proto::ErrorCode;
-use p2ner_server::{
-    browse_many, Identity, Liveness, PluginRef, Server, ServerClient, ServerConfig, StreamParams,
-};
+use p2ner_proto::server::{ErrorCode, Liveness, PluginRef, StreamParams};
+use p2ner_proto::Identity;
+use p2ner_server::{browse_many, Server, ServerClient, ServerConfig};
 
 fn params(title: &str) -> StreamParams {
     StreamParams {

@@ -3,6 +3,7 @@
 use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
+use p2ner_plugin_api::codec::CodecSettings;
 use p2ner_plugin_api::prelude::*;
 use p2ner_plugin_api::InputState;
 
@@ -45,43 +46,36 @@ struct Running {
 
 impl GstInput {
     pub fn new(params: &Params) -> Result<Self, PluginError> {
-        let source_text = params.get("source").unwrap_or("test").to_owned();
-        let source = Source::parse(&source_text)?;
-        let audio = match params.get("audio").unwrap_or("auto") {
-            "auto" => source.is_test(),
-            _ => params.parse("audio")?,
-        };
-        let input = GstInput {
-            bitrate_kbps: params.parse_or("bitrate_kbps", 1000)?,
-            width: params.parse_or("width", 640)?,
-            height: params.parse_or("height", 360)?,
-            fps: params.parse_or("fps", 25)?,
-            chunk_us: params
-                .parse_or::<u32>("chunk_ms", 200)?
-                .saturating_mul(1000),
-            keyframe_ms: params.parse_or("keyframe_ms", 1000)?,
-            looping: params.parse_or("loop", true)?,
-            live: params.parse_or("live", true)?,
-            timeout_us: params
-                .parse_or::<u64>("timeout_ms", 10_000)?
-                .saturating_mul(1000),
-            audio,
+        let CodecSettings {
             source,
             source_text,
+            bitrate_kbps,
+            width,
+            height,
+            fps,
+            chunk_us,
+            keyframe_ms,
+            audio,
+            looping,
+            live,
+            timeout_us,
+        } = CodecSettings::parse(params, AUDIO_KBPS)?;
+        Ok(GstInput {
+            // `auto`: the test tone; other sources' audio is left out.
+            audio: audio.unwrap_or(source.is_test()),
+            source,
+            source_text,
+            bitrate_kbps,
+            width,
+            height,
+            fps,
+            chunk_us,
+            keyframe_ms,
+            looping,
+            live,
+            timeout_us,
             running: None,
-        };
-        if input.bitrate_kbps < AUDIO_KBPS + 50
-            || input.width < 16
-            || input.height < 16
-            || input.fps == 0
-            || input.chunk_us == 0
-        {
-            return Err(PluginError::new(format!(
-                "bitrate_kbps must be at least {}, width/height at least 16, fps and chunk_ms positive",
-                AUDIO_KBPS + 50
-            )));
-        }
-        Ok(input)
+        })
     }
 
     /// The whole pipeline as a `gst-launch` description.

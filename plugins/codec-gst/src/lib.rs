@@ -19,6 +19,7 @@ pub use output::GstOutput;
 pub use p2ner_plugin_api::chunker::Chunker;
 pub use p2ner_plugin_api::source::Source;
 
+use p2ner_plugin_api::codec::CodecSettings;
 use p2ner_plugin_api::prelude::*;
 
 /// GStreamer must be initialised once per process before any element is made.
@@ -28,26 +29,17 @@ fn init() -> Result<(), PluginError> {
 
 fn register(lib: &mut Registrar) {
     lib.input(
-        ComponentSpec::new(
-            "gst",
-            env!("CARGO_PKG_VERSION"),
-            "GStreamer capture: test pattern, file, camera or rtp/udp/http/rtsp URI, transcoded to H.264+Opus in MPEG-TS",
-        )
-        .param(
-            "source",
-            "test",
-            "test | FILE | v4l2:/dev/videoN | rtp://, udp://, http(s)://, rtsp://, file:// URI",
-        )
-        .param("bitrate_kbps", "1000", "total bitrate (video gets this minus the audio)")
-        .param("width", "640", "output width in pixels")
-        .param("height", "360", "output height in pixels")
-        .param("fps", "25", "output frame rate")
-        .param("chunk_ms", "200", "media per chunk; chunks also start at every keyframe")
-        .param("keyframe_ms", "1000", "at most this long between keyframes (how soon a joiner can start)")
-        .param("audio", "auto", "encode audio (Opus 64 kbit/s): true | false | auto (only the test source)")
-        .param("loop", "true", "restart a file source at its end instead of ending the stream")
-        .param("live", "true", "pace the test source in real time (false: as fast as possible)")
-        .param("timeout_ms", "10000", "a source silent this long is reported dead"),
+        CodecSettings::declare(
+            ComponentSpec::new(
+                "gst",
+                env!("CARGO_PKG_VERSION"),
+                "GStreamer capture: test pattern, file, camera or rtp/udp/http/rtsp URI, transcoded to H.264+Opus in MPEG-TS",
+            ),
+            &[
+                ("audio", "encode audio (Opus 64 kbit/s): true | false | auto (only the test source)"),
+                ("live", "pace the test source in real time (false: as fast as possible)"),
+            ],
+        ),
         GstInput::new,
     );
     lib.output(
@@ -56,7 +48,7 @@ fn register(lib: &mut Registrar) {
             env!("CARGO_PKG_VERSION"),
             "GStreamer playback: screen, MPEG-TS file, or decode-and-count",
         )
-        .param("sink", "screen", "screen | decode | file:PATH"),
+        .params(&[p2ner_plugin_api::source::Sink::PARAM]),
         GstOutput::new,
     );
 }

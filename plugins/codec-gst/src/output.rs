@@ -29,7 +29,7 @@ const TS_CAPS: &str = "video/mpegts,systemstream=true,packetsize=188";
 
 impl GstOutput {
     pub fn new(params: &Params) -> Result<Self, PluginError> {
-        let sink = Sink::parse(params.get("sink").unwrap_or("screen"))?;
+        let sink = Sink::from_params(params)?;
         Ok(GstOutput {
             sink,
             running: None,

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use p2ner_plugin_api::codec::CodecSettings;
 use p2ner_plugin_api::prelude::*;
 use p2ner_plugin_api::{tracing, InputState};
 
@@ -78,48 +79,42 @@ struct Running {
 
 impl VlcInput {
     pub fn new(params: &Params) -> Result<Self, PluginError> {
-        let source_text = params.get("source").unwrap_or("test").to_owned();
-        let source = Source::parse(&source_text)?;
-        let audio = match params.get("audio").unwrap_or("auto") {
-            "auto" => !source.is_test(),
-            _ => params.parse("audio")?,
-        };
+        let CodecSettings {
+            source,
+            source_text,
+            bitrate_kbps,
+            width,
+            height,
+            fps,
+            chunk_us,
+            keyframe_ms,
+            audio,
+            looping,
+            live,
+            timeout_us,
+        } = CodecSettings::parse(params, AUDIO_KBPS)?;
+        // `auto`: the source's audio, if it has any.
+        let audio = audio.unwrap_or(!source.is_test());
         if audio && source.is_test() {
             return Err(PluginError::new(
                 "the vlc test source is video only (VLC's imem input carries one stream): use audio=false or auto",
             ));
         }
-        let input = VlcInput {
-            bitrate_kbps: params.parse_or("bitrate_kbps", 1000)?,
-            width: params.parse_or("width", 640)?,
-            height: params.parse_or("height", 360)?,
-            fps: params.parse_or("fps", 25)?,
-            chunk_us: params
-                .parse_or::<u32>("chunk_ms", 200)?
-                .saturating_mul(1000),
-            keyframe_ms: params.parse_or("keyframe_ms", 1000)?,
-            looping: params.parse_or("loop", true)?,
-            live: params.parse_or("live", true)?,
-            timeout_us: params
-                .parse_or::<u64>("timeout_ms", 10_000)?
-                .saturating_mul(1000),
-            audio,
+        Ok(VlcInput {
             source,
             source_text,
+            bitrate_kbps,
+            width,
+            height,
+            fps,
+            chunk_us,
+            keyframe_ms,
+            audio,
+            looping,
+            live,
+            timeout_us,
             running: None,
-        };
-        if input.bitrate_kbps < AUDIO_KBPS + 50
-            || input.width < 16
-            || input.height < 16
-            || input.fps == 0
-            || input.chunk_us == 0
-        {
-            return Err(PluginError::new(format!(
-                "bitrate_kbps must be at least {}, width/height at least 16, fps and chunk_ms positive",
-                AUDIO_KBPS + 50
-            )));
-        }
-        Ok(input)
+        })
     }
 
     /// The `:sout` chain: transcode, then mux MPEG-TS to `access`/`dst`.

@@ -28,30 +28,23 @@ pub use output::VlcOutput;
 pub use p2ner_plugin_api::chunker::Chunker;
 pub use p2ner_plugin_api::source::Source;
 
+use p2ner_plugin_api::codec::CodecSettings;
 use p2ner_plugin_api::prelude::*;
 
 fn register(lib: &mut Registrar) {
     lib.input(
-        ComponentSpec::new(
-            "vlc",
-            env!("CARGO_PKG_VERSION"),
-            "libvlc capture: test pattern, file, camera or rtp/udp/http/rtsp URI, transcoded to H.264+AAC in MPEG-TS",
-        )
-        .param(
-            "source",
-            "test",
-            "test | FILE | v4l2:/dev/videoN | rtp://, udp://, http(s)://, rtsp://, file:// URI (test: a pattern drawn by the plugin, fed through VLC's imem)",
-        )
-        .param("bitrate_kbps", "1000", "total bitrate (video gets this minus the audio)")
-        .param("width", "640", "output width in pixels")
-        .param("height", "360", "output height in pixels")
-        .param("fps", "25", "output frame rate")
-        .param("chunk_ms", "200", "media per chunk; chunks also start at every keyframe")
-        .param("keyframe_ms", "1000", "at most this long between keyframes (how soon a joiner can start)")
-        .param("audio", "auto", "transcode audio (AAC 64 kbit/s): true | false | auto (the source's audio if any; the test source has none)")
-        .param("loop", "true", "restart a file source at its end instead of ending the stream")
-        .param("live", "true", "pace the source in real time (false: as fast as VLC can)")
-        .param("timeout_ms", "10000", "a source silent this long is reported dead"),
+        CodecSettings::declare(
+            ComponentSpec::new(
+                "vlc",
+                env!("CARGO_PKG_VERSION"),
+                "libvlc capture: test pattern, file, camera or rtp/udp/http/rtsp URI, transcoded to H.264+AAC in MPEG-TS",
+            ),
+            &[
+                ("source", "test | FILE | v4l2:/dev/videoN | rtp://, udp://, http(s)://, rtsp://, file:// URI (test: a pattern drawn by the plugin, fed through VLC's imem)"),
+                ("audio", "transcode audio (AAC 64 kbit/s): true | false | auto (the source's audio if any; the test source has none)"),
+                ("live", "pace the source in real time (false: as fast as VLC can)"),
+            ],
+        ),
         VlcInput::new,
     );
     lib.output(
@@ -60,7 +53,7 @@ fn register(lib: &mut Registrar) {
             env!("CARGO_PKG_VERSION"),
             "libvlc playback: screen, MPEG-TS file (remuxed), or decode-and-count",
         )
-        .param("sink", "screen", "screen | decode | file:PATH"),
+        .params(&[p2ner_plugin_api::source::Sink::PARAM]),
         VlcOutput::new,
     );
 }

@@ -244,7 +244,7 @@ unsafe extern "C" fn feed_close(_opaque: *mut c_void) {}
 
 impl VlcOutput {
     pub fn new(params: &Params) -> Result<Self, PluginError> {
-        let sink = Sink::parse(params.get("sink").unwrap_or("screen"))?;
+        let sink = Sink::from_params(params)?;
         Ok(VlcOutput {
             sink,
             running: None,

@@ -10,6 +10,15 @@
 use p2ner_plugin_api::prelude::*;
 use p2ner_plugin_api::{synthetic, InputState};
 
+const BITRATE_KBPS: ParamDef = ParamDef::new("bitrate_kbps", "1000", "stream bitrate in kbit/s");
+const CHUNK_MS: ParamDef = ParamDef::new("chunk_ms", "100", "media per chunk in milliseconds");
+const KEYFRAME_EVERY: ParamDef = ParamDef::new(
+    "keyframe_every",
+    "10",
+    "every Nth chunk is marked as a keyframe",
+);
+const CHUNKS: ParamDef = ParamDef::new("chunks", "0", "stop after this many chunks (0: never)");
+
 /// Produces chunk `i` once `now >= start + i * chunk_us`.
 pub struct Synthetic {
     bitrate_kbps: u32,
@@ -23,10 +32,10 @@ pub struct Synthetic {
 
 impl Synthetic {
     pub fn new(params: &Params) -> Result<Self, PluginError> {
-        let bitrate_kbps: u32 = params.parse_or("bitrate_kbps", 1000)?;
-        let chunk_ms: u32 = params.parse_or("chunk_ms", 100)?;
-        let keyframe_every: u64 = params.parse_or("keyframe_every", 10)?;
-        let limit: u64 = params.parse_or("chunks", 0)?;
+        let bitrate_kbps: u32 = BITRATE_KBPS.parse(params)?;
+        let chunk_ms: u32 = CHUNK_MS.parse(params)?;
+        let keyframe_every: u64 = KEYFRAME_EVERY.parse(params)?;
+        let limit: u64 = CHUNKS.parse(params)?;
         if bitrate_kbps == 0 || chunk_ms == 0 || keyframe_every == 0 {
             return Err(PluginError::new(
                 "bitrate_kbps, chunk_ms and keyframe_every must be positive",
@@ -95,14 +104,7 @@ fn register(lib: &mut Registrar) {
             env!("CARGO_PKG_VERSION"),
             "deterministic test stream: verifiable chunks at a set bitrate, on the engine's clock",
         )
-        .param("bitrate_kbps", "1000", "stream bitrate in kbit/s")
-        .param("chunk_ms", "100", "media per chunk in milliseconds")
-        .param(
-            "keyframe_every",
-            "10",
-            "every Nth chunk is marked as a keyframe",
-        )
-        .param("chunks", "0", "stop after this many chunks (0: never)"),
+        .params(&[BITRATE_KBPS, CHUNK_MS, KEYFRAME_EVERY, CHUNKS]),
         Synthetic::new,
     );
 }

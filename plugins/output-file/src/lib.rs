@@ -12,6 +12,13 @@ use std::path::PathBuf;
 
 use p2ner_plugin_api::prelude::*;
 
+const PATH: ParamDef = ParamDef::new("path", "", "the file to write (created or truncated)");
+const FROM_KEYFRAME: ParamDef = ParamDef::new(
+    "from_keyframe",
+    "true",
+    "start on a keyframe and skip to the next one after a missing chunk",
+);
+
 pub struct FileOutput {
     path: PathBuf,
     from_keyframe: bool,
@@ -24,11 +31,11 @@ pub struct FileOutput {
 
 impl FileOutput {
     pub fn new(params: &Params) -> Result<Self, PluginError> {
-        let path = params.get("path").unwrap_or_default();
+        let path = PATH.get(params);
         if path.is_empty() {
             return Err(PluginError::new("output file needs path=FILE"));
         }
-        let from_keyframe = params.parse_or("from_keyframe", true)?;
+        let from_keyframe = FROM_KEYFRAME.parse(params)?;
         Ok(FileOutput {
             path: PathBuf::from(path),
             from_keyframe,
@@ -96,12 +103,7 @@ fn register(lib: &mut Registrar) {
             env!("CARGO_PKG_VERSION"),
             "writes the stream's bytes as received (MPEG-TS for media inputs), no decoding",
         )
-        .param("path", "", "the file to write (created or truncated)")
-        .param(
-            "from_keyframe",
-            "true",
-            "start on a keyframe and skip to the next one after a missing chunk",
-        ),
+        .params(&[PATH, FROM_KEYFRAME]),
         FileOutput::new,
     );
 }

@@ -8,6 +8,12 @@
 use p2ner_plugin_api::prelude::*;
 use p2ner_plugin_api::synthetic;
 
+const VERIFY: ParamDef = ParamDef::new(
+    "verify",
+    "false",
+    "check each chunk against the synthetic test signal",
+);
+
 #[derive(Default)]
 pub struct Null {
     verify: bool,
@@ -17,7 +23,7 @@ pub struct Null {
 impl Null {
     pub fn new(params: &Params) -> Result<Self, PluginError> {
         Ok(Null {
-            verify: params.parse_or("verify", false)?,
+            verify: VERIFY.parse(params)?,
             report: OutputReport::default(),
         })
     }
@@ -57,11 +63,7 @@ fn register(lib: &mut Registrar) {
             env!("CARGO_PKG_VERSION"),
             "counts chunks and discards them",
         )
-        .param(
-            "verify",
-            "false",
-            "check each chunk against the synthetic test signal",
-        ),
+        .params(&[VERIFY]),
         Null::new,
     );
 }

@@ -18,10 +18,6 @@ use anyhow::{anyhow, Result};
 use clap::Args;
 use p2ner_server::{RateLimit, ServerConfig};
 
-/// The library behind this command, for the end-to-end tests' clients.
-#[doc(hidden)]
-pub use p2ner_server as lib;
-
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// Address to listen on (UDP); port 0 picks a free one.

@@ -228,11 +228,6 @@ fn config_dir() -> Option<PathBuf> {
     env_dir("XDG_CONFIG_HOME").or_else(|| env_dir("HOME").map(|h| h.join(".config")))
 }
 
-/// `$XDG_DATA_HOME`, else `~/.local/share`: where the server keeps its database.
-pub(crate) fn data_dir() -> Option<PathBuf> {
-    env_dir("XDG_DATA_HOME").or_else(|| env_dir("HOME").map(|h| h.join(".local").join("share")))
-}
-
 fn env_dir(var: &str) -> Option<PathBuf> {
     std::env::var_os(var)
         .filter(|v| !v.is_empty())

@@ -8,11 +8,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use p2ner_net::{Endpoint, Event, Events, SendError};
 use p2ner_plugin_api::{Capacity, PeerId, PeerInfo};
+use p2ner_proto::peer as wire;
+use p2ner_proto::server::StreamId;
 use p2ner_server::client::ServerClient;
-use p2ner_server::proto::StreamId;
 use tokio::sync::mpsc;
 
-use crate::stream::{wire, Session, Summary, Transmit, UplinkModel, DATAGRAM_OVERHEAD};
+use super::{Report, Reporter};
+use crate::stream::{Session, Summary, Transmit, UplinkModel, DATAGRAM_OVERHEAD};
 
 /// Engine time: microseconds since the Unix epoch, so that capture times
 /// stamped by a publisher mean the same on every peer of this machine (and,
@@ -37,7 +39,7 @@ pub fn wire_id(stream: &StreamId) -> u64 {
 /// What keeps a stream registered at its servers.
 pub enum Heartbeat {
     Publisher {
-        identity: Box<p2ner_server::identity::Identity>,
+        identity: Box<p2ner_proto::identity::Identity>,
     },
     Peer {
         peer_id: u64,
@@ -56,8 +58,8 @@ pub struct Driver {
     pub run_for: Option<Duration>,
     /// JSON lines, one per second, and the final summary.
     pub stats: Option<Box<dyn Write + Send>>,
-    /// A live line per second on stderr.
-    pub progress: bool,
+    /// Told once a second how the stream is doing.
+    pub report: Reporter,
 }
 
 /// Why a run ended.
@@ -253,29 +255,11 @@ impl Driver {
             let _ = writeln!(out);
             let _ = out.flush();
         }
-        if self.progress {
-            let s = self.session.stats();
-            eprint!(
-                "\r{:>5}s  {}  neighbours {:>2}  down {:>6.0} kbit/s  up {:>6.0} kbit/s  {}   ",
-                snap.t_ms / 1000,
-                if self.session.is_source() {
-                    format!("produced {:>5}", s.chunks_produced)
-                } else {
-                    format!(
-                        "continuity {:.3}  buffer {:>5} ms",
-                        snap.continuity, snap.buffer_ms
-                    )
-                },
-                snap.neighbours,
-                snap.down_kbps,
-                snap.up_kbps,
-                if self.session.is_source() || snap.playing {
-                    ""
-                } else {
-                    "(buffering)"
-                }
-            );
-        }
+        (self.report)(Report::Second {
+            snapshot: &snap,
+            stats: self.session.stats(),
+            source: self.session.is_source(),
+        });
     }
 
     fn send_heartbeats(&self) {
@@ -305,9 +289,6 @@ impl Driver {
     /// Leaves the swarm at every server, briefly: a server that does not
     /// answer will expire us anyway.
     async fn leave(&self) {
-        if self.progress {
-            eprintln!();
-        }
         let mut calls = Vec::new();
         for server in &self.servers {
             let (server, stream) = (server.clone(), self.stream.clone());
@@ -335,7 +316,7 @@ impl Driver {
 }
 
 /// Server peer entries as the overlay sees them.
-pub fn peer_infos(entries: &[p2ner_server::proto::PeerEntry]) -> Vec<PeerInfo> {
+pub fn peer_infos(entries: &[p2ner_proto::server::PeerEntry]) -> Vec<PeerInfo> {
     entries
         .iter()
         .map(|e| PeerInfo {

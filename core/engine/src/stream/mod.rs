@@ -4,7 +4,7 @@
 //! overlay), its chunk buffer and play-out clock, its neighbours and its
 //! statistics. It is driven by events that carry the current time (a tick,
 //! a message or chunk from a peer, a peer found unreachable) and answers with
-//! [`Transmit`]s. The engine ([`crate::engine`]) connects it to the network
+//! [`Transmit`]s. The engine ([`crate::live`]) connects it to the network
 //! layer; nothing in here reads a clock or touches a socket, so the same
 //! plugin code can be driven by a simulated clock and network just as well.
 
@@ -13,7 +13,6 @@ mod playout;
 mod session;
 mod stats;
 mod uplink;
-pub mod wire;
 
 pub use buffer::{ChunkBuffer, Insert};
 pub use playout::{PlayEvent, PlayoutClock, PlayoutConfig};

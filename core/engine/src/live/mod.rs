@@ -3,6 +3,9 @@
 //! Both build a [`Session`] from the stream's parameters, with the named
 //! plugins loaded from the registry, and hand it to a [`driver::Driver`]
 //! that connects it to one UDP endpoint and the stream's servers.
+//!
+//! Nothing here prints: what a user should see comes out as [`Report`]s,
+//! which the `p2ner` binary turns into lines on stdout and stderr.
 
 pub mod driver;
 
@@ -14,15 +17,44 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use p2ner_net::{Endpoint, NetConfig};
 use p2ner_plugin_api::{Group, Params, PeerId, PeerInfo, StreamFormat};
+use p2ner_proto::identity::Identity;
+use p2ner_proto::server::{PluginRef, StreamId, StreamParams, PUBLISHER_PEER_ID};
 use p2ner_server::client::{ClientError, ServerClient};
-use p2ner_server::identity::Identity;
-use p2ner_server::proto::{PluginRef, StreamId, StreamParams, PUBLISHER_PEER_ID};
 use semver::VersionReq;
 
 use crate::plugins::Registry;
-use crate::stream::{Role, Session, SessionConfig, Summary};
+use crate::stream::{Role, Session, SessionConfig, Snapshot, StreamStats, Summary};
 pub use driver::End;
 use driver::{now_us, wire_id, Driver, Heartbeat};
+
+/// What a running stream tells whoever runs it.
+#[derive(Debug)]
+pub enum Report<'a> {
+    /// The stream is registered: its id (the line scripts wait for), where
+    /// it is sent from and the servers that accepted it.
+    Publishing {
+        stream: &'a StreamId,
+        title: &'a str,
+        local: SocketAddr,
+        servers: Vec<SocketAddr>,
+    },
+    /// Joined a stream: its id and parameters, and where it is received.
+    Subscribed {
+        stream: &'a StreamId,
+        params: &'a StreamParams,
+        local: SocketAddr,
+    },
+    /// Once a second while the stream runs.
+    Second {
+        snapshot: &'a Snapshot,
+        stats: &'a StreamStats,
+        /// This peer is the publisher.
+        source: bool,
+    },
+}
+
+/// Receives a stream's [`Report`]s, on the stream's task.
+pub type Reporter = Box<dyn FnMut(Report<'_>) + Send>;
 
 /// A plugin chosen by name, with parameters.
 #[derive(Debug, Clone, Default)]
@@ -99,7 +131,6 @@ pub struct PublishOptions {
     pub net: NetOptions,
     pub run_for: Option<Duration>,
     pub stats: Option<PathBuf>,
-    pub progress: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -110,7 +141,6 @@ pub struct SubscribeOptions {
     pub net: NetOptions,
     pub run_for: Option<Duration>,
     pub stats: Option<PathBuf>,
-    pub progress: bool,
 }
 
 /// The stream's parameters as the input, scheduler and overlay declare
@@ -125,8 +155,12 @@ fn plugin_ref(registry: &Registry, group: Group, choice: &Choice) -> anyhow::Res
 }
 
 /// Publishes a stream until the time is up, the input ends or fails, or
-/// Ctrl-C. Prints the stream id on stdout as soon as it is registered.
-pub async fn publish(registry: &Registry, opts: PublishOptions) -> anyhow::Result<(End, Summary)> {
+/// Ctrl-C. Reports [`Report::Publishing`] as soon as it is registered.
+pub async fn publish(
+    registry: &Registry,
+    opts: PublishOptions,
+    mut report: Reporter,
+) -> anyhow::Result<(End, Summary)> {
     if opts.servers.is_empty() {
         bail!("no server given: publish needs --server ADDR");
     }
@@ -232,17 +266,12 @@ pub async fn publish(registry: &Registry, opts: PublishOptions) -> anyhow::Resul
                 .join(", ")
         );
     }
-    println!("{stream_id}");
-    eprintln!(
-        "publishing '{}' as {stream_id} from {} on {}",
-        opts.title,
-        endpoint.local_addr(),
-        registered
-            .iter()
-            .map(|s| s.server().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    report(Report::Publishing {
+        stream: &stream_id,
+        title: &opts.title,
+        local: endpoint.local_addr(),
+        servers: registered.iter().map(ServerClient::server).collect(),
+    });
     let driver = Driver {
         endpoint,
         events,
@@ -255,7 +284,7 @@ pub async fn publish(registry: &Registry, opts: PublishOptions) -> anyhow::Resul
         peer_id: PUBLISHER_PEER_ID,
         run_for: opts.run_for,
         stats: open_stats(opts.stats.as_ref())?,
-        progress: opts.progress,
+        report,
     };
     Ok(driver.run().await)
 }
@@ -264,6 +293,7 @@ pub async fn publish(registry: &Registry, opts: PublishOptions) -> anyhow::Resul
 pub async fn subscribe(
     registry: &Registry,
     opts: SubscribeOptions,
+    mut report: Reporter,
 ) -> anyhow::Result<(End, Summary)> {
     let (endpoint, events) = bind(&opts.net).await?;
     let server = ServerClient::new(endpoint.clone(), opts.server);
@@ -278,7 +308,7 @@ pub async fn subscribe(
         .join(&stream, peer_id)
         .await
         .map_err(|e| match e.code() {
-            Some(p2ner_server::proto::ErrorCode::NotFound) => {
+            Some(p2ner_proto::server::ErrorCode::NotFound) => {
                 anyhow::anyhow!("no stream '{}' on server {}", opts.stream, opts.server)
             }
             _ => anyhow::anyhow!("joining '{}' at {}: {e}", opts.stream, opts.server),
@@ -337,17 +367,11 @@ pub async fn subscribe(
         .start(now_us(), Some(format))
         .map_err(anyhow::Error::msg)?;
     session.on_candidates(now_us(), &driver::peer_infos(&joined.peers));
-    eprintln!(
-        "subscribed to '{}' ({}, {} kbit/s, scheduler {} {}, overlay {} {}) from {}",
-        p.title,
-        stream,
-        p.bitrate_kbps,
-        p.scheduler.name,
-        p.scheduler.version,
-        p.overlay.name,
-        p.overlay.version,
-        endpoint.local_addr()
-    );
+    report(Report::Subscribed {
+        stream: &stream,
+        params: p,
+        local: endpoint.local_addr(),
+    });
     let driver = Driver {
         endpoint,
         events,
@@ -358,7 +382,7 @@ pub async fn subscribe(
         peer_id,
         run_for: opts.run_for,
         stats: open_stats(opts.stats.as_ref())?,
-        progress: opts.progress,
+        report,
     };
     Ok(driver.run().await)
 }

@@ -7,7 +7,7 @@
 //! bytes: every peer checks the signature before it plays or forwards a
 //! chunk, so a peer cannot inject or alter media.
 
-use p2ner_server::identity::{Identity, PublicKey, Signature};
+use crate::identity::{Identity, PublicKey, Signature};
 use serde::{Deserialize, Serialize};
 
 use p2ner_plugin_api::Link;

@@ -17,7 +17,9 @@ mod search;
 
 pub use loader::{Library, LoadError};
 pub use manifest::Manifest;
-pub use registry::{complete_params, Component, ComponentError, Problem, Registry, Severity};
+pub use registry::{
+    complete_params, AnyComponent, Component, ComponentError, Problem, Registry, Severity,
+};
 pub use search::{exe_dir, is_library, libraries_in, search_path, Origin, SearchDir};
 
 use std::path::PathBuf;

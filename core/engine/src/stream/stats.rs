@@ -1,4 +1,5 @@
-//! What a stream measures, in the terms DESIGN.md's `--stats` lines use.
+//! What a stream measures, in the terms of the `--stats` lines
+//! (docs/architecture.md, "Stats lines").
 
 use serde::Serialize;
 

@@ -372,61 +372,6 @@ impl Registry {
             .join(", ")
     }
 
-    pub fn new_scheduler(
-        &self,
-        name: &str,
-        version: Option<&VersionReq>,
-        given: &Params,
-    ) -> Result<SchedulerBox, ComponentError> {
-        self.instantiate(Group::Scheduler, name, version, given, |lib, n, p| {
-            (lib.module.new_scheduler())(n, p)
-        })
-    }
-
-    pub fn new_overlay(
-        &self,
-        name: &str,
-        version: Option<&VersionReq>,
-        given: &Params,
-    ) -> Result<OverlayBox, ComponentError> {
-        self.instantiate(Group::Overlay, name, version, given, |lib, n, p| {
-            (lib.module.new_overlay())(n, p)
-        })
-    }
-
-    pub fn new_input(
-        &self,
-        name: &str,
-        version: Option<&VersionReq>,
-        given: &Params,
-    ) -> Result<InputBox, ComponentError> {
-        self.instantiate(Group::Input, name, version, given, |lib, n, p| {
-            (lib.module.new_input())(n, p)
-        })
-    }
-
-    pub fn new_output(
-        &self,
-        name: &str,
-        version: Option<&VersionReq>,
-        given: &Params,
-    ) -> Result<OutputBox, ComponentError> {
-        self.instantiate(Group::Output, name, version, given, |lib, n, p| {
-            (lib.module.new_output())(n, p)
-        })
-    }
-
-    pub fn new_frontend(
-        &self,
-        name: &str,
-        version: Option<&VersionReq>,
-        given: &Params,
-    ) -> Result<FrontendBox, ComponentError> {
-        self.instantiate(Group::Frontend, name, version, given, |lib, n, p| {
-            (lib.module.new_frontend())(n, p)
-        })
-    }
-
     fn instantiate<T>(
         &self,
         group: Group,
@@ -451,6 +396,61 @@ impl Registry {
                 error,
             })
     }
+}
+
+/// The five groups' constructors, once: `new_scheduler` ... `new_frontend`
+/// (each named like the root-module function it calls), [`AnyComponent`]
+/// and [`Registry::new_component`] for a group known only at run time.
+macro_rules! constructors {
+    ($($group:ident: $new:ident -> $Box:ident;)*) => {
+        /// A component of any group, as [`Registry::new_component`] makes it.
+        pub enum AnyComponent {
+            $(
+                #[doc = concat!("A `p2ner.", stringify!($group), "` component.")]
+                $group($Box),
+            )*
+        }
+
+        impl Registry {
+            $(
+                #[doc = concat!(
+                    "Makes the ", stringify!($group), " component that `name` resolves to (see [`Registry::find`]) ",
+                    "with `given` parameters over its declared defaults.",
+                )]
+                pub fn $new(
+                    &self,
+                    name: &str,
+                    version: Option<&VersionReq>,
+                    given: &Params,
+                ) -> Result<$Box, ComponentError> {
+                    self.instantiate(Group::$group, name, version, given, |lib, n, p| {
+                        (lib.module.$new())(n, p)
+                    })
+                }
+            )*
+
+            /// Makes a component of any group, like the group's own constructor.
+            pub fn new_component(
+                &self,
+                group: Group,
+                name: &str,
+                version: Option<&VersionReq>,
+                given: &Params,
+            ) -> Result<AnyComponent, ComponentError> {
+                match group {
+                    $(Group::$group => self.$new(name, version, given).map(AnyComponent::$group),)*
+                }
+            }
+        }
+    };
+}
+
+constructors! {
+    Scheduler: new_scheduler -> SchedulerBox;
+    Overlay: new_overlay -> OverlayBox;
+    Input: new_input -> InputBox;
+    Output: new_output -> OutputBox;
+    Frontend: new_frontend -> FrontendBox;
 }
 
 /// The declared parameters with `given` values over defaults; an undeclared

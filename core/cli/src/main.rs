@@ -2,7 +2,7 @@
 
 mod demo;
 mod plugins;
-pub mod server;
+mod server;
 mod stream;
 mod streams;
 
@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand};
 
-use crate::plugins::PluginOptions;
+use p2ner_engine::plugins::PluginOptions;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -85,7 +85,7 @@ fn init_logging(verbose: u8) {
 
 /// Runs the command line; every error a user can cause is one line on stderr
 /// and a non-zero exit.
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match &cli.command {

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use p2ner_plugin_api::{Group, Params};
 use serde_json::json;
 
-use crate::plugins::{libraries_in, Component, PluginOptions, Registry, Severity};
+use p2ner_engine::plugins::{libraries_in, Component, PluginOptions, Registry, Severity};
 
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
@@ -242,23 +242,9 @@ fn check(dir: &std::path::Path, _options: &PluginOptions) -> Result<ExitCode> {
     }
     let components: Vec<Component<'_>> = registry.components().collect();
     for c in &components {
-        let made = match c.group {
-            Group::Scheduler => registry
-                .new_scheduler(&c.info.name, None, &Params::new())
-                .map(drop),
-            Group::Overlay => registry
-                .new_overlay(&c.info.name, None, &Params::new())
-                .map(drop),
-            Group::Input => registry
-                .new_input(&c.info.name, None, &Params::new())
-                .map(drop),
-            Group::Output => registry
-                .new_output(&c.info.name, None, &Params::new())
-                .map(drop),
-            Group::Frontend => registry
-                .new_frontend(&c.info.name, None, &Params::new())
-                .map(drop),
-        };
+        let made = registry
+            .new_component(c.group, &c.info.name, None, &Params::new())
+            .map(drop);
         match made {
             Ok(()) => println!(
                 "ok: {} {} instantiates with its defaults",
@@ -266,7 +252,7 @@ fn check(dir: &std::path::Path, _options: &PluginOptions) -> Result<ExitCode> {
                 c.info.version
             ),
             // A conflict was already reported above.
-            Err(crate::plugins::ComponentError::Conflict { .. }) => {}
+            Err(p2ner_engine::plugins::ComponentError::Conflict { .. }) => {}
             Err(e) => {
                 errors += 1;
                 eprintln!("error: {}: {e}", c.library.path.display());

@@ -14,11 +14,12 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use bytes::Bytes;
 use p2ner_plugin_api::{Capacity, Params, PeerId, PeerInfo, Rng};
-use p2ner_server::identity::Identity;
+use p2ner_proto::identity::Identity;
+use p2ner_proto::peer as wire;
 
 use crate::plugins::Registry;
 use crate::stream::{
-    wire, Role, Session, SessionConfig, Summary, Transmit, UplinkModel, DATAGRAM_OVERHEAD,
+    Role, Session, SessionConfig, Summary, Transmit, UplinkModel, DATAGRAM_OVERHEAD,
 };
 
 /// One experiment.

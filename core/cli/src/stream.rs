@@ -8,9 +8,9 @@ use std::time::Duration;
 use clap::Args;
 use p2ner_plugin_api::Group;
 
-use crate::engine::{self, Choice, End, NetOptions};
-use crate::plugins::PluginOptions;
-use crate::stream::Summary;
+use p2ner_engine::live::{self as engine, Choice, End, NetOptions, Report, Reporter};
+use p2ner_engine::plugins::PluginOptions;
+use p2ner_engine::stream::Summary;
 
 #[derive(Debug, Args)]
 pub struct NetArgs {
@@ -135,7 +135,7 @@ fn choice(
     text: &str,
     group: Group,
     extra: &[(String, String)],
-    registry: &crate::plugins::Registry,
+    registry: &p2ner_engine::plugins::Registry,
 ) -> anyhow::Result<Choice> {
     let mut c = Choice::parse(text, group, registry)?;
     c.params.extend(extra.iter().cloned());
@@ -181,10 +181,11 @@ pub fn publish(args: &PublishArgs, plugins: &PluginOptions) -> anyhow::Result<Ex
         net: args.net.net(),
         run_for: args.net.run_for()?,
         stats: args.net.stats.clone(),
-        progress: args.net.progress(),
     };
-    let (end, summary) = runtime()?.block_on(engine::publish(&registry, opts))?;
-    finish(end, &summary, args.net.json)
+    let progress = args.net.progress();
+    let run = engine::publish(&registry, opts, reporter(progress));
+    let (end, summary) = runtime()?.block_on(run)?;
+    finish(end, &summary, args.net.json, progress)
 }
 
 pub fn subscribe(args: &SubscribeArgs, plugins: &PluginOptions) -> anyhow::Result<ExitCode> {
@@ -196,13 +197,79 @@ pub fn subscribe(args: &SubscribeArgs, plugins: &PluginOptions) -> anyhow::Resul
         net: args.net.net(),
         run_for: args.net.run_for()?,
         stats: args.net.stats.clone(),
-        progress: args.net.progress(),
     };
-    let (end, summary) = runtime()?.block_on(engine::subscribe(&registry, opts))?;
-    finish(end, &summary, args.net.json)
+    let progress = args.net.progress();
+    let run = engine::subscribe(&registry, opts, reporter(progress));
+    let (end, summary) = runtime()?.block_on(run)?;
+    finish(end, &summary, args.net.json, progress)
 }
 
-fn finish(end: End, summary: &Summary, json: bool) -> anyhow::Result<ExitCode> {
+/// What a stream reports, as the user sees it: the stream id alone on
+/// stdout (scripts read it), the rest on stderr, and with `progress` one
+/// live line rewritten every second.
+fn reporter(progress: bool) -> Reporter {
+    Box::new(move |report| match report {
+        Report::Publishing {
+            stream,
+            title,
+            local,
+            servers,
+        } => {
+            println!("{stream}");
+            let servers: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+            eprintln!(
+                "publishing '{title}' as {stream} from {local} on {}",
+                servers.join(", ")
+            );
+        }
+        Report::Subscribed {
+            stream,
+            params: p,
+            local,
+        } => eprintln!(
+            "subscribed to '{}' ({stream}, {} kbit/s, scheduler {} {}, overlay {} {}) from {local}",
+            p.title,
+            p.bitrate_kbps,
+            p.scheduler.name,
+            p.scheduler.version,
+            p.overlay.name,
+            p.overlay.version,
+        ),
+        Report::Second {
+            snapshot: snap,
+            stats,
+            source,
+        } if progress => {
+            eprint!(
+                "\r{:>5}s  {}  neighbours {:>2}  down {:>6.0} kbit/s  up {:>6.0} kbit/s  {}   ",
+                snap.t_ms / 1000,
+                if source {
+                    format!("produced {:>5}", stats.chunks_produced)
+                } else {
+                    format!(
+                        "continuity {:.3}  buffer {:>5} ms",
+                        snap.continuity, snap.buffer_ms
+                    )
+                },
+                snap.neighbours,
+                snap.down_kbps,
+                snap.up_kbps,
+                if source || snap.playing {
+                    ""
+                } else {
+                    "(buffering)"
+                }
+            );
+        }
+        Report::Second { .. } => {}
+    })
+}
+
+fn finish(end: End, summary: &Summary, json: bool, progress: bool) -> anyhow::Result<ExitCode> {
+    if progress {
+        // Ends the live line.
+        eprintln!();
+    }
     if json {
         println!("{}", serde_json::to_string(summary)?);
     } else if summary.chunks_produced > 0 {

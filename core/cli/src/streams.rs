@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
+use p2ner_proto::server::{Liveness, StreamSummary};
 use p2ner_server::client::blocking;
-use p2ner_server::{Liveness, StreamSummary};
 use serde_json::json;
 
 use super::server::resolve;

@@ -3,7 +3,7 @@
 //! Every message is `[version: u8][postcard body]` and must fit one datagram
 //! ([`MAX_MESSAGE`] bytes), so that the network layer never has to fragment
 //! control traffic: browse results and peer samples are paged to fit, and
-//! stream parameters are bounded (see [`crate::Bounds`]).
+//! stream parameters are bounded (see `p2ner_server::Bounds`).
 //!
 //! Changes to a stream (register, update, remove, publisher heartbeat) are
 //! [`Signed`] by the publisher's key with a strictly increasing counter, so
@@ -418,7 +418,7 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
 }
 
 /// Encoded size of a value (without the version byte).
-pub(crate) fn encoded_len<T: Serialize>(value: &T) -> usize {
+pub fn encoded_len<T: Serialize>(value: &T) -> usize {
     postcard::experimental::serialized_size(value).expect("messages serialize")
 }
 

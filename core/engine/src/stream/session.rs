@@ -10,12 +10,12 @@ use p2ner_plugin_api::{
     OverlayAction, OverlayBox, OverlayContext, PeerId, PeerInfo, Playout, PluginError, SchedAction,
     SchedContext, SchedulerBox, StreamFormat, Upload,
 };
-use p2ner_server::identity::{Identity, PublicKey};
+use p2ner_proto::identity::{Identity, PublicKey};
+use p2ner_proto::peer::{self as wire, ChunkHeader, Envelope, PeerMsg};
 
 use super::buffer::{ChunkBuffer, Insert};
 use super::playout::{PlayEvent, PlayoutClock, PlayoutConfig};
 use super::stats::{Snapshot, StreamStats};
-use super::wire::{self, ChunkHeader, Envelope, PeerMsg};
 use super::Chunk;
 
 /// Which end of the stream this peer is.

@@ -14,8 +14,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use p2ner_plugin_api::Group;
 
-use crate::plugins::PluginOptions;
-use crate::stream::{Snapshot, Summary};
+use p2ner_engine::plugins::PluginOptions;
+use p2ner_engine::stream::{Snapshot, Summary};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {

@@ -1,3 +1,0 @@
-fn main() -> std::process::ExitCode {
-    p2ner_core::cli::main()
-}
