@@ -118,7 +118,11 @@ fn report(r: &SimResult) -> String {
 fn pull_over_mesh_plays_at_load_0_9_of_the_fluid_bound() {
     let r = run(&capped("pull", "mesh", 0.9, 50));
     eprintln!("pull x mesh at load 0.9: {}", report(&r));
-    assert!(r.subscribers.iter().all(|s| s.continuity >= 0.99), "{}", report(&r));
+    assert!(
+        r.subscribers.iter().all(|s| s.continuity >= 0.99),
+        "{}",
+        report(&r)
+    );
 }
 
 #[test]
@@ -135,7 +139,12 @@ fn explore() {
     };
     let load: f64 = get("P2NER_SIM_LOAD", "0.9").parse().unwrap();
     let n: usize = get("P2NER_SIM_N", "50").parse().unwrap();
-    let mut cfg = capped(&get("P2NER_SIM_SCHED", "pull"), &get("P2NER_SIM_OVERLAY", "mesh"), load, n);
+    let mut cfg = capped(
+        &get("P2NER_SIM_SCHED", "pull"),
+        &get("P2NER_SIM_OVERLAY", "mesh"),
+        load,
+        n,
+    );
     cfg.scheduler.1 = params(get("P2NER_SIM_SP", ""));
     cfg.overlay.1 = params(get("P2NER_SIM_OP", ""));
     cfg.source_upload_kbps = get("P2NER_SIM_SOURCE", "2000").parse().unwrap();

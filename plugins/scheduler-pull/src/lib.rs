@@ -37,14 +37,12 @@ pub use pull::{Pull, PARAMS};
 use p2ner_plugin_api::prelude::*;
 
 fn register(lib: &mut Registrar) {
-    let mut spec = ComponentSpec::new(
+    let spec = ComponentSpec::new(
         "pull",
         env!("CARGO_PKG_VERSION"),
         "buffer maps and requests: urgent chunks first, then rarest first, from the holder that delivers soonest; refused at once when the uplink cannot serve in time",
-    );
-    for &(name, default, help) in PARAMS {
-        spec = spec.param(name, default, help);
-    }
+    )
+    .params(PARAMS);
     lib.scheduler(spec, Pull::new);
 }
 

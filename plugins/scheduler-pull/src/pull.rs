@@ -7,38 +7,55 @@ use p2ner_plugin_api::{Capacity, Playout, Upload};
 
 use crate::wire::{self, Advert, Message, MAX_SEQS};
 
-/// Parameters, with their defaults written once: `register` declares these
-/// and [`Pull::new`] parses them.
-pub const PARAMS: &[(&str, &str, &str)] = &[
-    ("max_requests", "8", "requests outstanding to one neighbour at most"),
-    ("request_timeout_ms", "600", "re-request a chunk not received within this time"),
-    ("max_wait_ms", "300", "refuse a request that would wait longer than this in the upload queue (under an upload cap)"),
-    ("urgent_ms", "1000", "chunks due within this time are requested before rarer ones"),
-    ("lookback_chunks", "20", "before playback starts, how far behind the newest chunk to begin (the start lead plus a keyframe interval is enough)"),
-    ("map_ms", "1000", "interval between full buffer maps"),
-    ("source_push", "1", "publisher: copies of each new chunk pushed unasked, to the neighbours best able to forward them"),
-    ("source_announce_ms", "300", "publisher: announce a chunk to all only after this long (0: at once, and no pushes)"),
+/// Parameters, each written once: `register` declares this table and
+/// [`Pull::new`] reads from it.
+pub const PARAMS: &[ParamDef] = &[
+    MAX_REQUESTS,
+    REQUEST_TIMEOUT_MS,
+    MAX_WAIT_MS,
+    URGENT_MS,
+    LOOKBACK_CHUNKS,
+    MAP_MS,
+    SOURCE_PUSH,
+    SOURCE_ANNOUNCE_MS,
 ];
 
-fn default_of(name: &str) -> &'static str {
-    PARAMS
-        .iter()
-        .find(|p| p.0 == name)
-        .map(|p| p.1)
-        .expect("declared parameter")
-}
-
-fn param<T: std::str::FromStr>(params: &Params, name: &str) -> Result<T, PluginError>
-where
-    T::Err: std::fmt::Display,
-{
-    match params.get(name) {
-        Some(_) => params.parse(name),
-        None => default_of(name)
-            .parse()
-            .map_err(|e| PluginError::new(format!("default of {name}: {e}"))),
-    }
-}
+const MAX_REQUESTS: ParamDef = ParamDef::new(
+    "max_requests",
+    "8",
+    "requests outstanding to one neighbour at most",
+);
+const REQUEST_TIMEOUT_MS: ParamDef = ParamDef::new(
+    "request_timeout_ms",
+    "600",
+    "re-request a chunk not received within this time",
+);
+const MAX_WAIT_MS: ParamDef = ParamDef::new(
+    "max_wait_ms",
+    "300",
+    "refuse a request that would wait longer than this in the upload queue (under an upload cap)",
+);
+const URGENT_MS: ParamDef = ParamDef::new(
+    "urgent_ms",
+    "1000",
+    "chunks due within this time are requested before rarer ones",
+);
+const LOOKBACK_CHUNKS: ParamDef = ParamDef::new(
+    "lookback_chunks",
+    "20",
+    "before playback starts, how far behind the newest chunk to begin (the start lead plus a keyframe interval is enough)",
+);
+const MAP_MS: ParamDef = ParamDef::new("map_ms", "1000", "interval between full buffer maps");
+const SOURCE_PUSH: ParamDef = ParamDef::new(
+    "source_push",
+    "1",
+    "publisher: copies of each new chunk pushed unasked, to the neighbours best able to forward them",
+);
+const SOURCE_ANNOUNCE_MS: ParamDef = ParamDef::new(
+    "source_announce_ms",
+    "300",
+    "publisher: announce a chunk to all only after this long (0: at once, and no pushes)",
+);
 
 /// A neighbour that advertised no capacity is assumed to upload this many
 /// times the stream's rate (the first version's peers, plugins elsewhere).
@@ -97,14 +114,14 @@ struct Neighbour {
 impl Pull {
     pub fn new(params: &Params) -> Result<Self, PluginError> {
         let pull = Pull {
-            max_requests: param(params, "max_requests")?,
-            request_timeout_us: param::<u64>(params, "request_timeout_ms")? * 1000,
-            max_wait_us: param::<u64>(params, "max_wait_ms")? * 1000,
-            urgent_us: param::<u64>(params, "urgent_ms")? * 1000,
-            lookback: param(params, "lookback_chunks")?,
-            map_every_us: param::<u64>(params, "map_ms")? * 1000,
-            source_push: param(params, "source_push")?,
-            source_delay_us: param::<u64>(params, "source_announce_ms")? * 1000,
+            max_requests: MAX_REQUESTS.parse(params)?,
+            request_timeout_us: REQUEST_TIMEOUT_MS.parse::<u64>(params)? * 1000,
+            max_wait_us: MAX_WAIT_MS.parse::<u64>(params)? * 1000,
+            urgent_us: URGENT_MS.parse::<u64>(params)? * 1000,
+            lookback: LOOKBACK_CHUNKS.parse(params)?,
+            map_every_us: MAP_MS.parse::<u64>(params)? * 1000,
+            source_push: SOURCE_PUSH.parse(params)?,
+            source_delay_us: SOURCE_ANNOUNCE_MS.parse::<u64>(params)? * 1000,
             rng: Rng::new(0),
             ctx: None,
             have: BTreeSet::new(),

@@ -101,11 +101,18 @@ mod tests {
         assert_eq!((u.queued_us, u.budget_bytes), (0, 6000));
         m.sent(0, 5000);
         let u = m.upload(0);
-        assert_eq!((u.queued_us, u.queued_bytes, u.budget_bytes), (50_000, 5000, 1000));
+        assert_eq!(
+            (u.queued_us, u.queued_bytes, u.budget_bytes),
+            (50_000, 5000, 1000)
+        );
         let u = m.upload(20_000);
         assert_eq!((u.queued_us, u.budget_bytes), (30_000, 3000));
         m.sent(20_000, 10_000);
-        assert_eq!(m.upload(20_000).budget_bytes, 0, "overdrawn: nothing more this tick");
+        assert_eq!(
+            m.upload(20_000).budget_bytes,
+            0,
+            "overdrawn: nothing more this tick"
+        );
         assert_eq!(m.upload(1_000_000).queued_us, 0);
         assert_eq!(m.upload(1_000_000).rate_bps, 15_000 * 8);
     }
