@@ -20,7 +20,7 @@ use crate::config::NetConfig;
 use crate::error::SendError;
 use crate::fragment::{split, Frag, Outcome, Reassembler};
 use crate::ledbat::Ledbat;
-use crate::pacer::TokenBucket;
+use crate::pacer::{RateMeter, TokenBucket};
 use crate::reliable::{RecvDedup, SendIds, Verdict};
 use crate::rng::Rng;
 use crate::rtt::RttEstimator;
@@ -68,6 +68,22 @@ pub struct Capacity {
     pub rate_bps: u64,
     /// Smoothed RTT, µs (0 before any sample).
     pub rtt_us: u64,
+    /// Data bytes queued towards this neighbour, not yet handed to the socket.
+    pub queued_bytes: u64,
+}
+
+/// The client's uplink as a whole, shared by every neighbour: what a
+/// scheduler needs to see so it does not promise more than the link carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Upload {
+    /// The configured cap (`NetConfig::upload_kbps`), bit/s.
+    pub cap_bps: Option<u64>,
+    /// Measured send rate over the last ~1 s, data and control, bit/s.
+    pub rate_bps: u64,
+    /// Data bytes queued locally for all neighbours, not yet sent.
+    pub queued_bytes: u64,
+    /// Data bytes sent and not yet acknowledged, all neighbours.
+    pub inflight_bytes: u64,
 }
 
 /// Data datagrams acked by the receiver every this many (and when idle).
@@ -122,6 +138,8 @@ struct State {
     rejects_sent: HashMap<SocketAddr, u64>,
     /// Last neighbour served by the sender task.
     rr: SocketAddr,
+    /// Everything handed to the socket, for [`Endpoint::upload`].
+    meter: RateMeter,
 }
 
 struct Peer {
@@ -143,6 +161,9 @@ struct DataTx {
     cc: Ledbat,
     pacer: TokenBucket,
     last_progress_us: u64,
+    /// Earliest deadline of a queued, unstarted chunk (u64::MAX: none), so
+    /// the queue is only scanned when something may have expired.
+    next_deadline_us: u64,
 }
 
 struct InFlight {
@@ -203,6 +224,7 @@ impl Peer {
                 ),
                 pacer: TokenBucket::new(1e6, 4.0 * cfg.max_payload as f64, now_us),
                 last_progress_us: now_us,
+                next_deadline_us: u64::MAX,
             },
             rx: DataRx::default(),
             stats: PeerStats::default(),
@@ -227,6 +249,31 @@ impl Peer {
             return 0;
         }
         (self.tx.cc.cwnd() as f64 * 8e6 / self.rtt.srtt_us().max(1) as f64) as u64
+    }
+
+    /// Drop queued chunks whose deadline passed before they started. Returns
+    /// whether any were dropped.
+    fn expire_queue(&mut self, now_us: u64) -> bool {
+        if self.tx.next_deadline_us > now_us {
+            return false;
+        }
+        let mut next = u64::MAX;
+        let mut bytes = 0;
+        let mut chunks = 0;
+        self.tx.queue.retain(|f| {
+            if f.deadline_us <= now_us {
+                bytes += f.wire_len();
+                chunks += u64::from(f.index == 0);
+                false
+            } else {
+                next = next.min(f.deadline_us);
+                true
+            }
+        });
+        self.tx.queued_bytes -= bytes;
+        self.tx.next_deadline_us = next;
+        self.stats.expired_chunks += chunks;
+        bytes > 0
     }
 
     /// Requeue a lost fragment (or abandon it).
@@ -408,11 +455,53 @@ impl State {
 
     /// How many bytes may be outstanding (queued + in flight) to a peer.
     fn window_limit(&self, cwnd: usize, mss: usize) -> usize {
-        match &self.cap {
-            // Under a cap, 50 ms worth of it is all the queue a peer needs.
-            Some(c) => cwnd.min(((c.rate() * 0.05) as usize).max(4 * mss)),
+        match self.global_limit(mss) {
+            Some(g) => cwnd.min(g),
             None => cwnd,
         }
+    }
+
+    /// How many bytes may be outstanding to all peers together. Under a cap,
+    /// 50 ms of it (at least a few datagrams) is all the queue the uplink
+    /// needs; more would only make every chunk behind it late, since the
+    /// cap drains the sum, not each neighbour's share.
+    fn global_limit(&self, mss: usize) -> Option<usize> {
+        self.cap
+            .as_ref()
+            .map(|c| ((c.rate() * 0.05) as usize).max(4 * mss))
+    }
+
+    /// Queued and in-flight data bytes over all peers.
+    fn outstanding_total(&self) -> (usize, usize) {
+        self.peers.values().fold((0, 0), |(q, i), p| {
+            (q + p.tx.queued_bytes, i + p.tx.inflight_bytes)
+        })
+    }
+
+    /// Bytes that may be queued towards `to` now: its own window room,
+    /// bounded under a cap by what the shared uplink has left.
+    fn room(&self, to: SocketAddr, mss: usize) -> usize {
+        let (cwnd, outstanding) = match self.peers.get(&to) {
+            Some(p) => (p.tx.cc.cwnd(), p.tx.inflight_bytes + p.tx.queued_bytes),
+            None => (2 * mss, 0),
+        };
+        let own = self.window_limit(cwnd, mss).saturating_sub(outstanding);
+        match self.global_limit(mss) {
+            Some(g) => {
+                let (q, i) = self.outstanding_total();
+                own.min(g.saturating_sub(q + i))
+            }
+            None => own,
+        }
+    }
+
+    /// Drop expired chunks of every peer; true if any room was freed.
+    fn expire_queues(&mut self, now_us: u64) -> bool {
+        let mut any = false;
+        for p in self.peers.values_mut() {
+            any |= p.expire_queue(now_us);
+        }
+        any
     }
 }
 
@@ -455,6 +544,7 @@ impl Endpoint {
             rng: Rng::new(cfg.seed),
             rejects_sent: HashMap::new(),
             rr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            meter: RateMeter::default(),
         };
         let inner = Arc::new(Inner {
             socket,
@@ -576,6 +666,35 @@ impl Endpoint {
         seq: u64,
         data: Bytes,
     ) -> Result<(), SendError> {
+        self.queue_chunk(to, stream, seq, data, u64::MAX)
+    }
+
+    /// [`Endpoint::send_chunk`] for a chunk that is worthless after
+    /// `deadline` (the receiver would play it late): if its first fragment
+    /// has not been handed to the socket by then, the whole chunk leaves the
+    /// queue unsent and is counted in `PeerStats::expired_chunks`, so a
+    /// capped uplink spends itself on chunks that can still arrive in time.
+    /// Once its first fragment is sent a chunk is sent completely.
+    pub fn send_chunk_by(
+        &self,
+        to: SocketAddr,
+        stream: u64,
+        seq: u64,
+        data: Bytes,
+        deadline: Instant,
+    ) -> Result<(), SendError> {
+        let d = deadline.saturating_duration_since(self.inner.epoch);
+        self.queue_chunk(to, stream, seq, data, d.as_micros() as u64)
+    }
+
+    fn queue_chunk(
+        &self,
+        to: SocketAddr,
+        stream: u64,
+        seq: u64,
+        data: Bytes,
+        deadline_us: u64,
+    ) -> Result<(), SendError> {
         let cfg = &self.inner.cfg;
         if data.len() > cfg.max_chunk || data.len() > u32::MAX as usize {
             return Err(SendError::TooLarge {
@@ -586,12 +705,10 @@ impl Endpoint {
         let now = self.inner.now_us();
         {
             let mut st = self.inner.lock();
-            let cap_limit = |st: &State, cwnd| st.window_limit(cwnd, cfg.max_payload);
-            let (cwnd, outstanding) = match st.peers.get(&to) {
-                Some(p) => (p.tx.cc.cwnd(), p.tx.inflight_bytes + p.tx.queued_bytes),
-                None => (2 * cfg.max_payload, 0),
-            };
-            if outstanding >= cap_limit(&st, cwnd) {
+            if deadline_us != u64::MAX {
+                st.expire_queues(now);
+            }
+            if st.room(to, cfg.max_payload) == 0 {
                 return Err(SendError::WouldBlock);
             }
             let Some(p) = st.peer(to, cfg, now) else {
@@ -605,39 +722,61 @@ impl Endpoint {
                     ours: wire::VERSION,
                 });
             }
-            for f in split(stream, seq, &data, cfg.max_payload, now) {
+            p.stats.chunks_sent += 1;
+            if deadline_us <= now {
+                p.stats.expired_chunks += 1;
+                return Ok(());
+            }
+            for mut f in split(stream, seq, &data, cfg.max_payload, now) {
+                f.deadline_us = deadline_us;
                 p.tx.queued_bytes += f.wire_len();
                 p.tx.queue.push_back(f);
             }
-            p.stats.chunks_sent += 1;
+            p.tx.next_deadline_us = p.tx.next_deadline_us.min(deadline_us);
         }
         self.inner.wake_sender.notify_one();
         Ok(())
     }
 
     /// What the data channel towards `to` can take now.
+    /// Under an upload cap the room is shared: the sum over all neighbours
+    /// of queued + in-flight bytes stays within about 50 ms of the cap, so
+    /// `can_send_bytes` is the smaller of this neighbour's window room and
+    /// what the uplink has left.
     pub fn capacity(&self, to: SocketAddr) -> Capacity {
         let cfg = &self.inner.cfg;
-        let st = self.inner.lock();
+        let now = self.inner.now_us();
+        let mut st = self.inner.lock();
+        st.expire_queues(now);
         let cap = st.cap_bps();
-        let (cwnd, outstanding, rate, rtt) = match st.peers.get(&to) {
-            Some(p) => (
-                p.tx.cc.cwnd(),
-                p.tx.inflight_bytes + p.tx.queued_bytes,
-                p.rate_bps(),
-                p.rtt.srtt_us(),
-            ),
-            None => (2 * cfg.max_payload, 0, 0, 0),
+        let (rate, rtt, queued) = match st.peers.get(&to) {
+            Some(p) => (p.rate_bps(), p.rtt.srtt_us(), p.tx.queued_bytes as u64),
+            None => (0, 0, 0),
         };
-        let limit = st.window_limit(cwnd, cfg.max_payload);
         let rate = match cap {
             Some(c) if rate == 0 || c < rate => c,
             _ => rate,
         };
         Capacity {
-            can_send_bytes: limit.saturating_sub(outstanding) as u64,
+            can_send_bytes: st.room(to, cfg.max_payload) as u64,
             rate_bps: rate,
             rtt_us: rtt,
+            queued_bytes: queued,
+        }
+    }
+
+    /// The shared uplink: cap, measured rate, and data waiting or in flight
+    /// over all neighbours.
+    pub fn upload(&self) -> Upload {
+        let now = self.inner.now_us();
+        let mut st = self.inner.lock();
+        st.expire_queues(now);
+        let (queued, inflight) = st.outstanding_total();
+        Upload {
+            cap_bps: st.cap_bps(),
+            rate_bps: st.meter.rate_bps(now),
+            queued_bytes: queued as u64,
+            inflight_bytes: inflight as u64,
         }
     }
 
@@ -731,6 +870,7 @@ impl Inner {
         if let Some(c) = st.cap.as_mut() {
             c.take(now, len);
         }
+        st.meter.record(now, len);
         if let Some(p) = st.peer(to, &self.cfg, now) {
             p.stats.control.bytes_sent += len as u64;
             p.stats.control.datagrams_sent += 1;
@@ -1023,7 +1163,12 @@ impl Inner {
                             p.stats.malformed_dropped += 1;
                         }
                     }
-                    Outcome::Pending | Outcome::Duplicate => {}
+                    Outcome::Duplicate => {
+                        if let Some(p) = st.peers.get_mut(&from) {
+                            p.stats.duplicate_fragments += 1;
+                        }
+                    }
+                    Outcome::Pending => {}
                 }
             }
             Packet::DataAck {
@@ -1139,12 +1284,20 @@ impl Inner {
             rr,
             ..
         } = st;
+        let mut expired = false;
         for p in peers.values_mut() {
             if !p.tx.inflight.is_empty() {
                 if let Some(t) = p.check_timeouts(now, cfg) {
                     at(t);
                 }
             }
+            expired |= p.expire_queue(now);
+            if p.tx.next_deadline_us != u64::MAX {
+                at(p.tx.next_deadline_us);
+            }
+        }
+        if expired {
+            self.capacity_changed.notify_waiters();
         }
         // Round robin over neighbours with queued data, resuming after the
         // last one served so a binding cap does not favour the first.
@@ -1187,8 +1340,20 @@ impl Inner {
                     at(p.tx.pacer.ready_at(now));
                     continue;
                 }
-                let f = p.tx.queue.pop_front().expect("front exists");
+                let mut f = p.tx.queue.pop_front().expect("front exists");
                 p.tx.queued_bytes -= size;
+                if f.deadline_us != u64::MAX {
+                    // Started: the rest of the chunk goes out whatever the
+                    // clock says (half a chunk is worth nothing), and a
+                    // retransmission is not an expiry.
+                    f.deadline_us = u64::MAX;
+                    for g in p.tx.queue.iter_mut() {
+                        if g.stream != f.stream || g.seq != f.seq || g.deadline_us == u64::MAX {
+                            break;
+                        }
+                        g.deadline_us = u64::MAX;
+                    }
+                }
                 let pkt = p.tx.next_pkt;
                 p.tx.next_pkt += 1;
                 if rng.chance(cfg.send_drop_rate) {
@@ -1238,7 +1403,9 @@ async fn recv_loop(inner: Arc<Inner>) {
                     n += 1;
                     let now = inner.now_us();
                     let mut st = inner.lock();
+                    let before = out.buf.len();
                     acked |= inner.handle(&mut st, now, &buf[..len], from, &mut out);
+                    st.meter.record(now, out.buf.len() - before);
                     drop(st);
                     if out.items.len() >= 32 {
                         inner.try_flush(&mut out);
@@ -1257,11 +1424,13 @@ async fn recv_loop(inner: Arc<Inner>) {
             let now = inner.now_us();
             let mut st = inner.lock();
             let st = &mut *st;
+            let before = out.buf.len();
             for (addr, p) in st.peers.iter_mut() {
                 if p.rx.unacked > 0 {
                     Inner::data_ack(p, *addr, &mut out);
                 }
             }
+            st.meter.record(now, out.buf.len() - before);
             st.reassembly.expire(now);
         }
         inner.try_flush(&mut out);
@@ -1281,7 +1450,10 @@ async fn send_loop(inner: Arc<Inner>) {
         let now = inner.now_us();
         let wake = {
             let mut st = inner.lock();
-            inner.fill(&mut st, now, &mut out)
+            let before = out.buf.len();
+            let wake = inner.fill(&mut st, now, &mut out);
+            st.meter.record(now, out.buf.len() - before);
+            wake
         };
         inner.flush(&mut out).await;
         match wake {

@@ -27,7 +27,7 @@ pub mod wire;
 mod rng;
 
 pub use config::NetConfig;
-pub use endpoint::{Capacity, Endpoint, Event, Events};
+pub use endpoint::{Capacity, Endpoint, Event, Events, Upload};
 pub use error::{DecodeMessageError, SendError};
 pub use stats::{ChannelStats, DropStats, NetStats, PeerStats};
 
