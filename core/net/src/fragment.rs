@@ -142,6 +142,12 @@ impl<K: Hash + Eq + Clone> Reassembler<K> {
         self.held
     }
 
+    /// When the oldest incomplete chunk was started (µs; possibly one
+    /// already completed, so a wake-up may find nothing to expire).
+    pub fn oldest_start(&self) -> Option<u64> {
+        self.order.front().map(|(_, t)| *t)
+    }
+
     pub fn incomplete(&self) -> usize {
         self.partial.len()
     }
