@@ -260,9 +260,11 @@ impl Endpoint {
     }
 
     /// What the data channel towards `to` can take now. Under an upload cap
-    /// the room is shared: the sum over all neighbours of queued + in-flight
-    /// bytes stays within about 50 ms of the cap, so `can_send_bytes` is the
-    /// smaller of this neighbour's window room and what the uplink has left.
+    /// the room is shared: the bytes queued locally over all neighbours stay
+    /// within about 50 ms of the cap (at least 4 datagrams; bytes in flight
+    /// are bounded by each path's window instead), so `can_send_bytes` is
+    /// the smaller of this neighbour's window room and what the shared queue
+    /// has left.
     pub fn capacity(&self, to: SocketAddr) -> Capacity {
         let now = self.inner.now_us();
         self.inner.lock().net.capacity(now, to)

