@@ -27,6 +27,11 @@ pub struct Frag {
     pub tries: u32,
     /// When the chunk was queued (µs, endpoint clock).
     pub born_us: u64,
+    /// The chunk is dropped unsent if its first fragment has not gone out by
+    /// then (µs, endpoint clock; `u64::MAX`: no deadline). Cleared on the
+    /// remaining fragments once the first one is sent, so a started chunk is
+    /// finished rather than left half-delivered.
+    pub deadline_us: u64,
 }
 
 impl Frag {
@@ -78,6 +83,7 @@ pub fn split(
             data: data.slice(start..end),
             tries: 0,
             born_us,
+            deadline_us: u64::MAX,
         }
     })
 }
@@ -134,6 +140,12 @@ impl<K: Hash + Eq + Clone> Reassembler<K> {
     /// Bytes held by incomplete chunks.
     pub fn held(&self) -> usize {
         self.held
+    }
+
+    /// When the oldest incomplete chunk was started (µs; possibly one
+    /// already completed, so a wake-up may find nothing to expire).
+    pub fn oldest_start(&self) -> Option<u64> {
+        self.order.front().map(|(_, t)| *t)
     }
 
     pub fn incomplete(&self) -> usize {

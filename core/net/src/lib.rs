@@ -7,7 +7,11 @@
 //!   critical control messages; fire-and-forget messages for the rest.
 //! - [`fragment`], [`ledbat`], [`pacer`]: media chunks cut into datagrams,
 //!   sent under a per-neighbour LEDBAT window, paced, under one upload cap.
-//! - [`endpoint`]: the socket, its receive task and its paced sender task.
+//! - [`proto`]: all of the above as one sans-IO state machine
+//!   ([`NetState`]): datagrams, timers and API calls in; datagrams, events
+//!   and the next timeout out. Time is a parameter, so a simulator can
+//!   drive it on simulated time.
+//! - [`endpoint`]: the tokio shell around it: socket, clock, one driver task.
 //! - [`stats`]: per-neighbour and total counters.
 //!
 //! Control payloads are bytes; [`encode`] / [`decode`] carry serde types with
@@ -19,6 +23,7 @@ pub mod error;
 pub mod fragment;
 pub mod ledbat;
 pub mod pacer;
+pub mod proto;
 pub mod reliable;
 pub mod rtt;
 pub mod stats;
@@ -27,8 +32,9 @@ pub mod wire;
 mod rng;
 
 pub use config::NetConfig;
-pub use endpoint::{Capacity, Endpoint, Event, Events};
+pub use endpoint::{Capacity, Endpoint, Event, Events, Upload};
 pub use error::{DecodeMessageError, SendError};
+pub use proto::{Datagrams, NetEvent, NetState, SendId, Transmit};
 pub use stats::{ChannelStats, DropStats, NetStats, PeerStats};
 
 use bytes::Bytes;

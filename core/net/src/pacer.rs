@@ -73,9 +73,68 @@ impl TokenBucket {
     }
 }
 
+/// Slots of the [`RateMeter`] window.
+const METER_SLOTS: usize = 10;
+/// Width of one slot, µs.
+const METER_SLOT_US: u64 = 100_000;
+
+/// What actually left over the last second, for schedulers that need to
+/// see how much of the uplink is in use rather than what a window would
+/// allow. Ten 100 ms slots: cheap to update per datagram, and the estimate
+/// moves smoothly instead of jumping once a second.
+#[derive(Debug, Clone, Default)]
+pub struct RateMeter {
+    slots: [u64; METER_SLOTS],
+    /// Index (time / slot width) of the newest slot.
+    cur: u64,
+}
+
+impl RateMeter {
+    fn advance(&mut self, now_us: u64) {
+        let s = now_us / METER_SLOT_US;
+        if s > self.cur {
+            let n = (s - self.cur).min(METER_SLOTS as u64);
+            for i in 1..=n {
+                self.slots[((self.cur + i) % METER_SLOTS as u64) as usize] = 0;
+            }
+            self.cur = s;
+        }
+    }
+
+    /// Count `bytes` sent at `now_us`.
+    pub fn record(&mut self, now_us: u64, bytes: usize) {
+        self.advance(now_us);
+        self.slots[(self.cur % METER_SLOTS as u64) as usize] += bytes as u64;
+    }
+
+    /// Bits per second over the last ~1 s.
+    pub fn rate_bps(&mut self, now_us: u64) -> u64 {
+        self.advance(now_us);
+        let sum: u64 = self.slots.iter().sum();
+        let full = (METER_SLOTS as u64 - 1) * METER_SLOT_US + now_us % METER_SLOT_US;
+        let window = full.min(now_us).max(1);
+        (sum as u128 * 8_000_000 / window as u128) as u64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meter_measures_recent_second() {
+        let mut m = RateMeter::default();
+        // 1250 bytes every ms = 10 Mbit/s, for 3 s.
+        let mut now = 0;
+        while now < 3_000_000 {
+            m.record(now, 1250);
+            now += 1_000;
+        }
+        let r = m.rate_bps(now);
+        assert!((9_800_000..=10_200_000).contains(&r), "{r}");
+        // Silence for 2 s: forgotten.
+        assert_eq!(m.rate_bps(now + 2_000_000), 0);
+    }
 
     #[test]
     fn long_run_rate() {

@@ -64,6 +64,13 @@ pub struct PeerStats {
     pub queuing_delay_us: u64,
     pub inflight_bytes: u64,
     pub queued_bytes: u64,
+    /// Chunks dropped unsent from the queue because their deadline
+    /// ([`crate::Endpoint::send_chunk_by`]) passed before their first fragment
+    /// reached the socket.
+    pub expired_chunks: u64,
+    /// Data fragments received again after we already had them (spurious or
+    /// late retransmissions: upload the sender wasted).
+    pub duplicate_fragments: u64,
 }
 
 impl PeerStats {
@@ -82,6 +89,8 @@ impl PeerStats {
         self.chunks_abandoned += o.chunks_abandoned;
         self.malformed_dropped += o.malformed_dropped;
         self.events_dropped += o.events_dropped;
+        self.expired_chunks += o.expired_chunks;
+        self.duplicate_fragments += o.duplicate_fragments;
     }
 
     pub(crate) fn finish_loss_rate(&mut self) {
