@@ -148,6 +148,8 @@ fn explore() {
     cfg.scheduler.1 = params(get("P2NER_SIM_SP", ""));
     cfg.overlay.1 = params(get("P2NER_SIM_OP", ""));
     cfg.source_upload_kbps = get("P2NER_SIM_SOURCE", "2000").parse().unwrap();
+    cfg.buffer_ms = get("P2NER_SIM_BUFFER", "0").parse().unwrap();
+    cfg.duration_us = get("P2NER_SIM_SECS", "30").parse::<u64>().unwrap() * 1_000_000;
     let r = run(&cfg);
     eprintln!("caps {:?}: {}", cfg.peer_uploads_kbps, report(&r));
     for class in 0..3 {
@@ -155,6 +157,9 @@ fn explore() {
         let mean = c.iter().map(|s| s.continuity).sum::<f64>() / c.len() as f64;
         let start = c.iter().filter_map(|s| s.startup_ms).sum::<f64>() / c.len() as f64;
         let up = c.iter().map(|s| s.bytes_up).sum::<u64>() as f64 / c.len() as f64 * 8.0 / 30e3;
-        eprintln!("class {class}: continuity {mean:.4} startup {start:.0} ms up {up:.0} kbit/s");
+        let dup = c.iter().map(|s| s.duplicate_chunks).sum::<u64>() as f64 / c.len() as f64;
+        let late = c.iter().map(|s| s.chunks_late).sum::<u64>() as f64 / c.len() as f64;
+        let missed = c.iter().map(|s| s.chunks_missed).sum::<u64>() as f64 / c.len() as f64;
+        eprintln!("class {class}: continuity {mean:.4} startup {start:.0} ms up {up:.0} kbit/s dup {dup:.1} late {late:.1} missed {missed:.1}");
     }
 }

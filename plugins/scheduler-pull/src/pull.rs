@@ -80,7 +80,7 @@ pub struct Pull {
     /// New chunks to announce, with the neighbour they came from (it has it).
     announce: Vec<(u64, Option<PeerId>)>,
     neighbours: BTreeMap<PeerId, Neighbour>,
-    /// My requests in flight: seq -> (to whom, when).
+    /// My requests in flight: seq -> (to whom, when to give up on it).
     requested: BTreeMap<u64, (PeerId, u64)>,
     playout: Option<Playout>,
     newest_known: Option<u64>,
@@ -279,7 +279,7 @@ impl Pull {
         let expired: Vec<u64> = self
             .requested
             .iter()
-            .filter(|(_, &(_, at))| now_us > at + self.request_timeout_us)
+            .filter(|(_, &(_, give_up))| now_us > give_up)
             .map(|(&seq, _)| seq)
             .collect();
         for seq in expired {
@@ -341,14 +341,23 @@ impl Pull {
                     (eta, id)
                 })
                 .collect::<Vec<_>>();
-            // Ties at random, so equal holders share the load.
+            // Jittered, so that requesters who all see the same adverts do
+            // not all pick the same holder.
             let best = best
                 .iter()
-                .map(|&(eta, id)| (eta, self.rng.next_u64(), id))
+                .map(|&(eta, id)| (eta + eta * self.rng.below(1024) / 1024, id))
                 .min();
-            let Some((_, _, peer)) = best else { continue };
-            self.neighbours.get_mut(&peer).expect("holder").outstanding += 1;
-            self.requested.insert(seq, (peer, now_us));
+            let Some((_, peer)) = best else { continue };
+            let n = self.neighbours.get_mut(&peer).expect("holder");
+            n.outstanding += 1;
+            // The holder serves it within max_wait_ms or drops it; waiting
+            // that long plus its transfer and a round trip never duplicates.
+            let transfer = chunk_bits * 1_000_000 / self.upload_of(&self.neighbours[&peer]).max(1);
+            let give_up = now_us
+                + self
+                    .request_timeout_us
+                    .max(self.max_wait_us + 2 * transfer + 100_000);
+            self.requested.insert(seq, (peer, give_up));
             let slack = deadline_of(seq).map_or(u16::MAX, |d| {
                 (d.saturating_sub(now_us) / 1000).min(u16::MAX as u64 - 1) as u16
             });
@@ -381,14 +390,23 @@ impl Pull {
         {
             return;
         }
-        let limit = self.max_wait_us.min(slack_ms as u64 * 1000);
+        // The slack is the most urgent (lowest) seq's; each later one is due
+        // a chunk later on the requester's play-out clock.
+        let first = seqs.iter().copied().min().unwrap_or(0);
+        let chunk_us = self.chunk_us();
+        let limit = |seq: u64| match slack_ms {
+            u16::MAX => self.max_wait_us,
+            ms => self
+                .max_wait_us
+                .min(ms as u64 * 1000 + (seq - first).saturating_mul(chunk_us)),
+        };
         let mut refused = Vec::new();
         for seq in seqs {
             let queued_already = self.jobs.iter().any(|&(p, s, _)| p == peer && s == seq);
             if queued_already {
                 continue;
             }
-            if !self.have.contains(&seq) || self.wait_us() > limit {
+            if !self.have.contains(&seq) || self.wait_us() > limit(seq) {
                 refused.push(seq);
                 continue;
             }
@@ -426,6 +444,7 @@ impl Pull {
             if let Some(b) = &mut n.budget {
                 *b = b.saturating_sub(chunk_bytes);
             }
+            n.have.insert(seq);
             self.budget = self.budget.saturating_sub(chunk_bytes);
             out.send_chunk(peer, seq);
         }
@@ -609,9 +628,12 @@ impl Scheduler for Pull {
                 out.send_message(peer, full_map.clone(), false);
                 continue;
             }
+            // Announcements are most of this protocol's bytes: none to a
+            // neighbour known to hold the chunk (it gave it, announced it,
+            // or was sent it).
             let news: Vec<u64> = announce
                 .iter()
-                .filter(|(_, from)| *from != Some(peer))
+                .filter(|&&(seq, from)| from != Some(peer) && !n.have.contains(&seq))
                 .map(|&(seq, _)| seq)
                 .collect();
             for part in news.chunks(MAX_SEQS) {

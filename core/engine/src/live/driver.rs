@@ -28,6 +28,10 @@ pub fn now_us() -> u64 {
 /// How often the session's clock advances; bounds play-out jitter.
 pub const TICK: Duration = Duration::from_millis(20);
 
+/// How long a chunk handed to the data channel may wait there before it
+/// leaves; past that it is dropped (and counted), never sent late.
+const CHUNK_LEAVES_WITHIN: Duration = Duration::from_millis(500);
+
 /// The stream's id on the wire: a hash of its catalogue id.
 pub fn wire_id(stream: &StreamId) -> u64 {
     // FNV-1a: stable across builds and platforms, which std's hasher is not.
@@ -119,6 +123,7 @@ impl Driver {
                 }
                 _ = tick.tick() => {
                     let now = now_us();
+                    uplink.observed(now, self.endpoint.upload().queued_bytes);
                     self.session.set_upload(uplink.upload(now));
                     for addr in self.session.neighbour_addrs() {
                         let c = self.endpoint.capacity(addr);
@@ -222,7 +227,10 @@ impl Driver {
                     }
                 }
                 Transmit::Chunk { to, seq, data } => {
-                    match self.endpoint.send_chunk(to, wire, seq, data) {
+                    // A chunk that cannot leave soon is dropped by the data
+                    // channel rather than sent too late to be played.
+                    let deadline = std::time::Instant::now() + CHUNK_LEAVES_WITHIN;
+                    match self.endpoint.send_chunk_by(to, wire, seq, data, deadline) {
                         Ok(()) => {}
                         Err(SendError::WouldBlock) => refused += 1,
                         Err(e) => tracing::debug!(%to, seq, "chunk not sent: {e}"),

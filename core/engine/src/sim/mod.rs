@@ -42,6 +42,9 @@ pub struct SimConfig {
     pub peer_uploads_kbps: Vec<u64>,
     pub bitrate_kbps: u32,
     pub chunk_ms: u32,
+    /// The play-out buffer (and start lead), as `--buffer-ms` sets it;
+    /// 0: the engine's default.
+    pub buffer_ms: u32,
     pub sample: usize,
     pub scheduler: (String, Params),
     pub overlay: (String, Params),
@@ -63,6 +66,7 @@ impl Default for SimConfig {
             peer_uploads_kbps: Vec::new(),
             bitrate_kbps: 1000,
             chunk_ms: 100,
+            buffer_ms: 0,
             sample: 10,
             scheduler: ("pull".into(), Params::new()),
             overlay: ("mesh".into(), Params::new()),
@@ -173,6 +177,9 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
         let mut scfg =
             SessionConfig::new(stream, "sim", info_of(i), cfg.bitrate_kbps, cfg.chunk_ms);
         scfg.seed = cfg.seed;
+        if cfg.buffer_ms > 0 {
+            scfg.startup_chunks = (cfg.buffer_ms / cfg.chunk_ms.max(1)).max(1) as u64;
+        }
         scfg.source = Some(info_of(0));
         let role = if i == 0 {
             let params = Params::new()

@@ -55,6 +55,16 @@ impl UplinkModel {
         }
     }
 
+    /// The network layer reports `queued_bytes` waiting in front of the cap:
+    /// the model never claims a shorter queue than that (a link that drains
+    /// slower than the cap, retransmissions, another stream's chunks).
+    pub fn observed(&mut self, now_us: u64, queued_bytes: u64) {
+        if let Some(cap) = self.cap_bps {
+            let busy = now_us + queued_bytes * 8 * 1_000_000 / cap;
+            self.busy_until_us = self.busy_until_us.max(busy);
+        }
+    }
+
     /// The uplink as plugins see it at `now_us`.
     pub fn upload(&mut self, now_us: u64) -> Upload {
         let rate_bps = if now_us / 1_000_000 == self.window.0 + 1 {
@@ -115,6 +125,11 @@ mod tests {
         );
         assert_eq!(m.upload(1_000_000).queued_us, 0);
         assert_eq!(m.upload(1_000_000).rate_bps, 15_000 * 8);
+        // The network layer knows better when its queue is longer.
+        m.observed(1_000_000, 2_000);
+        assert_eq!(m.upload(1_000_000).queued_us, 20_000);
+        m.observed(1_000_000, 1_000);
+        assert_eq!(m.upload(1_000_000).queued_us, 20_000, "never shorter");
     }
 
     #[test]
