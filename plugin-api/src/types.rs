@@ -90,6 +90,9 @@ pub struct Upload {
     /// queueing beyond the channel's short target, all neighbours together;
     /// `u64::MAX` when the uplink is not capped.
     pub budget_bytes: u64,
+    /// The stream's own rate, bit/s: `capacity_bps / stream_bps` is how
+    /// many full copies of the stream this uplink can carry.
+    pub stream_bps: u64,
 }
 
 /// What an input produces, so outputs can set themselves up.

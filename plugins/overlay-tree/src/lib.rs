@@ -46,7 +46,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use p2ner_plugin_api::prelude::*;
-use p2ner_plugin_api::OverlayContext;
+use p2ner_plugin_api::{OverlayContext, Upload};
 
 const JOIN: u8 = 1;
 const ACCEPT: u8 = 2;
@@ -237,6 +237,8 @@ struct Stripe {
 }
 
 pub struct Tree {
+    /// Children per stripe when the uplink is not capped; under a cap the
+    /// uplink decides ([`Tree::slots`]).
     fanout: usize,
     source_fanout: usize,
     stripes: usize,
@@ -259,13 +261,22 @@ pub struct Tree {
     trees: Vec<Stripe>,
     next_heartbeat_us: u64,
     asked_for_peers_us: Option<u64>,
+    /// Copies of one stripe this peer's capped uplink carries, as the
+    /// engine last said; `None` uncapped.
+    stripe_copies: Option<usize>,
 }
+
+/// Share of a capped uplink given to children: the rest is for control
+/// traffic and the data channel's framing.
+const UPLOAD_FOR_CHILDREN: f64 = 0.92;
+/// Children per stripe at most, however much a peer can upload.
+const MAX_SLOTS: usize = 32;
 
 impl Tree {
     pub fn new(params: &Params) -> Result<Self, PluginError> {
         let fanout: usize = params.parse_or("fanout", 4)?;
         let source_fanout: usize = params.parse_or("source_fanout", 0)?;
-        let stripes: usize = params.parse_or("stripes", 1)?;
+        let stripes: usize = params.parse_or("stripes", 4)?;
         if fanout == 0 || !(1..=MAX_STRIPES).contains(&stripes) {
             return Err(PluginError::new(format!(
                 "need fanout >= 1 and 1 <= stripes <= {MAX_STRIPES}"
@@ -295,6 +306,7 @@ impl Tree {
             trees: vec![Stripe::default(); stripes],
             next_heartbeat_us: 0,
             asked_for_peers_us: None,
+            stripe_copies: None,
         };
         if tree.heartbeat_us == 0 || tree.timeout_us <= tree.heartbeat_us {
             return Err(PluginError::new(
@@ -336,11 +348,20 @@ impl Tree {
         self.own_stripe
     }
 
-    fn slots(&self) -> usize {
-        if self.is_source {
-            self.source_fanout
-        } else {
-            self.fanout
+    /// Children per stripe this peer takes. Under an upload cap, what the
+    /// uplink carries: a peer that cannot upload a whole stripe's copy is a
+    /// leaf, never an interior node, and a strong one takes more children.
+    /// The publisher forwards every stripe, a peer only its own, so the
+    /// publisher's copies are shared by all its stripes.
+    fn slots(&self, s: usize) -> usize {
+        match (self.stripe_copies, self.is_source) {
+            // Spread over the stripes, the first ones taking the remainder.
+            (Some(copies), true) => {
+                (copies / self.stripes + usize::from(s < copies % self.stripes)).min(MAX_SLOTS)
+            }
+            (Some(copies), false) => copies.min(MAX_SLOTS),
+            (None, true) => self.source_fanout,
+            (None, false) => self.fanout,
         }
     }
 
@@ -348,7 +369,7 @@ impl Tree {
         if !self.interior(s) {
             return 0;
         }
-        self.slots().saturating_sub(self.trees[s].children.len())
+        self.slots(s).saturating_sub(self.trees[s].children.len())
     }
 
     fn send(&self, out: &mut OverlayOut<'_>, peer: PeerId, msg: Message, reliable: bool) {
@@ -541,7 +562,7 @@ impl Tree {
             self.send(out, peer, Message::Reject { stripe }, true);
             return;
         }
-        let slots = self.slots();
+        let slots = self.slots(s);
         // A full node gives a leaf child's slot to a joiner that forwards.
         let evict = if t.children.len() >= slots && interior {
             t.children
@@ -807,6 +828,13 @@ impl Overlay for Tree {
         }
     }
 
+    fn on_upload(&mut self, _now_us: u64, upload: Upload, _out: &mut OverlayOut<'_>) {
+        self.stripe_copies = (upload.capped && upload.stream_bps > 0).then(|| {
+            let stripe_bps = upload.stream_bps as f64 / self.stripes as f64;
+            (upload.capacity_bps as f64 * UPLOAD_FOR_CHILDREN / stripe_bps) as usize
+        });
+    }
+
     fn on_tick(&mut self, now_us: u64, out: &mut OverlayOut<'_>) {
         for s in 0..self.stripes {
             // A silent parent is a dead one.
@@ -864,16 +892,16 @@ fn register(lib: &mut Registrar) {
             env!("CARGO_PKG_VERSION"),
             "push tree(s) rooted at the publisher: breadth-first join by redirection, loop-free, orphans rejoin",
         )
-        .param("fanout", "4", "children per peer (per stripe it forwards)")
+        .param("fanout", "4", "children per peer (per stripe it forwards) when the upload is not capped; under a cap, as many as the uplink carries")
         .param(
             "source_fanout",
             "0",
-            "children of the publisher per stripe (0: same as fanout)",
+            "children of the publisher per stripe when its upload is not capped (0: same as fanout)",
         )
         .param(
             "stripes",
-            "1",
-            "number of trees; chunk s belongs to stripe s % stripes, each peer forwards one",
+            "4",
+            "number of trees; chunk s belongs to stripe s % stripes, each peer forwards one (several, so that a peer that cannot upload a whole stream still forwards a stripe)",
         )
         .param(
             "heartbeat_ms",

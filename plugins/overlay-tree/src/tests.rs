@@ -80,7 +80,7 @@ fn a_full_node_redirects_and_no_node_adopts_an_ancestor() {
     let mut actions = RVec::new();
     let mut out = OverlayOut::new(&mut actions);
     // The source, fanout 1: peer 1 is adopted, peer 2 sent on to peer 1.
-    let mut source = Tree::new(&Params::new().with("fanout", "1")).unwrap();
+    let mut source = Tree::new(&Params::new().with("fanout", "1").with("stripes", "1")).unwrap();
     source.on_start(0, &ctx(0, true, 1), &mut out);
     for id in [1, 2] {
         source.on_connected(0, &info(id), &mut out);
@@ -123,7 +123,7 @@ fn a_full_node_redirects_and_no_node_adopts_an_ancestor() {
     // Peer 5 joins the source, then learns its path is 0 -> 5 -> (it) ...
     actions.clear();
     let mut out = OverlayOut::new(&mut actions);
-    let mut node = Tree::new(&Params::new()).unwrap();
+    let mut node = Tree::new(&Params::new().with("stripes", "1")).unwrap();
     node.on_start(0, &ctx(5, false, 1), &mut out);
     assert!(
         matches!(actions[0], OverlayAction::Connect { ref peer, link } if peer.id == PeerId(0) && link == Link::default())
@@ -480,7 +480,11 @@ impl Net {
 
 #[test]
 fn seven_joiners_with_fanout_two_form_a_tree_of_depth_three() {
-    let mut net = Net::new(8, &Params::new().with("fanout", "2"), 1);
+    let mut net = Net::new(
+        8,
+        &Params::new().with("fanout", "2").with("stripes", "1"),
+        1,
+    );
     for i in 0..8 {
         net.queue.push((i as u64 * 300_000, i, Ev::Start));
     }
@@ -492,7 +496,7 @@ fn seven_joiners_with_fanout_two_form_a_tree_of_depth_three() {
 
 #[test]
 fn twenty_peers_form_a_tree_and_orphans_rejoin_after_their_parent_dies() {
-    let params = Params::new().with("fanout", "3");
+    let params = Params::new().with("fanout", "3").with("stripes", "1");
     let mut net = Net::new(20, &params, 2);
     for i in 0..20 {
         net.queue.push((i as u64 * 50_000, i, Ev::Start));
@@ -550,7 +554,11 @@ fn with_two_stripes_every_peer_has_a_parent_in_each_and_forwards_one() {
 #[test]
 fn same_seed_same_tree() {
     let run = || {
-        let mut net = Net::new(15, &Params::new().with("fanout", "2"), 4);
+        let mut net = Net::new(
+            15,
+            &Params::new().with("fanout", "2").with("stripes", "1"),
+            4,
+        );
         for i in 0..15 {
             net.queue.push((i as u64 * 20_000, i, Ev::Start));
         }
@@ -559,4 +567,31 @@ fn same_seed_same_tree() {
         net.shape()
     };
     assert_eq!(run(), run());
+}
+
+#[test]
+fn under_an_upload_cap_the_uplink_decides_the_children() {
+    let upload = |kbps: u64| p2ner_plugin_api::Upload {
+        capacity_bps: kbps * 1000,
+        capped: true,
+        stream_bps: 1_000_000,
+        ..Default::default()
+    };
+    let mut actions = RVec::new();
+    let mut out = OverlayOut::new(&mut actions);
+    // One tree: a peer that cannot carry a whole copy is a leaf.
+    let mut one = Tree::new(&Params::new().with("stripes", "1")).unwrap();
+    one.on_upload(0, upload(500), &mut out);
+    assert_eq!(one.slots(0), 0);
+    one.on_upload(0, upload(1600), &mut out);
+    assert_eq!(one.slots(0), 1);
+    // Four stripes: the same peers forward one or several stripe copies.
+    let mut four = Tree::new(&Params::new().with("stripes", "4")).unwrap();
+    four.on_upload(0, upload(500), &mut out);
+    assert_eq!(four.slots(0), 1);
+    four.on_upload(0, upload(1600), &mut out);
+    assert_eq!(four.slots(0), 5);
+    // Uncapped: the fanout parameter.
+    four.on_upload(0, p2ner_plugin_api::Upload::default(), &mut out);
+    assert_eq!(four.slots(0), 4);
 }

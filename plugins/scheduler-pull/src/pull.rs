@@ -18,7 +18,14 @@ pub const PARAMS: &[ParamDef] = &[
     MAP_MS,
     SOURCE_PUSH,
     SOURCE_ANNOUNCE_MS,
+    HAVE_MS,
 ];
+
+const HAVE_MS: ParamDef = ParamDef::new(
+    "have_ms",
+    "0",
+    "announce new chunks at most this often (0: every tick); fewer, larger announcements cost less upload",
+);
 
 const MAX_REQUESTS: ParamDef = ParamDef::new(
     "max_requests",
@@ -45,7 +52,7 @@ const LOOKBACK_CHUNKS: ParamDef = ParamDef::new(
     "20",
     "before playback starts, how far behind the newest chunk to begin (the start lead plus a keyframe interval is enough)",
 );
-const MAP_MS: ParamDef = ParamDef::new("map_ms", "1000", "interval between full buffer maps");
+const MAP_MS: ParamDef = ParamDef::new("map_ms", "3000", "interval between full buffer maps");
 const SOURCE_PUSH: ParamDef = ParamDef::new(
     "source_push",
     "1",
@@ -74,6 +81,8 @@ pub struct Pull {
     map_every_us: u64,
     source_push: u32,
     source_delay_us: u64,
+    have_every_us: u64,
+    next_have_us: u64,
     rng: Rng,
     ctx: Option<SchedContext>,
     have: BTreeSet<u64>,
@@ -85,7 +94,7 @@ pub struct Pull {
     playout: Option<Playout>,
     newest_known: Option<u64>,
     /// Requests accepted from neighbours, oldest first: (peer, seq, expires).
-    jobs: VecDeque<(PeerId, u64, u64)>,
+    jobs: VecDeque<Job>,
     /// The uplink as the engine last reported it; `None`: plentiful.
     upload: Option<Upload>,
     /// Bytes the shared uplink still takes this tick.
@@ -97,6 +106,15 @@ pub struct Pull {
     held: VecDeque<(u64, u64)>,
     /// Weighted round robin over forwarders: credit per neighbour.
     credit: BTreeMap<PeerId, i64>,
+}
+
+/// A request accepted from a neighbour.
+#[derive(Debug, Clone, Copy)]
+struct Job {
+    peer: PeerId,
+    seq: u64,
+    /// Dropped if not sent by then: the requester gives up soon after.
+    expires_us: u64,
 }
 
 struct Neighbour {
@@ -122,6 +140,8 @@ impl Pull {
             map_every_us: MAP_MS.parse::<u64>(params)? * 1000,
             source_push: SOURCE_PUSH.parse(params)?,
             source_delay_us: SOURCE_ANNOUNCE_MS.parse::<u64>(params)? * 1000,
+            have_every_us: HAVE_MS.parse::<u64>(params)? * 1000,
+            next_have_us: 0,
             rng: Rng::new(0),
             ctx: None,
             have: BTreeSet::new(),
@@ -394,23 +414,27 @@ impl Pull {
         // a chunk later on the requester's play-out clock.
         let first = seqs.iter().copied().min().unwrap_or(0);
         let chunk_us = self.chunk_us();
-        let limit = |seq: u64| match slack_ms {
+        let slack = |seq: u64| match slack_ms {
             u16::MAX => self.max_wait_us,
-            ms => self
-                .max_wait_us
-                .min(ms as u64 * 1000 + (seq - first).saturating_mul(chunk_us)),
+            ms => (ms as u64 * 1000 + (seq - first).saturating_mul(chunk_us)),
         };
         let mut refused = Vec::new();
         for seq in seqs {
-            let queued_already = self.jobs.iter().any(|&(p, s, _)| p == peer && s == seq);
+            let queued_already = self.jobs.iter().any(|j| j.peer == peer && j.seq == seq);
             if queued_already {
                 continue;
             }
-            if !self.have.contains(&seq) || self.wait_us() > limit(seq) {
+            // First come, first served: serving the most urgent first was
+            // tried, and starves accepted requests past their expiry.
+            if !self.have.contains(&seq) || self.wait_us() > self.max_wait_us.min(slack(seq)) {
                 refused.push(seq);
                 continue;
             }
-            self.jobs.push_back((peer, seq, now_us + self.max_wait_us));
+            self.jobs.push_back(Job {
+                peer,
+                seq,
+                expires_us: now_us + self.max_wait_us,
+            });
         }
         if !refused.is_empty() {
             out.send_message(peer, wire::refuse(&refused), false);
@@ -424,8 +448,9 @@ impl Pull {
         let chunk_bytes = self.chunk_bytes();
         self.push_fresh(now_us, out);
         let mut kept = VecDeque::with_capacity(self.jobs.len());
-        while let Some((peer, seq, expires)) = self.jobs.pop_front() {
-            if now_us > expires || !self.have.contains(&seq) {
+        while let Some(job) = self.jobs.pop_front() {
+            let (peer, seq) = (job.peer, job.seq);
+            if now_us > job.expires_us || !self.have.contains(&seq) {
                 continue;
             }
             let Some(n) = self.neighbours.get_mut(&peer) else {
@@ -433,12 +458,12 @@ impl Pull {
             };
             let link_room = n.budget.is_none_or(|b| b > 0);
             if self.budget == 0 {
-                kept.push_back((peer, seq, expires));
+                kept.push_back(job);
                 kept.extend(self.jobs.drain(..));
                 break;
             }
             if !link_room {
-                kept.push_back((peer, seq, expires));
+                kept.push_back(job);
                 continue;
             }
             if let Some(b) = &mut n.budget {
@@ -525,7 +550,7 @@ impl Scheduler for Pull {
     fn on_neighbour_down(&mut self, _now_us: u64, peer: PeerId, _out: &mut SchedOut<'_>) {
         self.neighbours.remove(&peer);
         self.credit.remove(&peer);
-        self.jobs.retain(|j| j.0 != peer);
+        self.jobs.retain(|j| j.peer != peer);
         // What was asked of it is asked again elsewhere at the next tick.
         self.requested.retain(|_, (p, _)| *p != peer);
     }
@@ -616,6 +641,12 @@ impl Scheduler for Pull {
             self.announce.push((seq, None));
         }
         self.prune();
+        if now_us < self.next_have_us {
+            self.request_missing_unless_source(now_us, out);
+            self.serve(now_us, out);
+            return;
+        }
+        self.next_have_us = now_us + self.have_every_us;
         let announce = std::mem::take(&mut self.announce);
         let advert = self.advert();
         let full_map = self.map_message();
@@ -640,10 +671,16 @@ impl Scheduler for Pull {
                 out.send_message(peer, wire::have(advert, part), false);
             }
         }
+        self.request_missing_unless_source(now_us, out);
+        self.serve(now_us, out);
+    }
+}
+
+impl Pull {
+    fn request_missing_unless_source(&mut self, now_us: u64, out: &mut SchedOut<'_>) {
         if !self.is_source() {
             self.request_missing(now_us, out);
         }
-        self.serve(now_us, out);
     }
 }
 

@@ -69,6 +69,7 @@ fn capped(capacity_bps: u64, budget_bytes: u64, queued_us: u64) -> Upload {
         queued_bytes: 0,
         queued_us,
         budget_bytes,
+        stream_bps: 0,
     }
 }
 

@@ -46,7 +46,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use p2ner_plugin_api::prelude::*;
-use p2ner_plugin_api::{seqmap, Capacity, Playout};
+use p2ner_plugin_api::{seqmap, Capacity, Playout, Upload};
 
 const HAVE: u8 = 1;
 const MAP: u8 = 2;
@@ -100,6 +100,9 @@ pub struct Push {
     /// Upload token bucket (bytes) and when it was last filled.
     tokens: u64,
     filled_at_us: Option<u64>,
+    /// What the engine's capped uplink still takes this tick (ABI 1.1);
+    /// `None` when uncapped or an older engine.
+    shared: Option<u64>,
 }
 
 struct Neighbour {
@@ -159,6 +162,7 @@ impl Push {
             newest_known: None,
             tokens: 0,
             filled_at_us: None,
+            shared: None,
         };
         if push.repair_timeout_us == 0 || push.map_every_us == 0 {
             return Err(PluginError::new(
@@ -268,13 +272,17 @@ impl Push {
     }
 
     fn upload_allows(&self) -> bool {
-        self.upload_bytes_per_s == 0 || self.tokens >= self.chunk_bytes()
+        (self.upload_bytes_per_s == 0 || self.tokens >= self.chunk_bytes())
+            && self.shared.is_none_or(|b| b > 0)
     }
 
     fn spend(&mut self, peer: PeerId, seq: u64, now_us: u64, out: &mut SchedOut<'_>) {
         let chunk_bytes = self.chunk_bytes();
         if self.upload_bytes_per_s > 0 {
             self.tokens = self.tokens.saturating_sub(chunk_bytes);
+        }
+        if let Some(b) = &mut self.shared {
+            *b = b.saturating_sub(chunk_bytes);
         }
         let n = self.neighbours.get_mut(&peer).expect("a neighbour");
         if let Some(b) = n.budget.as_mut() {
@@ -577,6 +585,12 @@ impl Scheduler for Push {
         if let Some(n) = self.neighbours.get_mut(&peer) {
             n.budget = Some(capacity.can_send_bytes);
         }
+    }
+
+    fn on_upload(&mut self, _now_us: u64, upload: Upload, _out: &mut SchedOut<'_>) {
+        // One budget for the whole uplink: without it every neighbour's
+        // link budget is the same shared bytes, spent once per neighbour.
+        self.shared = upload.capped.then_some(upload.budget_bytes);
     }
 
     fn on_playout(&mut self, _now_us: u64, playout: Playout, _out: &mut SchedOut<'_>) {

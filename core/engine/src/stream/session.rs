@@ -462,7 +462,10 @@ impl Session {
     /// the whole upload may take is `upload.budget_bytes` when it is capped.
     pub fn set_upload(&mut self, upload: Upload) {
         self.upload_left = upload.capped.then_some(upload.budget_bytes);
-        self.upload = upload;
+        self.upload = Upload {
+            stream_bps: self.cfg.chunk_bytes * 8 * 1_000_000 / self.cfg.chunk_us.max(1),
+            ..upload
+        };
     }
 
     /// Time passes: produce or play chunks, run the plugins' timers, check

@@ -85,6 +85,7 @@ impl UplinkModel {
                     queued_bytes: queued_us * cap / 8 / 1_000_000,
                     queued_us,
                     budget_bytes: QUEUE_TARGET_US.saturating_sub(queued_us) * cap / 8 / 1_000_000,
+                    stream_bps: 0,
                 }
             }
             None => Upload {
@@ -94,6 +95,7 @@ impl UplinkModel {
                 queued_bytes: 0,
                 queued_us: 0,
                 budget_bytes: u64::MAX,
+                stream_bps: 0,
             },
         }
     }
