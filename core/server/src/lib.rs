@@ -19,6 +19,8 @@
 //!   engine depends on it, so that a library that only joins streams never
 //!   links a database.
 
+#![forbid(unsafe_code)]
+
 pub mod client;
 #[cfg(feature = "server")]
 pub mod limits;
