@@ -14,6 +14,8 @@
 //! (`p2ner-cli`) is the presentation, `p2ner-server` the catalogue.
 
 #![forbid(unsafe_code)]
+// Printing is the binary's business.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod live;
 pub mod plugins;

@@ -12,6 +12,8 @@
 //! server (`p2ner-server`) and the engine (`p2ner-engine`) speak them.
 
 #![forbid(unsafe_code)]
+// Printing is the binary's business.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod identity;
 pub mod peer;

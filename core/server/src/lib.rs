@@ -20,6 +20,8 @@
 //!   links a database.
 
 #![forbid(unsafe_code)]
+// Printing is the binary's business.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod client;
 #[cfg(feature = "server")]
