@@ -21,6 +21,7 @@ pub struct Chunker {
 }
 
 impl Chunker {
+    /// A chunker cutting chunks of about `chunk_us` of media.
     pub fn new(chunk_us: u64) -> Self {
         Chunker {
             chunk_us,

@@ -10,14 +10,20 @@ use abi_stable::{
 /// layout; a host that meets a group it does not know reports it and goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Group {
+    /// `p2ner.scheduler`: which chunk goes to / comes from which neighbour.
     Scheduler,
+    /// `p2ner.overlay`: who the neighbours are.
     Overlay,
+    /// `p2ner.input`: turns a source into timestamped chunks.
     Input,
+    /// `p2ner.output`: consumes the stream.
     Output,
+    /// `p2ner.frontend`: controls an engine.
     Frontend,
 }
 
 impl Group {
+    /// Every group, in the order listings use.
     pub const ALL: [Group; 5] = [
         Group::Scheduler,
         Group::Overlay,
@@ -26,6 +32,7 @@ impl Group {
         Group::Frontend,
     ];
 
+    /// The full name (`p2ner.scheduler`), as it crosses the boundary.
     pub fn as_str(self) -> &'static str {
         match self {
             Group::Scheduler => "p2ner.scheduler",
@@ -55,9 +62,11 @@ impl std::fmt::Display for Group {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub struct ParamInfo {
+    /// The name users write (`bitrate_kbps`).
     pub name: RString,
     /// The value used when none is given; the host fills it in.
     pub default: RString,
+    /// One line of help, shown by `p2ner plugins inspect`.
     pub help: RString,
 }
 
@@ -67,11 +76,14 @@ pub struct ParamInfo {
 pub struct ComponentInfo {
     /// `p2ner.scheduler`, `p2ner.overlay`, ... (see [`Group`]).
     pub group: RString,
+    /// The name it is looked up by, unique in its group (`pull`, `gst`).
     pub name: RString,
     /// Semantic version of this component's behaviour; streams may require one.
     pub version: RString,
     /// One line, shown by `p2ner plugins list`.
     pub description: RString,
+    /// Every parameter it accepts, in order; the first is the one
+    /// `NAME:VALUE` sets on the command line.
     pub params: RVec<ParamInfo>,
 }
 
@@ -81,10 +93,13 @@ pub struct ComponentInfo {
 pub struct LibraryInfo {
     /// The library's name; two files with the same name are the same plugin.
     pub name: RString,
+    /// The library's version (its crate's).
     pub version: RString,
+    /// Its licence, as an SPDX expression.
     pub license: RString,
     /// The [`crate::ABI_VERSION`] the library was built against.
     pub abi_version: RString,
+    /// Every component it provides.
     pub components: RVec<ComponentInfo>,
     /// Exists only in the deliberately incompatible test fixture.
     #[cfg(feature = "__fixture_changed_interface")]
@@ -101,6 +116,8 @@ pub struct ComponentSpec {
 }
 
 impl ComponentSpec {
+    /// A component named `name` at `version` (semver), with a one-line
+    /// description.
     pub fn new(name: &str, version: &str, description: &str) -> Self {
         ComponentSpec {
             name: name.to_owned(),

@@ -7,12 +7,14 @@ use abi_stable::{std_types::RString, StableAbi};
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub struct PluginError {
+    /// What went wrong, for a person.
     pub message: RString,
     /// The component panicked; it is poisoned and every later call fails.
     pub panicked: bool,
 }
 
 impl PluginError {
+    /// An ordinary error (not a panic).
     pub fn new(message: impl Into<String>) -> Self {
         PluginError {
             message: RString::from(message.into()),

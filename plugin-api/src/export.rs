@@ -26,9 +26,13 @@ use crate::{
 
 /// What a plugin passes to [`export_plugin!`](crate::export_plugin).
 pub struct Exported {
+    /// The library's name.
     pub name: &'static str,
+    /// The library's version.
     pub version: &'static str,
+    /// The library's licence (SPDX).
     pub license: &'static str,
+    /// Declares the library's components.
     pub register: fn(&mut Registrar),
 }
 
@@ -107,7 +111,7 @@ fn library() -> &'static Library {
 }
 
 /// Runs a plugin's `register` inside the root-module loader, so that a panic
-/// there is reported by the host as "init panicked: <message>".
+/// there is reported by the host as `init panicked: MESSAGE`.
 pub fn library_loader(exported: Exported) -> RootModuleResult {
     install_panic_hook();
     let register = exported.register;

@@ -6,10 +6,15 @@ use abi_stable::{std_types::RStr, StableAbi};
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
+    /// `tracing::Level::ERROR`.
     Error = 1,
+    /// `tracing::Level::WARN`.
     Warn = 2,
+    /// `tracing::Level::INFO`.
     Info = 3,
+    /// `tracing::Level::DEBUG`.
     Debug = 4,
+    /// `tracing::Level::TRACE`.
     Trace = 5,
 }
 

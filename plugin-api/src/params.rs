@@ -12,10 +12,13 @@ use std::str::FromStr;
 
 use crate::PluginError;
 
+/// One parameter's value.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub struct Param {
+    /// The parameter's name.
     pub name: RString,
+    /// Its value, as text.
     pub value: RString,
 }
 
@@ -27,10 +30,12 @@ pub struct Param {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq, Default)]
 pub struct Params {
+    /// Every parameter, each name once.
     pub items: RVec<Param>,
 }
 
 impl Params {
+    /// No parameters.
     pub fn new() -> Self {
         Params::default()
     }
@@ -47,11 +52,13 @@ impl Params {
         }
     }
 
+    /// [`Params::set`], for building in one expression.
     pub fn with(mut self, name: &str, value: impl Into<String>) -> Self {
         self.set(name, value);
         self
     }
 
+    /// The text of `name`, if set.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.items
             .iter()
@@ -85,6 +92,7 @@ impl Params {
         }
     }
 
+    /// Every (name, value), in the order they were set.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.items
             .iter()

@@ -8,17 +8,21 @@ use std::path::PathBuf;
 
 use crate::{ParamDef, Params, PluginError};
 
+/// What a codec input's `source=` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     /// The backend's moving test pattern.
     Test,
+    /// A media file (`FILE`), looped unless `loop=false`.
     File(PathBuf),
+    /// A video device (`v4l2:/dev/videoN`).
     Camera(PathBuf),
     /// rtp://, udp://, http(s)://, rtsp://, file://.
     Uri(String),
 }
 
 impl Source {
+    /// `test`, `v4l2:DEVICE`, a URI of a supported scheme, or a file path.
     pub fn parse(text: &str) -> Result<Source, PluginError> {
         let text = text.trim();
         if text.is_empty() {
@@ -57,6 +61,7 @@ impl Source {
         }
     }
 
+    /// The backend's test pattern.
     pub fn is_test(&self) -> bool {
         matches!(self, Source::Test)
     }

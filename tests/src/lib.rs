@@ -25,6 +25,7 @@ pub fn profile_dir() -> PathBuf {
     deps.parent().expect("profile folder").to_owned()
 }
 
+/// The `p2ner` binary `cargo build --workspace` made (target/{debug,release}/p2ner).
 pub fn p2ner_bin() -> PathBuf {
     let bin = profile_dir().join(format!("p2ner{}", std::env::consts::EXE_SUFFIX));
     assert!(
@@ -173,10 +174,12 @@ pub mod swarm;
 /// how tests make a source die mid-stream.
 pub struct UdpSender {
     child: std::process::Child,
+    /// The UDP port on 127.0.0.1 it sends to.
     pub port: u16,
 }
 
 impl UdpSender {
+    /// Starts sending to a free port.
     pub fn start() -> UdpSender {
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .and_then(|s| s.local_addr())

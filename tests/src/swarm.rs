@@ -2,85 +2,27 @@
 //! subscribers on loopback, optionally inside a private network namespace
 //! with kernel-level loss. Every process is killed when its handle drops.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub use p2ner_netns::Netns;
+
 use crate::p2ner_bin;
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A private network namespace, deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    /// `None` where namespaces cannot be made here (not root, no iproute2).
-    pub fn new() -> Option<Netns> {
-        let name = format!(
-            "p2sw-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            return None;
-        }
-        let ns = Netns { name };
-        let up = Command::new("ip")
-            .args(["-n", &ns.name, "link", "set", "lo", "up"])
-            .status()
-            .is_ok_and(|s| s.success());
-        up.then_some(ns)
-    }
-
-    /// Drops `pct`% of the UDP packets entering the namespace's loopback
-    /// (every packet between two local processes passes there once).
-    pub fn udp_loss(&self, pct: u32) -> bool {
-        let rules = format!(
-            "table netdev p2ner_loss {{\n chain ingress {{\n  type filter hook ingress device \"lo\" priority 0;\n  meta l4proto udp numgen random mod 100 < {pct} drop\n }}\n}}\n"
-        );
-        let Ok(mut child) = Command::new("ip")
-            .args(["netns", "exec", &self.name, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-        else {
-            return false;
-        };
-        let wrote = child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(rules.as_bytes())
-            .is_ok();
-        child.wait().is_ok_and(|s| s.success()) && wrote
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
 
 /// A child process killed (SIGKILL) on drop.
 pub struct Proc {
+    /// The process.
     pub child: Child,
+    /// Its name in the swarm's folder (`NAME.err`, `NAME.json`).
     pub name: String,
 }
 
 impl Proc {
+    /// Kills it now and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -95,14 +37,20 @@ impl Drop for Proc {
 
 /// One swarm's folder, server and processes.
 pub struct Swarm {
+    /// Every process's working folder, logs and stats.
     pub dir: tempfile::TempDir,
+    /// The namespace every process runs in, if any.
     pub netns: Option<Netns>,
+    /// The `p2ner server` process.
     pub server: Proc,
+    /// The address it listens on.
     pub server_addr: String,
+    /// `--plugin-dir`s every process gets.
     pub plugin_dirs: Vec<PathBuf>,
 }
 
 impl Swarm {
+    /// Starts the swarm's server (in `netns` if given).
     pub fn start(netns: Option<Netns>) -> Swarm {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut server = spawn_in(
@@ -124,6 +72,7 @@ impl Swarm {
         }
     }
 
+    /// A file in the swarm's folder.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -241,11 +190,7 @@ pub fn spawn_in(
 ) -> Proc {
     let bin = p2ner_bin();
     let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &ns.name]).arg(&bin);
-            c
-        }
+        Some(ns) => ns.exec(&bin),
         None => Command::new(&bin),
     };
     let err = std::fs::File::create(dir.join(format!("{name}.err"))).expect("stderr file");
@@ -283,6 +228,7 @@ fn first_line(out: impl std::io::Read + Send + 'static, limit: Duration) -> Opti
     rx.recv_timeout(limit).ok().filter(|l| !l.is_empty())
 }
 
+/// The number `key` of a JSON object; panics naming it if absent.
 pub fn f(v: &Value, key: &str) -> f64 {
     v[key]
         .as_f64()

@@ -1,5 +1,7 @@
 //! The `p2ner` command line.
 
+#![forbid(unsafe_code)]
+
 mod demo;
 mod plugins;
 mod server;
@@ -19,7 +21,7 @@ use p2ner_engine::plugins::PluginOptions;
     version,
     about = "Peer-to-peer live video streaming, built for experiments"
 )]
-pub struct Cli {
+struct Cli {
     /// Add a folder to the front of the plugin search path (repeatable).
     #[arg(long = "plugin-dir", value_name = "DIR", global = true)]
     pub plugin_dirs: Vec<PathBuf>,
@@ -42,7 +44,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+enum Command {
     /// List, inspect and check plugin libraries.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),

@@ -53,6 +53,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeMessageError
 /// Decode one datagram as a receiver would, for fuzzing: must never panic.
 /// A datagram that decodes must re-encode to the same bytes and must go
 /// through reassembly without trouble. Returns whether it decoded.
+#[cfg(any(test, fuzzing, feature = "fuzz"))]
 pub fn fuzz_decode(data: &[u8]) -> bool {
     let Ok(p) = wire::decode(data, 65_535) else {
         return false;

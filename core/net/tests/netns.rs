@@ -4,93 +4,11 @@
 //! `ip netns exec`. Skipped, with a message, where namespaces cannot be
 //! created (not root, no iproute2/nftables).
 
+use p2ner_netns::Netns;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A network namespace deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Option<Netns> {
-        let name = format!(
-            "p2nt-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            return None;
-        }
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        Some(ns)
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let st = Command::new("ip")
-            .arg("-n")
-            .arg(&self.name)
-            .args(args)
-            .status()
-            .expect("ip");
-        assert!(st.success(), "ip {args:?} failed");
-    }
-
-    fn exec(&self, prog: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, prog]);
-        c
-    }
-
-    /// Drop `pct`% of UDP packets entering lo (both directions pass there).
-    fn nft_loss(&self, pct: u32) -> bool {
-        let rules = format!(
-            "table netdev p2ner_loss {{\n chain ingress {{\n  type filter hook ingress device \"lo\" priority 0;\n  meta l4proto udp numgen random mod 100 < {pct} drop\n }}\n}}\n"
-        );
-        let Ok(mut child) = self
-            .exec("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-        else {
-            return false;
-        };
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(rules.as_bytes())
-            .unwrap();
-        child.wait().is_ok_and(|s| s.success())
-    }
-
-    fn tbf(&self, rate: &str, latency: &str) -> bool {
-        self.exec("tc")
-            .args(["qdisc", "add", "dev", "lo", "root", "tbf", "rate", rate])
-            .args(["burst", "3000", "latency", latency])
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
 
 fn skip(why: &str) {
     eprintln!("SKIPPED: {why}");
@@ -163,7 +81,7 @@ fn kernel_loss_transfer_completes_and_degrades_gracefully() {
         let Some(ns) = Netns::new() else {
             return skip("cannot create a network namespace (needs root and iproute2)");
         };
-        if pct > 0 && !ns.nft_loss(pct) {
+        if pct > 0 && !ns.udp_loss(pct) {
             return skip("nftables netdev ingress rule could not be installed");
         }
         let chunks = 300;

@@ -104,10 +104,12 @@ impl Identity {
         Ok(Identity::from_secret(secret))
     }
 
+    /// The public half, which servers and subscribers know the publisher by.
     pub fn public_key(&self) -> PublicKey {
         PublicKey(self.key.verifying_key().to_bytes())
     }
 
+    /// Signs `message` (ed25519).
     pub fn sign(&self, message: &[u8]) -> Signature {
         Signature(self.key.sign(message).to_bytes())
     }
@@ -131,10 +133,12 @@ impl PublicKey {
         key.verify_strict(message, &sig).is_ok()
     }
 
+    /// The key in lower-case hex (64 digits), as `p2ner streams` shows it.
     pub fn to_hex(&self) -> String {
         hex(&self.0)
     }
 
+    /// A key from [`PublicKey::to_hex`]'s text; `None` if it is not 64 hex digits.
     pub fn from_hex(text: &str) -> Option<Self> {
         let bytes = unhex(text)?;
         Some(PublicKey(bytes.try_into().ok()?))

@@ -11,6 +11,10 @@
 //! no database. The network layer (`p2ner-net`) carries these bytes; the
 //! server (`p2ner-server`) and the engine (`p2ner-engine`) speak them.
 
+#![forbid(unsafe_code)]
+// Printing is the binary's business.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod identity;
 pub mod peer;
 pub mod server;

@@ -16,18 +16,26 @@ use p2ner_plugin_api::Link;
 pub const VERSION: u8 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A control message between two peers of one stream.
 pub struct Envelope {
+    /// [`VERSION`]; [`decode`] refuses any other.
     pub version: u8,
+    /// The stream's id on the wire (a hash of its catalogue id).
     pub stream: u64,
+    /// The sender's peer id.
     pub from: u64,
+    /// What it says.
     pub msg: PeerMsg,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What one peer says to another, inside an [`Envelope`].
 pub enum PeerMsg {
     /// "Be my neighbour": `up`/`down` is the link as the sender sees it.
     Hello {
+        /// The sender sends media on this link.
         up: bool,
+        /// The sender receives media on this link.
         down: bool,
     },
     /// The answer to a `Hello`: the link is open on both sides.
@@ -36,16 +44,21 @@ pub enum PeerMsg {
     Bye,
     /// The sender changed the media direction of the link.
     SetLink {
+        /// The sender sends media on this link.
         up: bool,
+        /// The sender receives media on this link.
         down: bool,
     },
     /// Liveness, sent when nothing else was sent to the neighbour for a while.
     Ping,
+    /// A message of the stream's overlay plugin, opaque here.
     Overlay(Vec<u8>),
+    /// A message of the stream's scheduler plugin, opaque here.
     Scheduler(Vec<u8>),
 }
 
 impl PeerMsg {
+    /// `Hello` for a link as the sender sees it.
     pub fn hello(link: Link) -> Self {
         PeerMsg::Hello {
             up: link.upstream,
@@ -62,10 +75,12 @@ pub fn mirror(up: bool, down: bool) -> Link {
     }
 }
 
+/// The envelope as postcard bytes (one reliable or unreliable message).
 pub fn encode(env: &Envelope) -> Vec<u8> {
     postcard::to_allocvec(env).expect("envelopes always serialise")
 }
 
+/// The envelope in `bytes`, if they are one of this [`VERSION`].
 pub fn decode(bytes: &[u8]) -> Option<Envelope> {
     let env: Envelope = postcard::from_bytes(bytes).ok()?;
     (env.version == VERSION).then_some(env)
@@ -74,9 +89,13 @@ pub fn decode(bytes: &[u8]) -> Option<Envelope> {
 /// A chunk's fields other than its sequence number and media.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkHeader {
+    /// Media time since the input started.
     pub pts_us: u64,
+    /// Media the chunk holds.
     pub duration_us: u32,
+    /// The chunk starts with a keyframe.
     pub keyframe: bool,
+    /// When the publisher captured it (wall clock, microseconds since the Unix epoch).
     pub capture_us: u64,
 }
 
@@ -100,7 +119,9 @@ pub fn seal_chunk(key: &Identity, stream: u64, seq: u64, h: &ChunkHeader, media:
 /// Why a chunk from the data channel was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkError {
+    /// Too short, another version, or a bad keyframe flag.
     Malformed,
+    /// The publisher's signature does not match (forged or altered).
     BadSignature,
 }
 

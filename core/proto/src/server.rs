@@ -33,6 +33,7 @@ pub const MAX_MESSAGE: usize = 1100;
 pub struct StreamId(pub String);
 
 impl StreamId {
+    /// The longest id a server accepts.
     pub const MAX_LEN: usize = 32;
 
     /// The default id of a stream: the first 8 bytes of
@@ -47,6 +48,7 @@ impl StreamId {
         StreamId(hex(&h.finalize()[..8]))
     }
 
+    /// 1 to [`StreamId::MAX_LEN`] characters out of `[a-z0-9_-]`.
     pub fn is_valid(&self) -> bool {
         !self.0.is_empty()
             && self.0.len() <= Self::MAX_LEN
@@ -56,6 +58,7 @@ impl StreamId {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -96,12 +99,16 @@ impl From<&str> for StreamId {
 /// name, version, and the parameters the publisher chose.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginRef {
+    /// The entry-point name (`pull`, `mesh`).
     pub name: String,
+    /// The component's version when the stream was published (semver).
     pub version: String,
+    /// Its parameters, as the publisher chose them.
     pub params: BTreeMap<String, String>,
 }
 
 impl PluginRef {
+    /// A reference without parameters.
     pub fn new(name: &str, version: &str) -> Self {
         PluginRef {
             name: name.to_owned(),
@@ -114,12 +121,19 @@ impl PluginRef {
 /// Everything a subscriber needs to build the stream's pipeline.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamParams {
+    /// Shown in browses.
     pub title: String,
+    /// Shown with `p2ner streams`; searched by a browse filter.
     pub description: String,
+    /// The stream's bitrate.
     pub bitrate_kbps: u32,
+    /// Media per chunk.
     pub chunk_ms: u32,
+    /// What a subscriber buffers before it starts playing.
     pub buffer_ms: u32,
+    /// The scheduler every peer loads.
     pub scheduler: PluginRef,
+    /// The overlay every peer loads.
     pub overlay: PluginRef,
     /// The input's codec description (e.g. `h264+opus 1280x720@30`).
     pub input: String,
@@ -130,6 +144,7 @@ pub struct StreamParams {
 /// Whether a stream's publisher is heartbeating.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Liveness {
+    /// The publisher heartbeats.
     Online,
     /// The publisher stopped heartbeating (or the server restarted and it has
     /// not heartbeated since); the stream expires if this lasts.
@@ -139,33 +154,48 @@ pub enum Liveness {
 /// One stream in full, as a joining client receives it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamInfo {
+    /// The stream's id.
     pub id: StreamId,
+    /// Who publishes it: only this key may change it.
     pub publisher: PublicKey,
     /// Where the publisher was last heard from (`None` until its first
     /// heartbeat reached this server).
     pub publisher_addr: Option<SocketAddr>,
+    /// What a subscriber builds its pipeline from.
     pub params: StreamParams,
+    /// Whether the publisher is heartbeating.
     pub liveness: Liveness,
+    /// Live peers in the swarm.
     pub peers: u32,
 }
 
 /// One line of a browse page: small, so that a page holds several.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamSummary {
+    /// The stream's id.
     pub id: StreamId,
+    /// Its title.
     pub title: String,
+    /// Its publisher.
     pub publisher: PublicKey,
+    /// Its scheduler's name.
     pub scheduler: String,
+    /// Its overlay's name.
     pub overlay: String,
+    /// Its bitrate.
     pub bitrate_kbps: u32,
+    /// Live peers in the swarm.
     pub peers: u32,
+    /// Whether the publisher is heartbeating.
     pub liveness: Liveness,
 }
 
 /// A live peer of a swarm, at the UDP address the server saw it from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerEntry {
+    /// The id the peer joined with (random, never [`PUBLISHER_PEER_ID`] but for the publisher).
     pub peer_id: u64,
+    /// Where the server heard it from: where its neighbours reach it.
     pub addr: SocketAddr,
     /// The stream's publisher (peer id [`PUBLISHER_PEER_ID`]); always in a
     /// sample while it is online, so the first joiner has someone to reach.
@@ -181,23 +211,32 @@ pub const PUBLISHER_PEER_ID: u64 = 0;
 pub enum SignedOp {
     /// Create the stream, or (same key) replace its parameters.
     Register {
+        /// The stream's id (derived by default, see [`StreamId::derive`]).
         id: StreamId,
+        /// Its parameters.
         params: StreamParams,
     },
+    /// Replace the parameters of an existing stream.
     Update {
+        /// The stream.
         id: StreamId,
+        /// Its new parameters.
         params: StreamParams,
     },
+    /// Delete the stream.
     Remove {
+        /// The stream.
         id: StreamId,
     },
     /// "I am alive, at the address you see this from."
     Heartbeat {
+        /// The stream.
         id: StreamId,
     },
 }
 
 impl SignedOp {
+    /// The stream the operation is about.
     pub fn stream(&self) -> &StreamId {
         match self {
             SignedOp::Register { id, .. }
@@ -213,9 +252,13 @@ impl SignedOp {
 /// must exceed every counter the server accepted from this key before.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signed {
+    /// The publisher's key, which signed.
     pub key: PublicKey,
+    /// Above every counter accepted from this key before (replay protection).
     pub counter: u64,
+    /// What the owner asks for.
     pub op: SignedOp,
+    /// The signature over domain, key, counter and operation.
     pub sig: Signature,
 }
 
@@ -231,6 +274,7 @@ impl Signed {
         m
     }
 
+    /// Signs `op` with `identity` under `counter`.
     pub fn new(identity: &Identity, counter: u64, op: SignedOp) -> Self {
         let key = identity.public_key();
         let sig = identity.sign(&Self::message(&key, counter, &op));
@@ -242,6 +286,7 @@ impl Signed {
         }
     }
 
+    /// True if `sig` is `key`'s signature of this operation and counter.
     pub fn verify(&self) -> bool {
         self.key
             .verify(&Self::message(&self.key, self.counter, &self.op), &self.sig)
@@ -249,39 +294,54 @@ impl Signed {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What a client asks a server (one datagram, see [`encode`]).
 pub enum Request {
     /// Boxed: it is several times larger than every other request.
     Signed(Box<Signed>),
     /// Add me (at the address you see) to the swarm; answer the stream's
     /// parameters and a sample of peers.
     Join {
+        /// The stream to join.
         stream: StreamId,
+        /// The joiner's peer id.
         peer_id: u64,
     },
     /// Another sample of peers (for a client that wants more than one
     /// [`Response::Joined`] held, or lost its neighbours).
     Peers {
+        /// The stream.
         stream: StreamId,
+        /// The asker's peer id.
         peer_id: u64,
     },
     /// Keeps a peer listed; re-adds it if the server forgot it (restart).
     PeerHeartbeat {
+        /// The stream.
         stream: StreamId,
+        /// The peer's id.
         peer_id: u64,
     },
+    /// Leave the swarm now instead of expiring.
     Leave {
+        /// The stream.
         stream: StreamId,
+        /// The peer's id.
         peer_id: u64,
     },
     /// Streams whose id, title or description contains `filter`
     /// (case-insensitive), in id order, from position `offset`.
     Browse {
+        /// Case-insensitive text to look for; empty: every stream.
         filter: String,
+        /// Position of the first stream of the page.
         offset: u32,
     },
+    /// One stream in full.
     Info {
+        /// The stream.
         stream: StreamId,
     },
+    /// The server's counters ([`ServerStats`]).
     Stats,
 }
 
@@ -307,12 +367,15 @@ impl Request {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Why a server refused a request (in [`Response::Error`]).
 pub enum ErrorCode {
     /// The request used another protocol version.
     Version,
+    /// No such stream.
     NotFound,
     /// The stream belongs to another key.
     NotOwner,
+    /// A signature did not verify.
     BadSignature,
     /// The counter was not above the last one accepted from this key.
     Replay,
@@ -327,28 +390,44 @@ pub enum ErrorCode {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A server's answer to one [`Request`].
 pub enum Response {
+    /// Done (update, remove, heartbeat, leave).
     Ok,
+    /// The stream is registered under this id.
     Registered {
+        /// The stream's id.
         id: StreamId,
     },
+    /// Joined: the stream and a sample of peers to connect to.
     Joined {
+        /// The stream in full.
         info: StreamInfo,
+        /// A sample of its live peers (the publisher among them while it is online).
         peers: Vec<PeerEntry>,
     },
+    /// Another sample of peers.
     Peers {
+        /// The sample.
         peers: Vec<PeerEntry>,
     },
+    /// One page of a browse.
     Page(Page),
+    /// One stream in full.
     Info(StreamInfo),
+    /// The server's counters.
     Stats(ServerStats),
+    /// The request was refused.
     Error {
+        /// Why, for programs.
         code: ErrorCode,
+        /// Why, for people.
         message: String,
     },
 }
 
 impl Response {
+    /// A [`Response::Error`].
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
         Response::Error {
             code,
@@ -360,6 +439,7 @@ impl Response {
 /// One page of a browse.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Page {
+    /// The streams of this page.
     pub items: Vec<StreamSummary>,
     /// Offset of the next page, if there is one.
     pub next: Option<u32>,
@@ -370,6 +450,7 @@ pub struct Page {
 /// What a server counts, answered to [`Request::Stats`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerStats {
+    /// Seconds since the server started.
     pub uptime_s: u64,
     /// Requests decoded and answered.
     pub requests: u64,
@@ -384,8 +465,11 @@ pub struct ServerStats {
     /// Datagrams the network layer dropped before they became requests
     /// (bad magic, version, length, ...).
     pub net_malformed: u64,
+    /// Streams in the catalogue.
     pub streams: u32,
+    /// Streams whose publisher is heartbeating.
     pub online_streams: u32,
+    /// Live peers over all swarms.
     pub live_peers: u32,
 }
 
@@ -399,9 +483,11 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 /// Why a payload was not a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
+    /// No bytes at all.
     Empty,
     /// Another protocol version (the byte it carried).
     Version(u8),
+    /// Not a message of this version (or bytes after it).
     Malformed,
 }
 

@@ -19,6 +19,10 @@
 //!   engine depends on it, so that a library that only joins streams never
 //!   links a database.
 
+#![forbid(unsafe_code)]
+// Printing is the binary's business.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod client;
 #[cfg(feature = "server")]
 pub mod limits;

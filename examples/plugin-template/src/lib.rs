@@ -18,9 +18,12 @@ pub struct RoundRobin {
     next: usize,
 }
 
+/// The one parameter, written once: declared in `register`, read in `new`.
+const FANOUT: ParamDef = ParamDef::new("fanout", "2", "how many neighbours get each chunk");
+
 impl RoundRobin {
     pub fn new(params: &Params) -> Result<Self, PluginError> {
-        let fanout: usize = params.parse_or("fanout", 2)?;
+        let fanout: usize = FANOUT.parse(params)?;
         if fanout == 0 {
             return Err(PluginError::new("fanout must be at least 1"));
         }
@@ -71,7 +74,7 @@ fn register(lib: &mut Registrar) {
             env!("CARGO_PKG_VERSION"),
             "pushes each new chunk to the next neighbours in turn",
         )
-        .param("fanout", "2", "how many neighbours get each chunk"),
+        .params(&[FANOUT]),
         RoundRobin::new,
     );
 }

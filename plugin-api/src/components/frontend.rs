@@ -14,13 +14,21 @@ use crate::{ComponentInfo, Params, PluginError};
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq, Default)]
 pub struct StreamSummary {
+    /// The stream's id (what `p2ner subscribe` takes).
     pub id: RString,
+    /// Its title.
     pub title: RString,
+    /// The server it is listed on (`ip:port`).
     pub server: RString,
+    /// The publisher's public key, in hex.
     pub publisher: RString,
+    /// The scheduler every peer of the stream runs.
     pub scheduler: RString,
+    /// The overlay every peer of the stream runs.
     pub overlay: RString,
+    /// The stream's bitrate.
     pub bitrate_kbps: u32,
+    /// Live peers the server knows.
     pub peers: u32,
 }
 
@@ -78,10 +86,12 @@ impl EngineControl {
         self.clone().0
     }
 
+    /// The servers this engine knows (`ip:port`).
     pub fn servers(&self) -> Vec<String> {
         self.0.servers().into_iter().map(String::from).collect()
     }
 
+    /// Browses `servers` (all known ones when empty).
     pub fn streams(&self, servers: &[&str]) -> Result<Vec<StreamSummary>, String> {
         let servers = servers.iter().map(|s| RString::from(*s)).collect();
         self.0
@@ -91,6 +101,7 @@ impl EngineControl {
             .map_err(String::from)
     }
 
+    /// Publishes a stream; returns its id.
     pub fn publish(&self, request: &Params) -> Result<String, String> {
         self.0
             .publish(request)
@@ -99,6 +110,7 @@ impl EngineControl {
             .map_err(String::from)
     }
 
+    /// Subscribes to a stream; returns a session id.
     pub fn subscribe(&self, request: &Params) -> Result<String, String> {
         self.0
             .subscribe(request)
@@ -107,6 +119,7 @@ impl EngineControl {
             .map_err(String::from)
     }
 
+    /// Ends a publication or subscription by id.
     pub fn unsubscribe(&self, id: &str) -> Result<(), String> {
         self.0
             .unsubscribe(id.into())
@@ -114,10 +127,12 @@ impl EngineControl {
             .map_err(String::from)
     }
 
+    /// Every installed component.
     pub fn plugins(&self) -> Vec<ComponentInfo> {
         self.0.plugins().into_vec()
     }
 
+    /// Engine, stream and neighbour statistics as one JSON object.
     pub fn stats_json(&self) -> String {
         self.0.stats_json().into()
     }
@@ -129,14 +144,18 @@ impl EngineControl {
 /// run their own threads, started in [`Frontend::start`] and joined in
 /// [`Frontend::stop`], and never an async runtime.
 pub trait Frontend: Send + 'static {
+    /// Starts serving, with the engine to drive.
     fn start(&mut self, engine: EngineControl) -> Result<(), PluginError>;
+    /// Stops serving and joins the frontend's threads.
     fn stop(&mut self) -> Result<(), PluginError>;
 }
 
 /// The boundary face of [`Frontend`].
 #[sabi_trait]
 pub trait FrontendAbi: Send {
+    /// [`Frontend::start`].
     fn start(&mut self, engine: EngineControlArc) -> RResult<(), PluginError>;
+    /// [`Frontend::stop`].
     #[sabi(last_prefix_field)]
     fn stop(&mut self) -> RResult<(), PluginError>;
 }

@@ -13,6 +13,7 @@ use crate::{MediaChunk, PluginError, StreamFormat};
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputState {
+    /// More chunks will come.
     Live,
     /// The source ended (a file without looping); the stream winds down.
     Ended,
@@ -28,6 +29,7 @@ pub trait Input: Send + 'static {
     fn start(&mut self, now_us: u64) -> Result<StreamFormat, PluginError>;
     /// Appends every chunk that is complete at `now_us` to `out`.
     fn poll(&mut self, now_us: u64, out: &mut RVec<MediaChunk>) -> Result<InputState, PluginError>;
+    /// Closes the source and joins the input's threads.
     fn stop(&mut self) -> Result<(), PluginError> {
         Ok(())
     }
@@ -36,9 +38,12 @@ pub trait Input: Send + 'static {
 /// The boundary face of [`Input`].
 #[sabi_trait]
 pub trait InputAbi: Send {
+    /// [`Input::start`].
     fn start(&mut self, now_us: u64) -> RResult<StreamFormat, PluginError>;
+    /// [`Input::poll`].
     fn poll(&mut self, now_us: u64, out: &mut RVec<MediaChunk>)
         -> RResult<InputState, PluginError>;
+    /// [`Input::stop`].
     #[sabi(last_prefix_field)]
     fn stop(&mut self) -> RResult<(), PluginError>;
 }

@@ -13,10 +13,15 @@ use crate::{PluginError, StreamFormat};
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkRef<'a> {
+    /// The chunk's sequence number in the stream.
     pub seq: u64,
+    /// Media time since the input started.
     pub pts_us: u64,
+    /// Media the chunk holds.
     pub duration_us: u32,
+    /// The chunk starts with a keyframe: a decoder can start here.
     pub keyframe: bool,
+    /// The media bytes, as the input produced them.
     pub data: RSlice<'a, u8>,
 }
 
@@ -24,7 +29,9 @@ pub struct ChunkRef<'a> {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq, Default)]
 pub struct OutputReport {
+    /// Chunks pushed.
     pub chunks: u64,
+    /// Media bytes pushed.
     pub bytes: u64,
     /// Chunks announced missing through [`Output::gap`].
     pub gaps: u64,
@@ -39,9 +46,11 @@ pub struct OutputReport {
 /// Chunks arrive in order, at their play-out deadline. Creating an output
 /// must be cheap; files and windows are opened by [`Output::start`].
 pub trait Output: Send + 'static {
+    /// Opens what the output writes to, for a stream of `format`.
     fn start(&mut self, _format: &StreamFormat) -> Result<(), PluginError> {
         Ok(())
     }
+    /// The next chunk, at its play-out deadline.
     fn push(&mut self, chunk: ChunkRef<'_>) -> Result<(), PluginError>;
     /// Chunk `seq` missed its deadline and will never come: resynchronise.
     fn gap(&mut self, _seq: u64) -> Result<(), PluginError> {
@@ -56,10 +65,14 @@ pub trait Output: Send + 'static {
 /// The boundary face of [`Output`].
 #[sabi_trait]
 pub trait OutputAbi: Send {
+    /// [`Output::start`].
     fn start(&mut self, format: &StreamFormat) -> RResult<(), PluginError>;
-    /// By reference: one pointer crosses the boundary instead of the struct.
+    /// [`Output::push`], by reference: one pointer crosses the boundary
+    /// instead of the struct.
     fn push(&mut self, chunk: &ChunkRef<'_>) -> RResult<(), PluginError>;
+    /// [`Output::gap`].
     fn gap(&mut self, seq: u64) -> RResult<(), PluginError>;
+    /// [`Output::finish`].
     #[sabi(last_prefix_field)]
     fn finish(&mut self) -> RResult<OutputReport, PluginError>;
 }

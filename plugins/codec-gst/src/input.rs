@@ -15,6 +15,7 @@ use crate::{Chunker, Source};
 /// Audio is Opus at a fixed rate; the video encoder gets the rest.
 const AUDIO_KBPS: u32 = 64;
 
+/// The `gst` input.
 pub struct GstInput {
     source: Source,
     source_text: String,
@@ -45,6 +46,8 @@ struct Running {
 }
 
 impl GstInput {
+    /// An input with the given parameters ([`CodecSettings`]); nothing is
+    /// opened before start.
     pub fn new(params: &Params) -> Result<Self, PluginError> {
         let CodecSettings {
             source,

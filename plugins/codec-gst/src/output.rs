@@ -9,6 +9,7 @@ use gstreamer_app as gst_app;
 use p2ner_plugin_api::prelude::*;
 use p2ner_plugin_api::source::Sink;
 
+/// The `gst` output.
 pub struct GstOutput {
     sink: Sink,
     running: Option<Running>,
@@ -28,6 +29,8 @@ struct Running {
 const TS_CAPS: &str = "video/mpegts,systemstream=true,packetsize=188";
 
 impl GstOutput {
+    /// An output with the given parameters (`sink`); nothing is opened
+    /// before start.
     pub fn new(params: &Params) -> Result<Self, PluginError> {
         let sink = Sink::from_params(params)?;
         Ok(GstOutput {

@@ -31,6 +31,7 @@ pub struct Synthetic {
 }
 
 impl Synthetic {
+    /// An input with the given parameters (see the table above).
     pub fn new(params: &Params) -> Result<Self, PluginError> {
         let bitrate_kbps: u32 = BITRATE_KBPS.parse(params)?;
         let chunk_ms: u32 = CHUNK_MS.parse(params)?;

@@ -19,6 +19,7 @@ const FROM_KEYFRAME: ParamDef = ParamDef::new(
     "start on a keyframe and skip to the next one after a missing chunk",
 );
 
+/// The `file` output.
 pub struct FileOutput {
     path: PathBuf,
     from_keyframe: bool,
@@ -30,6 +31,8 @@ pub struct FileOutput {
 }
 
 impl FileOutput {
+    /// An output with the given parameters (`path`, `from_keyframe`); the
+    /// file is created at start.
     pub fn new(params: &Params) -> Result<Self, PluginError> {
         let path = PATH.get(params);
         if path.is_empty() {

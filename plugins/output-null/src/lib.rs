@@ -14,6 +14,7 @@ const VERIFY: ParamDef = ParamDef::new(
     "check each chunk against the synthetic test signal",
 );
 
+/// The `null` output.
 #[derive(Default)]
 pub struct Null {
     verify: bool,
@@ -21,6 +22,7 @@ pub struct Null {
 }
 
 impl Null {
+    /// An output with the given parameters (`verify`).
     pub fn new(params: &Params) -> Result<Self, PluginError> {
         Ok(Null {
             verify: VERIFY.parse(params)?,
