@@ -278,3 +278,24 @@ pub fn discover(path: &Path) -> (String, u32, u32, f64) {
         secs,
     )
 }
+
+/// Subscriber uploads (kbit/s) in three classes, 0.5x, 1x and 1.6x of a
+/// base, scaled so that the stream's rate is `load` times the fluid bound
+/// `min(u_s, (u_s + sum u_i) / n)` (Kumar, Liu, Ross 2007): the regime of
+/// residential uplinks, where a swarm has little upload to spare. Subscriber
+/// `i` gets class `i % 3`.
+pub fn caps_for_load(bitrate_kbps: u64, n: usize, source_kbps: u64, load: f64) -> Vec<u64> {
+    let classes = [0.5, 1.0, 1.6];
+    let mean = classes.iter().sum::<f64>() / classes.len() as f64;
+    let per_peer = bitrate_kbps as f64 / load - source_kbps as f64 / n as f64;
+    let base = per_peer / mean;
+    classes.iter().map(|c| (c * base).round() as u64).collect()
+}
+
+/// The fluid bound for a publisher uploading `source_kbps` and subscribers
+/// uploading `peers_kbps`, kbit/s.
+pub fn fluid_bound(source_kbps: u64, peers_kbps: &[u64]) -> f64 {
+    let n = peers_kbps.len().max(1) as f64;
+    let total = source_kbps as f64 + peers_kbps.iter().sum::<u64>() as f64;
+    (source_kbps as f64).min(total / n)
+}

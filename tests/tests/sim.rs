@@ -77,17 +77,6 @@ fn runs_are_deterministic_for_a_seed() {
     assert_ne!(a.subscribers, c.subscribers);
 }
 
-/// Subscriber uploads in three classes (0.5x, 1x and 1.6x of a base) scaled
-/// so that the stream's rate is `load` times the fluid bound
-/// `min(u_s, (u_s + sum u_i) / n)` (Kumar, Liu, Ross 2007).
-fn caps_for_load(bitrate_kbps: u64, n: usize, source_kbps: u64, load: f64) -> Vec<u64> {
-    let classes = [0.5, 1.0, 1.6];
-    let mean = classes.iter().sum::<f64>() / classes.len() as f64;
-    let per_peer = bitrate_kbps as f64 / load - source_kbps as f64 / n as f64;
-    let base = per_peer / mean;
-    classes.iter().map(|c| (c * base).round() as u64).collect()
-}
-
 fn capped(scheduler: &str, overlay: &str, load: f64, n: usize) -> SimConfig {
     SimConfig {
         subscribers: n,

@@ -414,9 +414,12 @@ impl Pull {
         // a chunk later on the requester's play-out clock.
         let first = seqs.iter().copied().min().unwrap_or(0);
         let chunk_us = self.chunk_us();
+        // A requester that is not playing yet (no deadline) is served from
+        // spare upload only: a short queue, so that joiners never make the
+        // peers already playing miss chunks.
         let slack = |seq: u64| match slack_ms {
-            u16::MAX => self.max_wait_us,
-            ms => (ms as u64 * 1000 + (seq - first).saturating_mul(chunk_us)),
+            u16::MAX => self.max_wait_us / 3,
+            ms => ms as u64 * 1000 + (seq - first).saturating_mul(chunk_us),
         };
         let mut refused = Vec::new();
         for seq in seqs {
