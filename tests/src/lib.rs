@@ -299,3 +299,22 @@ pub fn fluid_bound(source_kbps: u64, peers_kbps: &[u64]) -> f64 {
     let total = source_kbps as f64 + peers_kbps.iter().sum::<u64>() as f64;
     (source_kbps as f64).min(total / n)
 }
+
+/// A registry holding only the libraries a simulation needs (the built-in
+/// schedulers and overlays, the synthetic input, the null output), so that a
+/// simulated run is about them alone.
+pub fn sim_registry() -> p2ner_engine::plugins::Registry {
+    let libs = [
+        "p2ner_scheduler_pull",
+        "p2ner_scheduler_push",
+        "p2ner_overlay_mesh",
+        "p2ner_overlay_tree",
+        "p2ner_input_synthetic",
+        "p2ner_output_null",
+    ]
+    .map(builtin_plugin);
+    let dir = plugin_dir(&libs.iter().map(|p| p.as_path()).collect::<Vec<_>>());
+    let registry = p2ner_engine::plugins::Registry::load_dirs(&[dir.path()]);
+    assert!(registry.problems().is_empty(), "{:?}", registry.problems());
+    registry
+}

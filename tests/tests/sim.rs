@@ -7,21 +7,8 @@ use p2ner_engine::sim::{self, SimConfig, SimResult};
 use p2ner_engine::stream::Summary;
 use p2ner_tests::*;
 
-/// Only the libraries a sim needs, so the test is about them alone.
 fn registry() -> Registry {
-    let libs = [
-        "p2ner_scheduler_pull",
-        "p2ner_scheduler_push",
-        "p2ner_overlay_mesh",
-        "p2ner_overlay_tree",
-        "p2ner_input_synthetic",
-        "p2ner_output_null",
-    ]
-    .map(builtin_plugin);
-    let dir = plugin_dir(&libs.iter().map(|p| p.as_path()).collect::<Vec<_>>());
-    let registry = Registry::load_dirs(&[dir.path()]);
-    assert!(registry.problems().is_empty(), "{:?}", registry.problems());
-    registry
+    sim_registry()
 }
 
 fn run(cfg: &SimConfig) -> SimResult {

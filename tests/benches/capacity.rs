@@ -1,0 +1,180 @@
+//! The capacity benchmark: how close to the fluid bound each scheduler x
+//! overlay pair plays, in the simulator and as real processes on loopback.
+//!
+//! One publisher uploading 2x the bitrate and N subscribers whose upload caps
+//! come in three classes (0.5x, 1x and 1.6x of a base), scaled so that the
+//! stream is `load` times the fluid bound `min(u_s, (u_s + sum u_i) / n)`
+//! (Kumar, Liu, Ross 2007). Real runs cap every process with the engine's
+//! `--upload-kbps`; the simulator runs the same plugin libraries over links of
+//! the same rates. Per load and pair it prints continuity mean / min / p10,
+//! startup median, lag p95, overhead, the achieved rate over the fluid bound
+//! (continuity x load) and the simulated-minus-real mean continuity.
+//!
+//! Knobs (environment): `P2NER_BENCH_SUBSCRIBERS` (50), `P2NER_BENCH_SECS`
+//! (30), `P2NER_BENCH_LOADS` ("0.5,0.7,0.8,0.9,0.95"), `P2NER_BENCH_PAIRS`
+//! ("pull:mesh,push:mesh,pull:tree,push:tree"), `P2NER_BENCH_REAL` (1; 0:
+//! the simulator only). Run with `cargo bench -p p2ner-tests --bench capacity`.
+
+use std::time::Duration;
+
+use p2ner_engine::sim::{self, SimConfig};
+use p2ner_engine::stream::percentile;
+use p2ner_plugin_api::Params;
+use p2ner_tests::swarm::{f, Proc, Swarm};
+use p2ner_tests::{caps_for_load, fluid_bound, sim_registry};
+
+const BITRATE_KBPS: u64 = 1000;
+const SOURCE_KBPS: u64 = 2000;
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// What one run measured, per subscriber.
+struct Figures {
+    continuity: Vec<f64>,
+    startup_ms: Vec<u64>,
+    lag95_ms: Vec<u64>,
+    overhead: Vec<f64>,
+}
+
+impl Figures {
+    fn mean(&self) -> f64 {
+        self.continuity.iter().sum::<f64>() / self.continuity.len().max(1) as f64
+    }
+
+    fn line(&self, load: f64) -> String {
+        let mut c = self.continuity.clone();
+        c.sort_by(f64::total_cmp);
+        let overhead = self.overhead.iter().sum::<f64>() / self.overhead.len().max(1) as f64;
+        format!(
+            "continuity mean {:.4} min {:.4} p10 {:.4} | startup median {:>5} ms | lag p95 {:>5} ms | overhead {:>5.1}% | achieved/bound {:.3} | {} subscribers",
+            self.mean(),
+            c.first().copied().unwrap_or(0.0),
+            c.get(c.len() / 10).copied().unwrap_or(0.0),
+            percentile(&self.startup_ms, 0.5).unwrap_or(0),
+            percentile(&self.lag95_ms, 0.95).unwrap_or(0),
+            100.0 * overhead,
+            self.mean() * load,
+            c.len()
+        )
+    }
+}
+
+fn simulated(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> Figures {
+    let cfg = SimConfig {
+        subscribers: n,
+        duration_us: secs * 1_000_000,
+        source_upload_kbps: SOURCE_KBPS,
+        peer_uploads_kbps: caps_for_load(BITRATE_KBPS, n, SOURCE_KBPS, load),
+        bitrate_kbps: BITRATE_KBPS as u32,
+        scheduler: (scheduler.into(), Params::new()),
+        overlay: (overlay.into(), Params::new()),
+        ..SimConfig::default()
+    };
+    let r = sim::run(&sim_registry(), &cfg).unwrap_or_else(|e| panic!("{e}"));
+    Figures {
+        continuity: r.subscribers.iter().map(|s| s.continuity).collect(),
+        startup_ms: r
+            .subscribers
+            .iter()
+            .filter_map(|s| s.startup_ms)
+            .map(|v| v as u64)
+            .collect(),
+        lag95_ms: r
+            .subscribers
+            .iter()
+            .filter_map(|s| s.lag_ms_p95)
+            .map(|v| v as u64)
+            .collect(),
+        overhead: r.subscribers.iter().map(|s| s.overhead).collect(),
+    }
+}
+
+fn real(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> Figures {
+    let caps = caps_for_load(BITRATE_KBPS, n, SOURCE_KBPS, load);
+    let s = Swarm::start(None);
+    let (_publisher, stream) = s.publish(&[
+        "--for",
+        &(secs + 30).to_string(),
+        "--bitrate",
+        &BITRATE_KBPS.to_string(),
+        "--upload-kbps",
+        &SOURCE_KBPS.to_string(),
+        "--scheduler",
+        scheduler,
+        "--overlay",
+        overlay,
+    ]);
+    let mut subs: Vec<Proc> = (0..n)
+        .map(|i| {
+            let cap = caps[i % caps.len()].to_string();
+            s.subscribe(
+                &format!("sub{i}"),
+                &stream,
+                secs as u32,
+                &["--upload-kbps", &cap],
+            )
+        })
+        .collect();
+    let sums: Vec<serde_json::Value> = subs
+        .iter_mut()
+        .filter_map(|p| {
+            s.summary(p, Duration::from_secs(secs + 60))
+                .map_err(|e| eprintln!("{e}"))
+                .ok()
+        })
+        .collect();
+    let ms = |key: &str| -> Vec<u64> {
+        sums.iter()
+            .filter_map(|v| v[key].as_f64())
+            .map(|x| x as u64)
+            .collect()
+    };
+    Figures {
+        continuity: sums.iter().map(|v| f(v, "continuity")).collect(),
+        startup_ms: ms("startup_ms"),
+        lag95_ms: ms("lag_ms_p95"),
+        overhead: sums.iter().map(|v| f(v, "overhead")).collect(),
+    }
+}
+
+fn main() {
+    let n: usize = env("P2NER_BENCH_SUBSCRIBERS", "50")
+        .parse()
+        .expect("a count");
+    let secs: u64 = env("P2NER_BENCH_SECS", "30").parse().expect("seconds");
+    let with_real = env("P2NER_BENCH_REAL", "1") != "0";
+    let loads: Vec<f64> = env("P2NER_BENCH_LOADS", "0.5,0.7,0.8,0.9,0.95")
+        .split(',')
+        .map(|l| l.trim().parse().expect("a load"))
+        .collect();
+    let pairs = env(
+        "P2NER_BENCH_PAIRS",
+        "pull:mesh,push:mesh,pull:tree,push:tree",
+    );
+    println!(
+        "capacity: 1 publisher at {SOURCE_KBPS} kbit/s, {n} subscribers in 3 upload classes, {BITRATE_KBPS} kbit/s synthetic, {secs} s per run"
+    );
+    for &load in &loads {
+        let caps = caps_for_load(BITRATE_KBPS, n, SOURCE_KBPS, load);
+        let all: Vec<u64> = (0..n).map(|i| caps[i % caps.len()]).collect();
+        println!(
+            "load {load}: subscriber caps {caps:?} kbit/s, fluid bound {:.0} kbit/s",
+            fluid_bound(SOURCE_KBPS, &all)
+        );
+        for pair in pairs.split(',') {
+            let (scheduler, overlay) = pair.split_once(':').expect("scheduler:overlay");
+            let sim = simulated(n, secs, load, scheduler, overlay);
+            println!("  {scheduler:>4} x {overlay:<4} sim : {}", sim.line(load));
+            if with_real {
+                let real = real(n, secs, load, scheduler, overlay);
+                println!("  {scheduler:>4} x {overlay:<4} real: {}", real.line(load));
+                println!(
+                    "  {scheduler:>4} x {overlay:<4} sim - real mean continuity: {:+.4}",
+                    sim.mean() - real.mean()
+                );
+            }
+        }
+    }
+}
