@@ -402,8 +402,9 @@ impl NetState {
         })
     }
 
-    /// Like [`NetState::poll_transmit`], appending up to `max` datagrams to
-    /// `out`; returns whether more may be ready at once (the batch filled).
+    /// Like [`NetState::poll_transmit`], appending datagrams to `out` until
+    /// it holds `max`; returns whether more may be ready at once (the batch
+    /// filled): send and clear `out`, then call again.
     pub fn poll_transmits(&mut self, now: u64, max: usize, out: &mut Datagrams) -> bool {
         let before = out.bytes();
         if !self.out.drained() {
@@ -1333,3 +1334,6 @@ impl NetState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
