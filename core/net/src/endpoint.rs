@@ -40,8 +40,6 @@ pub type Events = mpsc::Receiver<Event>;
 const RECV_BATCH: usize = 32;
 /// Datagrams taken from the state per send round.
 const SEND_BATCH: usize = 64;
-/// Busy rounds before yielding to other tasks.
-const ROUNDS_BEFORE_YIELD: u32 = 8;
 
 /// A handle to a bound endpoint; cheap to clone. The driver stops when the
 /// last clone is dropped.
@@ -84,6 +82,21 @@ struct Shared {
     /// The receiver of `Events` is gone: deliveries are discarded (and
     /// reliable messages still acknowledged, so peers do not retry).
     events_closed: bool,
+    /// When the driver will wake by itself (None: only when woken). An API
+    /// call wakes it only if the state now wants an earlier timeout, so a
+    /// control message sent from the caller's context costs no task switch.
+    armed: Option<u64>,
+}
+
+impl Shared {
+    /// Whether the driver must be woken to re-arm its timer.
+    fn needs_rearm(&self) -> bool {
+        match (self.net.poll_timeout(), self.armed) {
+            (Some(t), Some(a)) => t < a,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
 }
 
 impl Endpoint {
@@ -113,6 +126,7 @@ impl Endpoint {
             requests: HashMap::new(),
             stash: None,
             events_closed: false,
+            armed: None,
         };
         let inner = Arc::new(Inner {
             socket,
@@ -147,20 +161,30 @@ impl Endpoint {
     /// `Err(Unreachable)` after `max_tries` transmissions.
     pub async fn send_reliable(&self, to: SocketAddr, payload: Bytes) -> Result<(), SendError> {
         let now = self.inner.now_us();
-        let rx = {
+        let mut out = Datagrams::default();
+        let (rx, rearm) = {
             let mut sh = self.inner.lock();
             let sid = sh.net.send_reliable(now, to, payload)?;
-            self.inner.waiter(&mut sh, sid)
+            sh.net.poll_immediate(now, &mut out);
+            (self.inner.waiter(&mut sh, sid), sh.needs_rearm())
         };
-        self.inner.wake.notify_one();
+        self.inner.send_now(&out);
+        if rearm {
+            self.inner.wake.notify_one();
+        }
         rx.wait().await
     }
 
     /// Fire-and-forget control message.
     pub fn send_unreliable(&self, to: SocketAddr, payload: Bytes) -> Result<(), SendError> {
         let now = self.inner.now_us();
-        self.inner.lock().net.send_unreliable(now, to, &payload)?;
-        self.inner.wake.notify_one();
+        let mut out = Datagrams::default();
+        {
+            let mut sh = self.inner.lock();
+            sh.net.send_unreliable(now, to, &payload)?;
+            sh.net.poll_immediate(now, &mut out);
+        }
+        self.inner.send_now(&out);
         Ok(())
     }
 
@@ -172,14 +196,19 @@ impl Endpoint {
         timeout: Duration,
     ) -> Result<Bytes, SendError> {
         let now = self.inner.now_us();
-        let (sent, mut answer, rid) = {
+        let mut out = Datagrams::default();
+        let (sent, mut answer, rid, rearm) = {
             let mut sh = self.inner.lock();
             let (sid, rid) = sh.net.request(now, to, payload)?;
+            sh.net.poll_immediate(now, &mut out);
             let (tx, rx) = oneshot::channel();
             sh.requests.insert((to, rid), tx);
-            (self.inner.waiter(&mut sh, sid), rx, rid)
+            (self.inner.waiter(&mut sh, sid), rx, rid, sh.needs_rearm())
         };
-        self.inner.wake.notify_one();
+        self.inner.send_now(&out);
+        if rearm {
+            self.inner.wake.notify_one();
+        }
         struct Guard<'a>(&'a Inner, SocketAddr, u64);
         impl Drop for Guard<'_> {
             fn drop(&mut self) {
@@ -209,10 +238,19 @@ impl Endpoint {
     /// Answer an [`Event::Request`] (reliable; runs in the background).
     pub fn respond(&self, to: SocketAddr, request_id: u64, payload: Bytes) {
         let now = self.inner.now_us();
-        if let Err(e) = self.inner.lock().net.respond(now, to, request_id, payload) {
-            debug!(%to, request_id, "response failed: {e}");
+        let mut out = Datagrams::default();
+        let rearm = {
+            let mut sh = self.inner.lock();
+            if let Err(e) = sh.net.respond(now, to, request_id, payload) {
+                debug!(%to, request_id, "response failed: {e}");
+            }
+            sh.net.poll_immediate(now, &mut out);
+            sh.needs_rearm()
+        };
+        self.inner.send_now(&out);
+        if rearm {
+            self.inner.wake.notify_one();
         }
-        self.inner.wake.notify_one();
     }
 
     /// Queue a media chunk for congestion-controlled, paced, fragmented
@@ -402,6 +440,17 @@ impl Inner {
         }
     }
 
+    /// Send from the caller's context without waiting; a datagram the
+    /// kernel cannot take now is dropped like a lost one (control messages
+    /// are retransmitted or were fire-and-forget).
+    fn send_now(&self, out: &Datagrams) {
+        for t in out.iter() {
+            if let Err(err) = self.socket.try_send_to(t.bytes, t.to) {
+                trace!(to = %t.to, "send failed: {err}");
+            }
+        }
+    }
+
     async fn flush(&self, out: &mut Datagrams) {
         for t in out.iter() {
             if let Err(err) = self.socket.send_to(t.bytes, t.to).await {
@@ -416,16 +465,13 @@ impl Inner {
 async fn drive(inner: Arc<Inner>) {
     let mut buf = vec![0u8; 65_536];
     let mut out = Datagrams::default();
-    let mut rounds = 0;
     loop {
         // Receive whatever is waiting (never blocks).
         let mut n = 0;
-        let mut got = false;
         while n < RECV_BATCH {
             match inner.socket.try_recv_from(&mut buf) {
                 Ok((len, from)) => {
                     n += 1;
-                    got = true;
                     let now = inner.now_us();
                     inner.lock().net.handle_datagram(now, from, &buf[..len]);
                 }
@@ -440,8 +486,9 @@ async fn drive(inner: Arc<Inner>) {
         let now = inner.now_us();
         let (timeout, changed, stashed, more) = {
             let mut sh = inner.lock();
-            if got && n < RECV_BATCH {
-                // The socket ran dry: ack what we have.
+            if n < RECV_BATCH {
+                // The socket ran dry: ack what we have (also what an earlier
+                // full batch left unacked).
                 sh.net.flush_acks(now);
             }
             if sh.net.poll_timeout().is_some_and(|t| t <= now) {
@@ -449,21 +496,20 @@ async fn drive(inner: Arc<Inner>) {
             }
             let more = sh.net.poll_transmits(now, SEND_BATCH, &mut out);
             let changed = inner.process_events(&mut sh);
-            (sh.net.poll_timeout(), changed, sh.stash.is_some(), more)
+            let timeout = sh.net.poll_timeout();
+            sh.armed = timeout;
+            (timeout, changed, sh.stash.is_some(), more)
         };
         if changed {
             inner.capacity_changed.notify_waiters();
         }
         inner.flush(&mut out).await;
         if more || n >= RECV_BATCH {
-            rounds += 1;
-            if rounds >= ROUNDS_BEFORE_YIELD {
-                rounds = 0;
-                tokio::task::yield_now().await;
-            }
+            // Busy: let the application's tasks run (they read events and
+            // queue chunks), then go on without sleeping.
+            tokio::task::yield_now().await;
             continue;
         }
-        rounds = 0;
         let sleep = async {
             match timeout {
                 Some(t) => {

@@ -33,8 +33,7 @@ use crate::wire::{self, DataHeader, DecodeError, Packet, ReliableKind};
 use bytes::Bytes;
 use peer::{InFlight, Peer};
 use serde::Serialize;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 
 /// Data datagrams acked by the receiver every this many (and when the
@@ -219,9 +218,9 @@ pub struct NetState {
     pending: HashMap<SendId, Pending>,
     /// (peer, wire id) of pending sends, for acks and version rejects.
     by_wire: HashMap<(SocketAddr, u64), SendId>,
-    /// Retransmission timers; entries whose time no longer matches their
-    /// send's `timeout_at` (acked, or rescheduled) are skipped lazily.
-    timers: BinaryHeap<Reverse<(u64, SendId)>>,
+    /// Retransmission timers, removed when a send settles: a stale entry
+    /// would wake the driver for nothing (thousands per RTO under load).
+    timers: BTreeSet<(u64, SendId)>,
     next_send: u64,
     requests: HashSet<(SocketAddr, u64)>,
     next_request: u64,
@@ -258,7 +257,7 @@ impl NetState {
             drops: DropStats::default(),
             pending: HashMap::new(),
             by_wire: HashMap::new(),
-            timers: BinaryHeap::new(),
+            timers: BTreeSet::new(),
             next_send: 1,
             requests: HashSet::new(),
             next_request: 1,
@@ -320,17 +319,14 @@ impl NetState {
     /// Run the timers that are due: reliable retransmissions and failures,
     /// data loss detection, delayed acks, deadlines, reassembly expiry.
     pub fn handle_timeout(&mut self, now: u64) {
-        while let Some(&Reverse((at, sid))) = self.timers.peek() {
+        while let Some(&(at, sid)) = self.timers.first() {
             if at > now {
                 break;
             }
-            self.timers.pop();
+            self.timers.pop_first();
             let Some(p) = self.pending.get(&sid) else {
                 continue;
             };
-            if p.timeout_at != at {
-                continue;
-            }
             if p.tries >= self.cfg.max_tries.max(1) {
                 let (to, tries) = (p.to, p.tries);
                 if let Some(peer) = self.peers.get_mut(&to) {
@@ -406,8 +402,9 @@ impl NetState {
         })
     }
 
-    /// Like [`NetState::poll_transmit`], appending up to `max` datagrams to
-    /// `out`; returns whether more may be ready at once (the batch filled).
+    /// Like [`NetState::poll_transmit`], appending datagrams to `out` until
+    /// it holds `max`; returns whether more may be ready at once (the batch
+    /// filled): send and clear `out`, then call again.
     pub fn poll_transmits(&mut self, now: u64, max: usize, out: &mut Datagrams) -> bool {
         let before = out.bytes();
         if !self.out.drained() {
@@ -438,6 +435,24 @@ impl NetState {
         full || !self.out.drained()
     }
 
+    /// Only the datagrams that need no window (control messages, acks,
+    /// version rejects), appended to `out`; data stays with the scheduler.
+    /// Lets a driver send an API call's control message from the caller's
+    /// context at once, without waiting for its I/O loop, while data keeps
+    /// going out in order from one place.
+    pub fn poll_immediate(&mut self, now: u64, out: &mut Datagrams) {
+        let before = out.bytes();
+        while !self.out.drained() {
+            let (to, s, e) = self.out.dg.items[self.out.next];
+            self.out.next += 1;
+            let start = out.buf.len();
+            out.buf.extend_from_slice(&self.out.dg.buf[s..e]);
+            out.items.push((to, start, out.buf.len()));
+        }
+        self.out.reset();
+        self.meter.record(now, out.bytes() - before);
+    }
+
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<NetEvent> {
         let ev = self.events.pop_front()?;
@@ -454,7 +469,7 @@ impl NetState {
     pub fn poll_timeout(&self) -> Option<u64> {
         let mut t = self.data_wake;
         let mut at = |x: u64| t = Some(t.map_or(x, |y: u64| y.min(x)));
-        if let Some(Reverse((x, _))) = self.timers.peek() {
+        if let Some((x, _)) = self.timers.first() {
             at(*x);
         }
         if !self.ack_due.is_empty() {
@@ -698,14 +713,16 @@ impl NetState {
     }
 
     fn peer(&mut self, addr: SocketAddr, now: u64) -> Option<&mut Peer> {
-        if !self.peers.contains_key(&addr) {
-            if self.peers.len() >= self.cfg.max_peers {
-                self.drops.peer_limit += 1;
-                return None;
-            }
-            self.peers.insert(addr, Peer::new(&self.cfg, now));
+        if self.peers.len() >= self.cfg.max_peers && !self.peers.contains_key(&addr) {
+            self.drops.peer_limit += 1;
+            return None;
         }
-        self.peers.get_mut(&addr)
+        let cfg = &self.cfg;
+        Some(
+            self.peers
+                .entry(addr)
+                .or_insert_with(|| Peer::new(cfg, now)),
+        )
     }
 
     fn cap_bps(&self) -> Option<u64> {
@@ -864,14 +881,16 @@ impl NetState {
         let at = now + wait.max(1);
         if let Some(pend) = self.pending.get_mut(&sid) {
             pend.tries += 1;
+            self.timers.remove(&(pend.timeout_at, sid));
             pend.timeout_at = at;
         }
-        self.timers.push(Reverse((at, sid)));
+        self.timers.insert((at, sid));
     }
 
     /// Forget a reliable send (acked, failed or cancelled).
     fn settle(&mut self, sid: SendId) {
         if let Some(p) = self.pending.remove(&sid) {
+            self.timers.remove(&(p.timeout_at, sid));
             self.by_wire.remove(&(p.to, p.wire_id));
             if let Some(peer) = self.peers.get_mut(&p.to) {
                 peer.ids.settle(p.wire_id);
@@ -1315,3 +1334,6 @@ impl NetState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,266 @@
+//! The state machine's API contract, two states wired back to back (every
+//! datagram delivered instantly unless a test drops it). Link behaviour is
+//! tested in `tests/pair.rs`.
+
+use super::*;
+use std::time::Duration;
+
+fn cfg() -> NetConfig {
+    NetConfig {
+        rto_initial: Duration::from_millis(100),
+        rto_min: Duration::from_millis(20),
+        rto_max: Duration::from_millis(500),
+        max_tries: 4,
+        ..NetConfig::default()
+    }
+}
+
+fn addr(i: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, i], 9))
+}
+
+/// Datagrams from `from` (at `from_addr`), handed to `to` if `deliver`.
+fn shuttle(now: u64, from: &mut NetState, from_addr: SocketAddr, to: &mut NetState) -> usize {
+    let mut n = 0;
+    let mut v = Vec::new();
+    while let Some(t) = from.poll_transmit(now) {
+        v.push(t.bytes.to_vec());
+    }
+    for b in v {
+        to.handle_datagram(now, from_addr, &b);
+        n += 1;
+    }
+    to.flush_acks(now);
+    n
+}
+
+fn events(s: &mut NetState) -> Vec<NetEvent> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+#[test]
+fn idle_state_has_no_timeout_and_nothing_to_send() {
+    let mut a = NetState::new(cfg(), 1, 0);
+    assert_eq!(a.poll_timeout(), None);
+    assert!(a.poll_transmit(0).is_none());
+    assert!(a.poll_event().is_none());
+}
+
+#[test]
+fn reliable_acked_event_and_timer_cleared() {
+    let (mut a, mut b) = (NetState::new(cfg(), 1, 0), NetState::new(cfg(), 2, 0));
+    let id = a
+        .send_reliable(0, addr(2), Bytes::from_static(b"x"))
+        .unwrap();
+    assert!(a.poll_timeout().is_some());
+    shuttle(10, &mut a, addr(1), &mut b);
+    assert_eq!(
+        events(&mut b),
+        vec![NetEvent::Deliver(Event::Message {
+            from: addr(1),
+            payload: Bytes::from_static(b"x")
+        })]
+    );
+    shuttle(20, &mut b, addr(2), &mut a);
+    assert_eq!(events(&mut a), vec![NetEvent::Acked(id)]);
+    assert_eq!(a.poll_timeout(), None, "no stale retransmission timer");
+}
+
+#[test]
+fn unacked_fails_after_max_tries_with_backoff() {
+    let mut a = NetState::new(cfg(), 1, 0);
+    let id = a
+        .send_reliable(0, addr(2), Bytes::from_static(b"x"))
+        .unwrap();
+    let mut sent = 0;
+    let mut now = 0;
+    // Bounded: a handful of timeouts.
+    for _ in 0..20 {
+        sent += std::iter::from_fn(|| a.poll_transmit(now).map(|_| ())).count();
+        let Some(t) = a.poll_timeout() else { break };
+        now = t;
+        a.handle_timeout(now);
+    }
+    assert_eq!(sent, 4);
+    // 100 + 200 + 400 + 500 ms.
+    assert_eq!(now, 1_200_000);
+    assert_eq!(
+        events(&mut a),
+        vec![NetEvent::Failed(
+            id,
+            SendError::Unreachable {
+                peer: addr(2),
+                tries: 4
+            }
+        )]
+    );
+    assert_eq!(a.stats().total.reliable_failed, 1);
+}
+
+#[test]
+fn cancel_stops_retransmissions_silently() {
+    let mut a = NetState::new(cfg(), 1, 0);
+    let id = a
+        .send_reliable(0, addr(2), Bytes::from_static(b"x"))
+        .unwrap();
+    while a.poll_transmit(0).is_some() {}
+    a.cancel(id);
+    assert_eq!(a.poll_timeout(), None);
+    a.handle_timeout(10_000_000);
+    assert!(a.poll_transmit(10_000_000).is_none());
+    assert!(events(&mut a).is_empty());
+}
+
+#[test]
+fn forget_fails_pending_with_closed() {
+    let mut a = NetState::new(cfg(), 1, 0);
+    let id = a
+        .send_reliable(0, addr(2), Bytes::from_static(b"x"))
+        .unwrap();
+    a.forget(addr(2));
+    assert_eq!(
+        events(&mut a),
+        vec![NetEvent::Failed(id, SendError::Closed)]
+    );
+    assert_eq!(a.peer_count(), 0);
+}
+
+#[test]
+fn request_response_matched_and_cancelled_requests_ignored() {
+    let (mut a, mut b) = (NetState::new(cfg(), 1, 0), NetState::new(cfg(), 2, 0));
+    let (_, rid) = a.request(0, addr(2), Bytes::from_static(b"q")).unwrap();
+    let (_, rid2) = a.request(0, addr(2), Bytes::from_static(b"q2")).unwrap();
+    a.cancel_request(addr(2), rid2);
+    shuttle(1, &mut a, addr(1), &mut b);
+    for ev in events(&mut b) {
+        if let NetEvent::Deliver(Event::Request { from, id, payload }) = ev {
+            let mut r = payload.to_vec();
+            r.reverse();
+            b.respond(2, from, id, Bytes::from(r)).unwrap();
+        }
+    }
+    shuttle(3, &mut b, addr(2), &mut a);
+    let evs = events(&mut a);
+    let responses: Vec<_> = evs
+        .iter()
+        .filter_map(|e| match e {
+            NetEvent::Response {
+                request_id,
+                payload,
+                ..
+            } => Some((*request_id, payload.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(responses, vec![(rid, Bytes::from_static(b"q"))]);
+}
+
+#[test]
+fn deliveries_bounded_and_reliable_left_unacked_when_behind() {
+    let small = NetConfig {
+        event_capacity: 2,
+        ..cfg()
+    };
+    let (mut a, mut b) = (NetState::new(cfg(), 1, 0), NetState::new(small, 2, 0));
+    for i in 0..5u8 {
+        a.send_reliable(0, addr(2), Bytes::from(vec![i])).unwrap();
+    }
+    shuttle(1, &mut a, addr(1), &mut b);
+    // Only two acks go back: the other three will be retransmitted.
+    assert_eq!(shuttle(2, &mut b, addr(2), &mut a), 2);
+    assert_eq!(b.stats().total.events_dropped, 3);
+    assert_eq!(events(&mut b).len(), 2);
+    // Once the driver caught up, the retransmissions are delivered.
+    let t = a.poll_timeout().unwrap();
+    a.handle_timeout(t);
+    shuttle(t, &mut a, addr(1), &mut b);
+    assert_eq!(events(&mut b).len(), 2);
+    shuttle(t, &mut b, addr(2), &mut a);
+    let acked = events(&mut a)
+        .into_iter()
+        .filter(|e| matches!(e, NetEvent::Acked(_)))
+        .count();
+    assert_eq!(acked, 4);
+}
+
+#[test]
+fn version_reject_fails_pending_and_refuses_new_sends() {
+    let mut a = NetState::new(cfg(), 1, 0);
+    let id = a
+        .send_reliable(0, addr(2), Bytes::from_static(b"x"))
+        .unwrap();
+    let mut rej = Vec::new();
+    wire::encode_version(&Packet::VersionReject { min: 7, max: 9 }, 9, &mut rej);
+    a.handle_datagram(5, addr(2), &rej);
+    let incompatible = SendError::Incompatible {
+        peer: addr(2),
+        min: 7,
+        max: 9,
+        ours: wire::VERSION,
+    };
+    assert_eq!(
+        events(&mut a),
+        vec![NetEvent::Failed(id, incompatible.clone())]
+    );
+    assert_eq!(
+        a.send_chunk(6, addr(2), 0, 0, Bytes::from_static(b"c")),
+        Err(incompatible)
+    );
+}
+
+#[test]
+fn chunk_round_trip_and_capacity_event() {
+    let (mut a, mut b) = (NetState::new(cfg(), 1, 0), NetState::new(cfg(), 2, 0));
+    let data = Bytes::from(vec![9u8; 5000]);
+    a.send_chunk(0, addr(2), 3, 4, data.clone()).unwrap();
+    assert!(a.capacity(0, addr(2)).queued_bytes > 0);
+    // Bounded: the window opens over a few round trips.
+    for i in 0..20 {
+        shuttle(i * 100, &mut a, addr(1), &mut b);
+        shuttle(i * 100 + 50, &mut b, addr(2), &mut a);
+    }
+    assert_eq!(
+        events(&mut b),
+        vec![NetEvent::Deliver(Event::Chunk {
+            from: addr(1),
+            stream: 3,
+            seq: 4,
+            data
+        })]
+    );
+    assert!(events(&mut a).contains(&NetEvent::CapacityChanged));
+    let u = a.upload(10_000);
+    assert_eq!((u.queued_bytes, u.inflight_bytes), (0, 0));
+}
+
+#[test]
+fn batch_transmit_matches_single() {
+    let mk = || {
+        let mut a = NetState::new(cfg(), 1, 0);
+        for i in 0..3 {
+            a.send_unreliable(0, addr(2), &[i]).unwrap();
+        }
+        a.send_chunk(0, addr(2), 0, 0, Bytes::from(vec![1u8; 3000]))
+            .unwrap();
+        a
+    };
+    let mut one = mk();
+    let mut single = Vec::new();
+    while let Some(t) = one.poll_transmit(0) {
+        single.push((t.to, t.bytes.to_vec()));
+    }
+    let mut two = mk();
+    let mut batched = Vec::new();
+    // Bounded: a few batches of two.
+    for _ in 0..100 {
+        let mut batch = Datagrams::default();
+        let more = two.poll_transmits(0, 2, &mut batch);
+        assert!(batch.len() <= 2);
+        batched.extend(batch.iter().map(|t| (t.to, t.bytes.to_vec())));
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(single, batched);
+    assert!(single.len() >= 5);
+}
