@@ -69,7 +69,8 @@ pub struct NeighbourReport {
 /// engine): what schedulers and overlays need to spend scarce upload well.
 ///
 /// Delivered every tick through `on_upload`, before the tick's per-link
-/// capacities. Added in ABI 1.1: a plugin built for 1.0 never sees it.
+/// capacities. Appended to the first release of ABI 1.0: a plugin built
+/// before never sees it.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Upload {

@@ -100,7 +100,8 @@ pub trait Overlay: Send + 'static {
     }
     fn on_tick(&mut self, _now_us: u64, _out: &mut OverlayOut<'_>) {}
     /// This peer's shared uplink, every tick before [`Overlay::on_tick`]
-    /// (ABI 1.1): how many children or neighbours it can feed.
+    /// (appended to the first release): how many children or neighbours it
+    /// can feed.
     fn on_upload(&mut self, _now_us: u64, _upload: Upload, _out: &mut OverlayOut<'_>) {}
 }
 
@@ -147,7 +148,8 @@ pub trait OverlayAbi: Send {
     ) -> RResult<(), PluginError>;
     #[sabi(last_prefix_field)]
     fn on_tick(&mut self, now_us: u64, out: &mut RVec<OverlayAction>) -> RResult<(), PluginError>;
-    /// ABI 1.1. A library built for 1.0 lacks it; the host then runs this
+    /// Appended to the first release. A library built before lacks it; the
+    /// host then runs this
     /// default body, which does nothing.
     fn on_upload(
         &mut self,

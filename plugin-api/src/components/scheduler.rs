@@ -143,7 +143,7 @@ pub trait Scheduler: Send + 'static {
     /// Called at the engine's tick rate (and by the simulator's clock).
     fn on_tick(&mut self, _now_us: u64, _out: &mut SchedOut<'_>) {}
     /// This peer's shared uplink, every tick before the tick's
-    /// [`Scheduler::on_capacity`] calls (ABI 1.1).
+    /// [`Scheduler::on_capacity`] calls (appended to the first release).
     fn on_upload(&mut self, _now_us: u64, _upload: Upload, _out: &mut SchedOut<'_>) {}
 }
 
@@ -198,7 +198,8 @@ pub trait SchedulerAbi: Send {
     ) -> RResult<(), PluginError>;
     #[sabi(last_prefix_field)]
     fn on_tick(&mut self, now_us: u64, out: &mut RVec<SchedAction>) -> RResult<(), PluginError>;
-    /// ABI 1.1. A library built for 1.0 lacks it; the host then runs this
+    /// Appended to the first release. A library built before lacks it; the
+    /// host then runs this
     /// default body, which does nothing.
     fn on_upload(
         &mut self,

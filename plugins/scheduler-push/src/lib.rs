@@ -100,7 +100,7 @@ pub struct Push {
     /// Upload token bucket (bytes) and when it was last filled.
     tokens: u64,
     filled_at_us: Option<u64>,
-    /// What the engine's capped uplink still takes this tick (ABI 1.1);
+    /// What the engine's capped uplink still takes this tick (appended to ABI 1.0);
     /// `None` when uncapped or an older engine.
     shared: Option<u64>,
 }
