@@ -187,9 +187,16 @@ fn a_request_that_cannot_be_served_in_time_is_refused_and_asked_elsewhere() {
         }
         p.on_upload(0, capped(800_000, 0, 285_000), o);
     });
-    // 285 ms queued; each promised 1000-byte chunk adds 10 ms: two fit.
+    // A joiner (no deadline yet) is served from spare upload only: not
+    // behind 285 ms of queue.
+    let joiner = decoded(&step(&mut holder, |p, o| {
+        p.on_message(0, PeerId(9), &wire::request(u16::MAX, &[0]), o)
+    }));
+    assert!(matches!(&joiner[..], [(9, Message::Refuse(s))] if s == &vec![0]));
+    // A player with a second of slack: each promised 1000-byte chunk adds
+    // 10 ms to the 285 ms queued, and two fit within max_wait_ms.
     let a = decoded(&step(&mut holder, |p, o| {
-        p.on_message(0, PeerId(9), &wire::request(u16::MAX, &[0, 1, 2, 3]), o)
+        p.on_message(0, PeerId(9), &wire::request(1000, &[0, 1, 2, 3]), o)
     }));
     let refused: Vec<u64> = a
         .into_iter()
