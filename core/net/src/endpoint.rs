@@ -444,8 +444,13 @@ impl Inner {
     /// kernel cannot take now is dropped like a lost one (control messages
     /// are retransmitted or were fire-and-forget).
     fn send_now(&self, out: &Datagrams) {
+        // A plain sendto on the socket: tokio's `try_send_to` answers
+        // WouldBlock until the reactor has once seen the socket writable, so
+        // the first datagram of a fresh endpoint (a CLI's one request) waited
+        // a whole retransmission timeout.
+        let sock = socket2::SockRef::from(&self.socket);
         for t in out.iter() {
-            if let Err(err) = self.socket.try_send_to(t.bytes, t.to) {
+            if let Err(err) = sock.send_to(t.bytes, &t.to.into()) {
                 trace!(to = %t.to, "send failed: {err}");
             }
         }

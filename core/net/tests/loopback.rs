@@ -137,6 +137,34 @@ async fn reliable_reports_failure_when_peer_gone() {
     );
 }
 
+/// A fresh endpoint's first datagram leaves at once: before, tokio refused
+/// the first send (no writable readiness yet) and the request went out only
+/// when its retransmission timer fired, so every one-shot CLI call took an
+/// RTO.
+#[tokio::test]
+async fn the_first_request_of_a_fresh_endpoint_is_not_retransmitted() {
+    let (b, mut eb) = Endpoint::bind(lo(), NetConfig::default()).await.unwrap();
+    let bb = b.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = eb.recv().await {
+            if let Event::Request { from, id, payload } = ev {
+                bb.respond(from, id, payload);
+            }
+        }
+    });
+    let (a, _ea) = Endpoint::bind(lo(), NetConfig::default()).await.unwrap();
+    let r = a
+        .request(
+            b.local_addr(),
+            Bytes::from_static(b"hi"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&r[..], b"hi");
+    assert_eq!(a.stats().total.retransmissions, 0, "{:?}", a.stats().total);
+}
+
 #[tokio::test]
 async fn request_response_and_unreliable() {
     let (a, mut ea) = Endpoint::bind(lo(), fast_cfg()).await.unwrap();

@@ -20,6 +20,27 @@ const PEX: u8 = 1;
 /// Peers per exchange: enough to spread knowledge, small enough for one datagram.
 const PEX_SAMPLE: usize = 8;
 
+/// Parameters, each written once: `register` declares this table and
+/// [`Mesh::new`] reads from it.
+pub const PARAMS: &[ParamDef] = &[DEGREE, MAX_DEGREE, PEX_MS, USELESS_AFTER_MS];
+
+const DEGREE: ParamDef = ParamDef::new(
+    "degree",
+    "0",
+    "neighbours to keep (0: about log2 of the swarm, 4 to 10)",
+);
+const MAX_DEGREE: ParamDef = ParamDef::new(
+    "max_degree",
+    "24",
+    "neighbours accepted at most (inbound included)",
+);
+const PEX_MS: ParamDef = ParamDef::new("pex_ms", "1000", "interval between peer exchanges");
+const USELESS_AFTER_MS: ParamDef = ParamDef::new(
+    "useless_after_ms",
+    "10000",
+    "replace a neighbour that gave nothing for this long",
+);
+
 pub struct Mesh {
     /// 0: chosen from the swarm size (log2 of the known peers, within bounds).
     degree: usize,
@@ -47,8 +68,8 @@ struct Neighbour {
 
 impl Mesh {
     pub fn new(params: &Params) -> Result<Self, PluginError> {
-        let degree: usize = params.parse_or("degree", 0)?;
-        let max_degree: usize = params.parse_or("max_degree", 24)?;
+        let degree: usize = DEGREE.parse(params)?;
+        let max_degree: usize = MAX_DEGREE.parse(params)?;
         if max_degree < 2 || degree > max_degree {
             return Err(PluginError::new(
                 "need 2 <= max_degree and degree <= max_degree",
@@ -57,8 +78,8 @@ impl Mesh {
         Ok(Mesh {
             degree,
             max_degree,
-            pex_every_us: params.parse_or::<u64>("pex_ms", 1000)? * 1000,
-            useless_after_us: params.parse_or::<u64>("useless_after_ms", 10_000)? * 1000,
+            pex_every_us: PEX_MS.parse::<u64>(params)? * 1000,
+            useless_after_us: USELESS_AFTER_MS.parse::<u64>(params)? * 1000,
             rng: Rng::new(0),
             local: None,
             is_source: false,
@@ -282,22 +303,7 @@ fn register(lib: &mut Registrar) {
             env!("CARGO_PKG_VERSION"),
             "random mesh: server sample + peer exchange, dead and useless neighbours replaced",
         )
-        .param(
-            "degree",
-            "0",
-            "neighbours to keep (0: about log2 of the swarm, 4 to 10)",
-        )
-        .param(
-            "max_degree",
-            "24",
-            "neighbours accepted at most (inbound included)",
-        )
-        .param("pex_ms", "1000", "interval between peer exchanges")
-        .param(
-            "useless_after_ms",
-            "10000",
-            "replace a neighbour that gave nothing for this long",
-        ),
+        .params(PARAMS),
         Mesh::new,
     );
 }

@@ -76,6 +76,62 @@ pub enum Target {
     Random,
 }
 
+/// Parameters, each written once: `register` declares this table and
+/// [`Push::new`] reads from it.
+pub const PARAMS: &[ParamDef] = &[
+    POLICY,
+    TARGET,
+    UPLOAD_KBPS,
+    MAX_REPAIRS,
+    REPAIR_MS,
+    REPAIR_TIMEOUT_MS,
+    PUSH_GRACE_MS,
+    LOOKBACK_CHUNKS,
+    MAP_MS,
+];
+
+const POLICY: ParamDef = ParamDef::new(
+    "policy",
+    "latest-useful",
+    "which chunk to push: latest-useful (low delay) or random-useful (Massoulie et al.)",
+);
+const TARGET: ParamDef = ParamDef::new(
+    "target",
+    "most-deprived",
+    "which neighbour gets a sending opportunity: most-deprived or random",
+);
+const UPLOAD_KBPS: ParamDef = ParamDef::new(
+    "upload_kbps",
+    "0",
+    "total upload cap over all neighbours (0: only the data channel's per-link budgets)",
+);
+const MAX_REPAIRS: ParamDef = ParamDef::new(
+    "max_repairs",
+    "4",
+    "repair requests outstanding at most (0: no repair)",
+);
+const REPAIR_MS: ParamDef = ParamDef::new(
+    "repair_ms",
+    "300",
+    "a chunk still missing this long before its deadline is requested",
+);
+const REPAIR_TIMEOUT_MS: ParamDef = ParamDef::new(
+    "repair_timeout_ms",
+    "500",
+    "a repair not served within this time is asked of another holder",
+);
+const PUSH_GRACE_MS: ParamDef = ParamDef::new(
+    "push_grace_ms",
+    "1000",
+    "pushes younger than this count as held even when a map says otherwise",
+);
+const LOOKBACK_CHUNKS: ParamDef = ParamDef::new(
+    "lookback_chunks",
+    "30",
+    "for a neighbour not playing yet, how far behind the newest chunk pushes start",
+);
+const MAP_MS: ParamDef = ParamDef::new("map_ms", "1000", "interval between full buffer maps");
+
 pub struct Push {
     policy: Policy,
     target: Target,
@@ -124,7 +180,7 @@ struct Neighbour {
 
 impl Push {
     pub fn new(params: &Params) -> Result<Self, PluginError> {
-        let policy = match params.get("policy").unwrap_or("latest-useful").trim() {
+        let policy = match POLICY.get(params).trim() {
             "latest-useful" | "latest" => Policy::LatestUseful,
             "random-useful" | "random" => Policy::RandomUseful,
             other => {
@@ -133,7 +189,7 @@ impl Push {
                 )))
             }
         };
-        let target = match params.get("target").unwrap_or("most-deprived").trim() {
+        let target = match TARGET.get(params).trim() {
             "most-deprived" => Target::MostDeprived,
             "random" => Target::Random,
             other => {
@@ -145,13 +201,13 @@ impl Push {
         let push = Push {
             policy,
             target,
-            max_repairs: params.parse_or("max_repairs", 4)?,
-            repair_us: params.parse_or::<u64>("repair_ms", 300)? * 1000,
-            repair_timeout_us: params.parse_or::<u64>("repair_timeout_ms", 500)? * 1000,
-            lookback: params.parse_or("lookback_chunks", 30)?,
-            map_every_us: params.parse_or::<u64>("map_ms", 1000)? * 1000,
-            push_grace_us: params.parse_or::<u64>("push_grace_ms", 1000)? * 1000,
-            upload_bytes_per_s: params.parse_or::<u64>("upload_kbps", 0)? * 125,
+            max_repairs: MAX_REPAIRS.parse(params)?,
+            repair_us: REPAIR_MS.parse::<u64>(params)? * 1000,
+            repair_timeout_us: REPAIR_TIMEOUT_MS.parse::<u64>(params)? * 1000,
+            lookback: LOOKBACK_CHUNKS.parse(params)?,
+            map_every_us: MAP_MS.parse::<u64>(params)? * 1000,
+            push_grace_us: PUSH_GRACE_MS.parse::<u64>(params)? * 1000,
+            upload_bytes_per_s: UPLOAD_KBPS.parse::<u64>(params)? * 125,
             rng: Rng::new(0),
             ctx: None,
             have: BTreeSet::new(),
@@ -632,43 +688,8 @@ fn register(lib: &mut Registrar) {
             env!("CARGO_PKG_VERSION"),
             "push a useful chunk (latest or random) to the most deprived neighbour; bounded pull repair near deadlines",
         )
-        .param(
-            "policy",
-            "latest-useful",
-            "which chunk to push: latest-useful (low delay) or random-useful (Massoulie et al.)",
-        )
-        .param(
-            "target",
-            "most-deprived",
-            "which neighbour gets a sending opportunity: most-deprived or random",
-        )
-        .param(
-            "upload_kbps",
-            "0",
-            "total upload cap over all neighbours (0: only the data channel's per-link budgets)",
-        )
-        .param("max_repairs", "4", "repair requests outstanding at most (0: no repair)")
-        .param(
-            "repair_ms",
-            "300",
-            "a chunk still missing this long before its deadline is requested",
-        )
-        .param(
-            "repair_timeout_ms",
-            "500",
-            "a repair not served within this time is asked of another holder",
-        )
-        .param(
-            "push_grace_ms",
-            "1000",
-            "pushes younger than this count as held even when a map says otherwise",
-        )
-        .param(
-            "lookback_chunks",
-            "30",
-            "for a neighbour not playing yet, how far behind the newest chunk pushes start",
-        )
-        .param("map_ms", "1000", "interval between full buffer maps"),
+
+        .params(PARAMS),
         Push::new,
     );
 }
