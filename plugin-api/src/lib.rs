@@ -84,6 +84,7 @@
 mod abi;
 pub mod chunker;
 pub mod codec;
+mod compat;
 mod components;
 mod describe;
 mod error;
@@ -105,6 +106,7 @@ pub use abi::{
     FrontendBox, InputBox, OutputBox, OverlayBox, PluginLib, PluginLibRef, SchedulerBox,
     ABI_VERSION,
 };
+pub use compat::init_root_module;
 pub use components::frontend::{
     EngineControl, EngineControlAbi, EngineControlAbi_TO, EngineControlArc, Frontend, StreamSummary,
 };

@@ -53,16 +53,18 @@ pub enum LoadError {
 pub fn load(path: &Path) -> Result<Library, LoadError> {
     check_complete(path)?;
     let header = lib_header_from_path(path).map_err(classify)?;
-    let module = header
-        .init_root_module::<PluginLibRef>()
-        .map_err(classify)?;
+    // Same major (abi_stable's version check) and the same interface, or an
+    // older minor of it: one built before methods were appended.
+    let module = p2ner_plugin_api::init_root_module(header).map_err(classify)?;
     (module.set_host())(super::host::services());
     let info = (module.describe())();
-    if info.abi_version.as_str() != ABI_VERSION {
-        // The root module's version check already ran; this catches a library
-        // whose description disagrees with what it was built with.
+    let built_with = header.version_strings().version;
+    if info.abi_version.as_str() != built_with.as_str() {
+        // The root module's version check already ran on what it was built
+        // with; this catches a library whose description disagrees. (Not
+        // ABI_VERSION: a library built for an older minor says so.)
         return Err(LoadError::BadDescription(format!(
-            "claims ABI {} but loaded as ABI {ABI_VERSION}",
+            "claims ABI {} but was built for ABI {built_with}",
             info.abi_version
         )));
     }
