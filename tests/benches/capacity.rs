@@ -61,6 +61,16 @@ impl Figures {
     }
 }
 
+/// Trees run with four stripes here: under scarce upload a single tree
+/// cannot carry the swarm (a peer below one stream copy is a leaf).
+fn overlay_params(overlay: &str) -> Params {
+    if overlay == "tree" {
+        Params::new().with("stripes", "4")
+    } else {
+        Params::new()
+    }
+}
+
 fn simulated(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> Figures {
     let cfg = SimConfig {
         subscribers: n,
@@ -69,7 +79,7 @@ fn simulated(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> 
         peer_uploads_kbps: caps_for_load(BITRATE_KBPS, n, SOURCE_KBPS, load),
         bitrate_kbps: BITRATE_KBPS as u32,
         scheduler: (scheduler.into(), Params::new()),
-        overlay: (overlay.into(), Params::new()),
+        overlay: (overlay.into(), overlay_params(overlay)),
         ..SimConfig::default()
     };
     let r = sim::run(&sim_registry(), &cfg).unwrap_or_else(|e| panic!("{e}"));
@@ -94,18 +104,27 @@ fn simulated(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> 
 fn real(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> Figures {
     let caps = caps_for_load(BITRATE_KBPS, n, SOURCE_KBPS, load);
     let s = Swarm::start(None);
-    let (_publisher, stream) = s.publish(&[
+    let (secs_s, bitrate, source) = (
+        (secs + 30).to_string(),
+        BITRATE_KBPS.to_string(),
+        SOURCE_KBPS.to_string(),
+    );
+    let mut args = vec![
         "--for",
-        &(secs + 30).to_string(),
+        &secs_s,
         "--bitrate",
-        &BITRATE_KBPS.to_string(),
+        &bitrate,
         "--upload-kbps",
-        &SOURCE_KBPS.to_string(),
+        &source,
         "--scheduler",
         scheduler,
         "--overlay",
         overlay,
-    ]);
+    ];
+    if overlay == "tree" {
+        args.extend(["--overlay-param", "stripes=4"]);
+    }
+    let (_publisher, stream) = s.publish(&args);
     let mut subs: Vec<Proc> = (0..n)
         .map(|i| {
             let cap = caps[i % caps.len()].to_string();

@@ -64,6 +64,17 @@ fn runs_are_deterministic_for_a_seed() {
     assert_ne!(a.subscribers, c.subscribers);
 }
 
+/// Trees under scarce upload need stripes: a peer below one stream copy of
+/// upload is a leaf of a single tree, and the rest cannot carry everyone.
+fn capped_overlay_params(overlay: &str) -> p2ner_plugin_api::Params {
+    let p = p2ner_plugin_api::Params::new();
+    if overlay == "tree" {
+        p.with("stripes", "4")
+    } else {
+        p
+    }
+}
+
 fn capped(scheduler: &str, overlay: &str, load: f64, n: usize) -> SimConfig {
     SimConfig {
         subscribers: n,
@@ -71,7 +82,7 @@ fn capped(scheduler: &str, overlay: &str, load: f64, n: usize) -> SimConfig {
         source_upload_kbps: 2000,
         peer_uploads_kbps: caps_for_load(1000, n, 2000, load),
         scheduler: (scheduler.into(), p2ner_plugin_api::Params::new()),
-        overlay: (overlay.into(), p2ner_plugin_api::Params::new()),
+        overlay: (overlay.into(), capped_overlay_params(overlay)),
         ..SimConfig::default()
     }
 }

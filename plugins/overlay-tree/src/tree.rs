@@ -32,8 +32,8 @@ const SOURCE_FANOUT: ParamDef = ParamDef::new(
 );
 const STRIPES: ParamDef = ParamDef::new(
     "stripes",
-    "4",
-    "number of trees; chunk s belongs to stripe s % stripes, each peer forwards one (several, so that a peer that cannot upload a whole stream still forwards a stripe)",
+    "1",
+    "number of trees; chunk s belongs to stripe s % stripes, each peer forwards one (under scarce upload use 4 or more, so that a peer that cannot upload a whole stream copy still forwards a stripe)",
 );
 const HEARTBEAT_MS: ParamDef = ParamDef::new(
     "heartbeat_ms",
