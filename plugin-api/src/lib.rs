@@ -103,7 +103,8 @@ pub use abi::{
     ABI_VERSION,
 };
 pub use components::frontend::{
-    EngineControl, EngineControlAbi, EngineControlAbi_TO, EngineControlArc, Frontend, StreamSummary,
+    ControlError, ControlEvent, EngineControl, EngineControlAbi, EngineControlAbi_TO, EngineControlArc,
+    Frontend, SessionInfo, StreamSummary,
 };
 pub use components::input::{Input, InputState};
 pub use components::output::{ChunkRef, Output, OutputReport};
