@@ -166,6 +166,7 @@ pub fn listed(json: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
+pub mod engine;
 pub mod swarm;
 
 /// A third-party live source: H.264 in MPEG-TS, sent by `gst-launch-1.0` to

@@ -581,7 +581,15 @@ impl Engine {
     fn reporter(&self, id: &str) -> Reporter {
         let (engine, id) = (self.clone(), id.to_owned());
         Box::new(move |report| match report {
-            Report::Publishing { stream, .. } | Report::Subscribed { stream, .. } => {
+            Report::Publishing { stream, .. } => {
+                let stream = stream.to_string();
+                engine.update(&id, |e| {
+                    e.stream = stream;
+                    e.state = "playing";
+                    Some(("playing", String::new()))
+                });
+            }
+            Report::Subscribed { stream, .. } => {
                 let stream = stream.to_string();
                 engine.update(&id, |e| {
                     e.stream = stream;
