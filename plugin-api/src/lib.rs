@@ -103,8 +103,8 @@ pub use abi::{
     ABI_VERSION,
 };
 pub use components::frontend::{
-    ControlError, ControlEvent, EngineControl, EngineControlAbi, EngineControlAbi_TO, EngineControlArc,
-    Frontend, SessionInfo, StreamSummary,
+    ControlError, ControlEvent, EngineControl, EngineControlAbi, EngineControlAbi_TO,
+    EngineControlArc, Frontend, SessionInfo, StreamSummary,
 };
 pub use components::input::{Input, InputState};
 pub use components::output::{ChunkRef, Output, OutputReport};

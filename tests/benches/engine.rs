@@ -28,7 +28,12 @@ fn usage(pid: u32) -> (f64, f64) {
         .rsplit_once(')')
         .map(|(_, r)| r.split_whitespace().collect())
         .unwrap_or_default();
-    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     let cpu = (tick(11) + tick(12)) / 100.0;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rss_kb: f64 = status
@@ -85,7 +90,11 @@ fn main() {
     let totals: serde_json::Value = serde_json::from_str(&totals).expect("json");
     let conts: Vec<f64> = totals["sessions"]
         .as_object()
-        .map(|m| m.values().filter_map(|v| v["continuity"].as_f64()).collect())
+        .map(|m| {
+            m.values()
+                .filter_map(|v| v["continuity"].as_f64())
+                .collect()
+        })
         .unwrap_or_default();
     let min_cont = conts.iter().cloned().fold(f64::INFINITY, f64::min);
     println!(

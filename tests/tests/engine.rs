@@ -8,7 +8,12 @@ use p2ner_tests::engine::{python, script, udp_sockets, EngineProc};
 use p2ner_tests::swarm::Swarm;
 use p2ner_tests::{fixture_library, p2ner_bin, run};
 
-fn check(name: &str, (ok, out, err): (bool, String, String), swarm: &Swarm, logs: &[&str]) -> String {
+fn check(
+    name: &str,
+    (ok, out, err): (bool, String, String),
+    swarm: &Swarm,
+    logs: &[&str],
+) -> String {
     if !ok {
         let logs: Vec<String> = logs
             .iter()
@@ -34,7 +39,11 @@ fn python_drives_two_engines_with_two_streams_on_one_socket() {
     let (tx, rx) = std::sync::mpsc::channel();
     let (ua, ub) = (a.url.clone(), b.url.clone());
     let driver = std::thread::spawn(move || {
-        let r = python(&script("two_engines.py"), &[&ua, &ub], Duration::from_secs(120));
+        let r = python(
+            &script("two_engines.py"),
+            &[&ua, &ub],
+            Duration::from_secs(120),
+        );
         let _ = tx.send(());
         r
     });
@@ -43,10 +52,18 @@ fn python_drives_two_engines_with_two_streams_on_one_socket() {
     while rx.recv_timeout(Duration::from_millis(500)).is_err() {
         most = most.max(udp_sockets(a.pid()));
     }
-    let out = check("two_engines.py", driver.join().unwrap(), &swarm, &["a", "b"]);
+    let out = check(
+        "two_engines.py",
+        driver.join().unwrap(),
+        &swarm,
+        &["a", "b"],
+    );
     let seen: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
     assert_eq!(most, 1, "engine a used {most} UDP sockets: {seen}");
-    assert_eq!(seen["ended"]["reason"], "the publisher ended the stream", "{seen}");
+    assert_eq!(
+        seen["ended"]["reason"], "the publisher ended the stream",
+        "{seen}"
+    );
 }
 
 #[test]
@@ -88,7 +105,9 @@ fn xmlrpc_refuses_bad_requests_counts_them_and_goes_on() {
     assert!(out.contains("\"unauthorized\""), "{out}");
     // The token file is the engine's secret.
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(swarm.path("e.token")).unwrap().permissions(),
+        &std::fs::metadata(swarm.path("e.token"))
+            .unwrap()
+            .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
 }
@@ -149,7 +168,10 @@ fn the_cli_talks_to_a_running_engine() {
     assert!(ok, "{err}");
     let (ok, out, err) = p2ner(&["stats", &id, "--follow"]);
     assert!(ok, "{err}");
-    assert!(out.lines().last().unwrap_or("").contains("\"final\":true"), "{out}");
+    assert!(
+        out.lines().last().unwrap_or("").contains("\"final\":true"),
+        "{out}"
+    );
     let (ok, _, err) = p2ner(&["stop", "s99"]);
     assert!(!ok && err.contains("no session 's99'"), "{err}");
     // Without the token: one clear line.

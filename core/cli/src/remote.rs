@@ -127,7 +127,8 @@ impl Request {
     }
 
     pub fn set(&mut self, key: &str, value: impl ToString) -> &mut Self {
-        self.0.insert(key.to_owned(), Value::String(value.to_string()));
+        self.0
+            .insert(key.to_owned(), Value::String(value.to_string()));
         self
     }
 

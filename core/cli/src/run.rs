@@ -64,8 +64,7 @@ fn token(path: &Path) -> Result<String> {
     rand_core::OsRng.fill_bytes(&mut bytes);
     let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -172,7 +171,9 @@ impl EngineArg {
     pub fn remote(&self, command: &str) -> Result<Remote> {
         match &self.engine {
             Some(url) => Remote::new(url),
-            None => bail!("'{command}' talks to a running engine: give --engine URL (or P2NER_ENGINE)"),
+            None => {
+                bail!("'{command}' talks to a running engine: give --engine URL (or P2NER_ENGINE)")
+            }
         }
     }
 }

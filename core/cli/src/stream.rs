@@ -63,7 +63,11 @@ impl NetArgs {
 pub struct PublishArgs {
     /// Server to register the stream on (repeatable; with --engine, the
     /// engine's servers by default).
-    #[arg(long = "server", value_name = "ADDR", required_unless_present = "engine")]
+    #[arg(
+        long = "server",
+        value_name = "ADDR",
+        required_unless_present = "engine"
+    )]
     pub servers: Vec<SocketAddr>,
     #[arg(long)]
     pub title: String,
@@ -328,13 +332,18 @@ fn remote_follow(remote: &Remote, id: &str, net: &NetArgs) -> anyhow::Result<Exi
     if net.run_for.is_none() && net.stats.is_none() && !net.json {
         return Ok(ExitCode::SUCCESS);
     }
-    let (line, session) = remote::follow(remote, id, net.run_for()?, open_stats(net.stats.as_ref())?)?;
+    let (line, session) =
+        remote::follow(remote, id, net.run_for()?, open_stats(net.stats.as_ref())?)?;
     if net.json {
         println!("{line}");
     } else {
         let n = |k: &str| line[k].as_u64().unwrap_or(0);
         if n("chunks_produced") > 0 {
-            eprintln!("published {} chunks, {} bytes up", n("chunks_produced"), n("bytes_up"));
+            eprintln!(
+                "published {} chunks, {} bytes up",
+                n("chunks_produced"),
+                n("bytes_up")
+            );
         } else {
             eprintln!(
                 "played {} chunks, missed {}, continuity {:.4}",
@@ -366,7 +375,11 @@ fn remote_publish(url: &str, args: &PublishArgs) -> anyhow::Result<ExitCode> {
         .set("overlay", &args.overlay)
         .array(
             "servers",
-            &args.servers.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            &args
+                .servers
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
         )
         .params("input_params", &args.input_params)
         .params("scheduler_params", &args.scheduler_params)
@@ -379,7 +392,10 @@ fn remote_publish(url: &str, args: &PublishArgs) -> anyhow::Result<ExitCode> {
     let session = remote::session(&remote, &id)?;
     let stream = session["stream"].as_str().unwrap_or_default();
     println!("{stream}");
-    eprintln!("publishing '{}' as {stream} (session {id}) on the engine", args.title);
+    eprintln!(
+        "publishing '{}' as {stream} (session {id}) on the engine",
+        args.title
+    );
     remote_follow(&remote, &id, &args.net)
 }
 

@@ -19,7 +19,11 @@ use super::server::resolve;
 #[derive(Debug, Args)]
 pub struct StreamsArgs {
     /// A server to ask (repeatable; with --engine, the engine's servers by default).
-    #[arg(long = "server", value_name = "ADDR", required_unless_present = "engine")]
+    #[arg(
+        long = "server",
+        value_name = "ADDR",
+        required_unless_present = "engine"
+    )]
     pub servers: Vec<String>,
     /// Only streams whose id, title or description contains TEXT.
     #[arg(long, value_name = "TEXT", default_value = "")]
@@ -123,7 +127,11 @@ fn truncate(s: &str, n: usize) -> String {
 /// `streams --engine URL`: the engine browses, from its own socket.
 fn remote(args: &StreamsArgs) -> Result<ExitCode> {
     let remote = args.engine.remote("streams")?;
-    let servers = args.servers.iter().map(|s| crate::remote::string(s)).collect();
+    let servers = args
+        .servers
+        .iter()
+        .map(|s| crate::remote::string(s))
+        .collect();
     let found = remote.call("streams", vec![dxr::Value::Array(servers)])?;
     let found: Vec<serde_json::Value> = found
         .as_array()

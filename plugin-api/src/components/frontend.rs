@@ -139,11 +139,7 @@ pub trait EngineControlAbi: Send + Sync {
     }
     /// Starts a session: `role` is `publish` or `subscribe`, the request as
     /// for [`EngineControlAbi::publish`]; returns the session id.
-    fn start_session(
-        &self,
-        role: RStr<'_>,
-        request: &Params,
-    ) -> RResult<RString, ControlError> {
+    fn start_session(&self, role: RStr<'_>, request: &Params) -> RResult<RString, ControlError> {
         let _ = (role, request);
         RErr(ControlError::unsupported("start_session"))
     }

@@ -85,7 +85,8 @@ impl Frontend for Console {
         if !self.history.is_empty() {
             let _ = editor.load_history(&self.history);
         }
-        let (history, prompt, stop) = (self.history.clone(), self.prompt.clone(), self.stop.clone());
+        let (history, prompt, stop) =
+            (self.history.clone(), self.prompt.clone(), self.stop.clone());
         let thread = std::thread::Builder::new()
             .name("p2ner-console".into())
             .spawn(move || {
@@ -136,7 +137,12 @@ impl Frontend for Console {
 }
 
 /// Runs one command line; false ends the console.
-fn run(engine: &EngineControl, line: &str, streams: &Mutex<Vec<String>>, stop: &AtomicBool) -> bool {
+fn run(
+    engine: &EngineControl,
+    line: &str,
+    streams: &Mutex<Vec<String>>,
+    stop: &AtomicBool,
+) -> bool {
     let words: Vec<&str> = line.split_whitespace().collect();
     let (cmd, args) = (words[0], &words[1..]);
     let result: Result<(), String> = (|| {
@@ -152,11 +158,15 @@ fn run(engine: &EngineControl, line: &str, streams: &Mutex<Vec<String>>, stop: &
                 }
             }
             "add-server" => {
-                engine.add_server(arg(args, 0, "HOST:PORT")?).map_err(|e| e.to_string())?;
+                engine
+                    .add_server(arg(args, 0, "HOST:PORT")?)
+                    .map_err(|e| e.to_string())?;
                 println!("ok");
             }
             "remove-server" => {
-                engine.remove_server(arg(args, 0, "HOST:PORT")?).map_err(|e| e.to_string())?;
+                engine
+                    .remove_server(arg(args, 0, "HOST:PORT")?)
+                    .map_err(|e| e.to_string())?;
                 println!("ok");
             }
             "streams" => {
@@ -179,15 +189,21 @@ fn run(engine: &EngineControl, line: &str, streams: &Mutex<Vec<String>>, stop: &
                 let title = arg(args, 0, "TITLE")?;
                 let mut request = key_values(&args[1..])?;
                 request.set("title", title);
-                let id = engine.start_session("publish", &request).map_err(|e| e.to_string())?;
-                let stream = session(engine, &id).map(|s| s.stream.to_string()).unwrap_or_default();
+                let id = engine
+                    .start_session("publish", &request)
+                    .map_err(|e| e.to_string())?;
+                let stream = session(engine, &id)
+                    .map(|s| s.stream.to_string())
+                    .unwrap_or_default();
                 println!("{id} publishing '{title}' as {stream}");
             }
             "subscribe" => {
                 let stream = arg(args, 0, "STREAM")?;
                 let mut request = key_values(&args[1..])?;
                 request.set("stream", stream);
-                let id = engine.start_session("subscribe", &request).map_err(|e| e.to_string())?;
+                let id = engine
+                    .start_session("subscribe", &request)
+                    .map_err(|e| e.to_string())?;
                 println!("{id} subscribed to {stream}");
             }
             "sessions" => {
@@ -214,7 +230,9 @@ fn run(engine: &EngineControl, line: &str, streams: &Mutex<Vec<String>>, stop: &
             "watch" => {
                 let id = arg(args, 0, "SESSION")?;
                 let secs: u64 = match args.get(1) {
-                    Some(s) => s.parse().map_err(|_| format!("'{s}' is not a number of seconds"))?,
+                    Some(s) => s
+                        .parse()
+                        .map_err(|_| format!("'{s}' is not a number of seconds"))?,
                     None => 10,
                 };
                 watch(engine, id, Duration::from_secs(secs), stop)?;
@@ -222,7 +240,9 @@ fn run(engine: &EngineControl, line: &str, streams: &Mutex<Vec<String>>, stop: &
             "plugins" => {
                 let all: serde_json::Value =
                     serde_json::from_str(&engine.plugins_json()).unwrap_or_default();
-                let group = args.first().map(|g| format!("p2ner.{}", g.trim_start_matches("p2ner.")));
+                let group = args
+                    .first()
+                    .map(|g| format!("p2ner.{}", g.trim_start_matches("p2ner.")));
                 for c in all.as_array().into_iter().flatten() {
                     let g = c["group"].as_str().unwrap_or("");
                     if group.as_deref().is_some_and(|want| want != g) {
@@ -272,7 +292,9 @@ fn help(cmd: Option<&str>) {
 }
 
 fn arg<'a>(args: &[&'a str], i: usize, what: &str) -> Result<&'a str, String> {
-    args.get(i).copied().ok_or_else(|| format!("missing {what} ('help' explains)"))
+    args.get(i)
+        .copied()
+        .ok_or_else(|| format!("missing {what} ('help' explains)"))
 }
 
 fn key_values(words: &[&str]) -> Result<Params, String> {
@@ -287,12 +309,21 @@ fn key_values(words: &[&str]) -> Result<Params, String> {
 }
 
 fn session(engine: &EngineControl, id: &str) -> Option<p2ner_plugin_api::SessionInfo> {
-    engine.sessions().ok()?.into_iter().find(|s| s.id.as_str() == id)
+    engine
+        .sessions()
+        .ok()?
+        .into_iter()
+        .find(|s| s.id.as_str() == id)
 }
 
 /// Follows the engine's events: the session's stats lines, until it ends
 /// or `how_long` is up.
-fn watch(engine: &EngineControl, id: &str, how_long: Duration, stop: &AtomicBool) -> Result<(), String> {
+fn watch(
+    engine: &EngineControl,
+    id: &str,
+    how_long: Duration,
+    stop: &AtomicBool,
+) -> Result<(), String> {
     if session(engine, id).is_none() {
         return Err(format!("no session '{id}' in this engine"));
     }
@@ -375,7 +406,8 @@ impl Completion {
             ("subscribe", 1) => {
                 let mut ids = self.streams.lock().unwrap().clone();
                 for s in self.engine.sessions().unwrap_or_default() {
-                    if !s.stream.is_empty() && !ids.iter().any(|i| i.as_str() == s.stream.as_str()) {
+                    if !s.stream.is_empty() && !ids.iter().any(|i| i.as_str() == s.stream.as_str())
+                    {
                         ids.push(s.stream.to_string());
                     }
                 }
@@ -383,8 +415,17 @@ impl Completion {
             }
             ("subscribe", _) => ["server=", "output=", "output."].map(String::from).to_vec(),
             ("publish", n) if n > 1 => [
-                "input=", "source=", "bitrate_kbps=", "chunk_ms=", "buffer_ms=", "scheduler=",
-                "overlay=", "servers=", "input.", "scheduler.", "overlay.",
+                "input=",
+                "source=",
+                "bitrate_kbps=",
+                "chunk_ms=",
+                "buffer_ms=",
+                "scheduler=",
+                "overlay=",
+                "servers=",
+                "input.",
+                "scheduler.",
+                "overlay.",
             ]
             .map(String::from)
             .to_vec(),

@@ -154,7 +154,9 @@ impl Frontend for XmlRpc {
                 rt.shutdown_background();
             })
             .map_err(|e| format!("xmlrpc: no thread: {e}"))?;
-        eprintln!("xmlrpc: serving http://{local}/RPC2 (basic auth: user p2ner, the engine's token)");
+        eprintln!(
+            "xmlrpc: serving http://{local}/RPC2 (basic auth: user p2ner, the engine's token)"
+        );
         self.running = Some((thread, stop_tx));
         Ok(())
     }
@@ -292,7 +294,8 @@ impl Rpc {
                 Ok(t)
             }
             "remove_server" => {
-                e.remove_server(&string(params, 0)?).map_err(control_fault)?;
+                e.remove_server(&string(params, 0)?)
+                    .map_err(control_fault)?;
                 Ok(t)
             }
             "streams" => {
@@ -472,7 +475,10 @@ fn string(params: &[Value], i: usize) -> Result<String, Fault> {
 /// joined by commas, `X_params` structs as `X.KEY` keys.
 pub fn to_params(v: Option<&Value>) -> Result<Params, Fault> {
     let Some(Value::Struct(members)) = v else {
-        return Err(Fault::new(BAD_PARAMS, "expected one struct argument".into()));
+        return Err(Fault::new(
+            BAD_PARAMS,
+            "expected one struct argument".into(),
+        ));
     };
     let mut params = Params::new();
     for (key, value) in members {
@@ -521,11 +527,17 @@ mod tests {
         let mut h = HeaderMap::new();
         assert!(!authorized(&h, "secret"));
         let good = base64::engine::general_purpose::STANDARD.encode("p2ner:secret");
-        h.insert(header::AUTHORIZATION, format!("Basic {good}").parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Basic {good}").parse().unwrap(),
+        );
         assert!(authorized(&h, "secret"));
         assert!(!authorized(&h, "secreT"));
         let bad = base64::engine::general_purpose::STANDARD.encode("root:secret");
-        h.insert(header::AUTHORIZATION, format!("Basic {bad}").parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Basic {bad}").parse().unwrap(),
+        );
         assert!(!authorized(&h, "secret"));
     }
 
@@ -546,7 +558,10 @@ mod tests {
     #[test]
     fn json_numbers_keep_their_size() {
         assert_eq!(from_json(&serde_json::json!(5)), Value::Integer(5));
-        assert_eq!(from_json(&serde_json::json!(1u64 << 40)), Value::Long(1 << 40));
+        assert_eq!(
+            from_json(&serde_json::json!(1u64 << 40)),
+            Value::Long(1 << 40)
+        );
         assert_eq!(from_json(&serde_json::json!(0.5)), Value::Double(0.5));
     }
 }

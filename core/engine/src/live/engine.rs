@@ -416,10 +416,11 @@ impl Engine {
 
     pub fn sessions(&self) -> Vec<SessionInfo> {
         let st = self.inner.state.lock().unwrap();
-        let (mut running, ended): (Vec<_>, Vec<_>) =
-            st.sessions.iter().map(Entry::info).partition(|i| {
-                matches!(i.state.as_str(), "starting" | "playing")
-            });
+        let (mut running, ended): (Vec<_>, Vec<_>) = st
+            .sessions
+            .iter()
+            .map(Entry::info)
+            .partition(|i| matches!(i.state.as_str(), "starting" | "playing"));
         running.extend(ended);
         running
     }
@@ -709,8 +710,14 @@ impl Engine {
         let wire_guess = self.identity_stream(&opts);
         let (id, shared) = self.new_entry("publish", wire_guess.clone(), opts.title.clone());
         let report = self.reporter(&id);
-        match super::start_publish(&self.inner.registry, &self.inner.mux, opts, report, Some(shared))
-            .await
+        match super::start_publish(
+            &self.inner.registry,
+            &self.inner.mux,
+            opts,
+            report,
+            Some(shared),
+        )
+        .await
         {
             Ok((wire, driver)) => {
                 self.spawn(id.clone(), wire, driver, None);
@@ -755,8 +762,14 @@ impl Engine {
         };
         let (id, shared) = self.new_entry("subscribe", stream.clone(), String::new());
         let report = self.reporter(&id);
-        match super::start_subscribe(&self.inner.registry, &self.inner.mux, opts, report, Some(shared))
-            .await
+        match super::start_subscribe(
+            &self.inner.registry,
+            &self.inner.mux,
+            opts,
+            report,
+            Some(shared),
+        )
+        .await
         {
             Ok((wire, title, driver)) => {
                 self.update(&id, |e| {
@@ -882,12 +895,8 @@ fn choice(
     request: &Params,
     registry: &Registry,
 ) -> Result<Choice, ControlError> {
-    let mut c = Choice::parse(text, group, registry).map_err(|e| {
-        err(
-            ControlError::NOT_FOUND,
-            format!("{e:#}"),
-        )
-    })?;
+    let mut c = Choice::parse(text, group, registry)
+        .map_err(|e| err(ControlError::NOT_FOUND, format!("{e:#}")))?;
     for (k, v) in request.iter() {
         if let Some(key) = k.strip_prefix(prefix).and_then(|k| k.strip_prefix('.')) {
             c.params.insert(key.to_owned(), v.to_owned());
@@ -925,9 +934,7 @@ fn counters_json(counters: &BTreeMap<String, u64>) -> Value {
     let mut out = serde_json::Map::new();
     for (key, n) in counters {
         let (frontend, what) = key.split_once('.').unwrap_or((key, ""));
-        let entry = out
-            .entry(frontend.to_owned())
-            .or_insert_with(|| json!({}));
+        let entry = out.entry(frontend.to_owned()).or_insert_with(|| json!({}));
         entry[what] = json!(n);
     }
     Value::Object(out)
