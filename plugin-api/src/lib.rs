@@ -53,8 +53,9 @@
 //!   library (`p2ner_engine::sim`), and be deterministic for a given seed
 //!   ([`Rng`] is a seedable generator for that).
 //!   Inputs, outputs and frontends may run their own threads (media pipelines,
-//!   HTTP servers) but never an async runtime: the host drives everything
-//!   through synchronous calls.
+//!   HTTP servers); only a frontend may run an async runtime, its own, inside
+//!   the plugin. Nothing async crosses the boundary: the host drives
+//!   everything through synchronous calls.
 //! - **No `#[global_allocator]`.** Memory crosses the boundary in `RVec` and
 //!   `RString`, which carry their own deallocator, but a custom global
 //!   allocator in a plugin is untested territory the host does not support.

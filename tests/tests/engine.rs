@@ -183,3 +183,40 @@ fn the_cli_talks_to_a_running_engine() {
     let (ok, _, err) = run(&mut cmd);
     assert!(!ok && err.contains("401"), "{err}");
 }
+
+#[test]
+fn a_frontend_built_for_the_1_0_engine_control_still_runs() {
+    let lib = p2ner_tests::frontend_abi_1_0_library();
+    let plugins = p2ner_tests::plugin_dir(&[&lib]);
+    let swarm = Swarm::start(None);
+    let out = swarm.path("abi10.json");
+    let frontend = format!("abi10:{}", out.display());
+    let dir = plugins.path().display().to_string();
+    let mut cmd = p2ner_tests::p2ner(swarm.dir.path());
+    cmd.args([
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--server",
+        &swarm.server_addr,
+        "--token-file",
+        "t",
+        "--identity",
+        "k",
+        "--plugin-dir",
+        &dir,
+        "--frontend",
+        &frontend,
+        "--for",
+        "6",
+    ]);
+    let (ok, _, err) = run(&mut cmd);
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&out).expect("the frontend wrote its answers");
+    let seen: serde_json::Value = serde_json::from_str(&text).expect(&text);
+    assert_eq!(seen["servers"][0], swarm.server_addr.as_str(), "{seen}");
+    assert_eq!(seen["published"], "s1", "{seen}");
+    assert_eq!(seen["stopped"], true, "{seen}");
+    assert!(seen["plugins"].as_u64().unwrap() >= 5, "{seen}");
+    assert!(seen["stats"]["sessions"]["s1"]["t_ms"].is_u64(), "{seen}");
+}

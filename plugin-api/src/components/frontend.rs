@@ -327,7 +327,8 @@ impl EngineControl {
 ///
 /// Frontends serve people or scripts (a console, XML-RPC, a web page); they
 /// run their own threads, started in [`Frontend::start`] and joined in
-/// [`Frontend::stop`], and never an async runtime.
+/// [`Frontend::stop`]; a frontend may run an async runtime of its own on
+/// them (the `xmlrpc` frontend serves HTTP on tokio), never the host's.
 pub trait Frontend: Send + 'static {
     fn start(&mut self, engine: EngineControl) -> Result<(), PluginError>;
     fn stop(&mut self) -> Result<(), PluginError>;
