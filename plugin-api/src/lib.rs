@@ -105,7 +105,8 @@ pub use abi::{
 };
 pub use components::frontend::{
     ControlError, ControlEvent, EngineControl, EngineControlAbi, EngineControlAbi_TO,
-    EngineControlArc, Frontend, SessionInfo, StreamSummary,
+    EngineControlArc, EngineSessionsAbi, EngineSessionsAbi_TO, EngineSessionsArc, Frontend,
+    SessionInfo, StreamSummary, ENGINE_SESSIONS_ATTACH_SYMBOL, ENGINE_SESSIONS_LAYOUT_SYMBOL,
 };
 pub use components::input::{Input, InputState};
 pub use components::output::{ChunkRef, Output, OutputReport};
@@ -139,6 +140,7 @@ pub mod prelude {
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::components::frontend::attach as attach_engine_sessions;
     pub use crate::export::{library_loader, Exported};
     pub use abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
 }

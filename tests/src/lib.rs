@@ -278,9 +278,9 @@ pub fn discover(path: &Path) -> (String, u32, u32, f64) {
 }
 
 /// The `abi10` frontend fixture, built against the frontend ABI as it was
-/// before the 1.1 additions (the current plugin-api with its
-/// components/frontend.rs replaced by the frozen 1.0 file); returns its
-/// library.
+/// before the 1.1 control interface (the current plugin-api with
+/// components/frontend.rs, lib.rs and export.rs replaced by the frozen
+/// files in tests/fixtures/frontend-abi-1.0/); returns its library.
 pub fn frontend_abi_1_0_library() -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -294,27 +294,19 @@ pub fn frontend_abi_1_0_library() -> PathBuf {
         src.join("components/frontend.rs"),
     )
     .expect("frozen frontend.rs");
-    let lib = std::fs::read_to_string(src.join("lib.rs")).expect("lib.rs");
-    let start = lib
-        .find("pub use components::frontend::{")
-        .expect("frontend re-exports");
-    let end = start + lib[start..].find("};").expect("end of re-exports") + 2;
-    let lib = format!(
-        "{}pub use components::frontend::{{EngineControl, EngineControlAbi, EngineControlAbi_TO, EngineControlArc, Frontend, StreamSummary}};{}",
-        &lib[..start],
-        &lib[end..]
-    );
-    std::fs::write(src.join("lib.rs"), lib).expect("lib.rs");
+    for (frozen, file) in [
+        ("lib_abi_1_0.rs", "lib.rs"),
+        ("export_abi_1_0.rs", "export.rs"),
+    ] {
+        std::fs::copy(fixture.join(frozen), src.join(file)).expect("frozen file");
+    }
     std::fs::write(
         api.join("Cargo.toml"),
         "[package]\nname = \"p2ner-plugin-api\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n\n[lib]\nname = \"p2ner_plugin_api\"\n\n[features]\n__fixture_changed_interface = []\n__fixture_other_abi = []\n\n[dependencies]\nabi_stable = \"0.11.3\"\ntracing = \"0.1\"\ntracing-core = \"0.1\"\n",
     )
     .expect("manifest");
     drop(_guard);
-    let dir = build_out_of_tree(
-        &fixture.join("Cargo.toml"),
-        &["fixture-frontend-abi-1-0"],
-    );
+    let dir = build_out_of_tree(&fixture.join("Cargo.toml"), &["fixture-frontend-abi-1-0"]);
     library_file(&dir, "fixture-frontend-abi-1-0")
 }
 

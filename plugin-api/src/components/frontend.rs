@@ -3,7 +3,7 @@
 use abi_stable::{
     sabi_trait,
     sabi_trait::TD_Opaque,
-    std_types::{RArc, RResult, RResult::RErr, RStr, RString, RVec},
+    std_types::{RArc, RResult, RStr, RString, RVec},
     StableAbi,
 };
 
@@ -53,7 +53,7 @@ impl ControlError {
         }
     }
 
-    fn unsupported(method: &str) -> Self {
+    pub(crate) fn unsupported(method: &str) -> Self {
         ControlError::new(
             Self::UNSUPPORTED,
             format!("this engine does not offer '{method}'"),
@@ -128,108 +128,146 @@ pub trait EngineControlAbi: Send + Sync {
     /// Engine, stream and neighbour statistics as one JSON object.
     #[sabi(last_prefix_field)]
     fn stats_json(&self) -> RString;
-
-    // ABI 1.1: appended after the prefix, each with a default body, so a
-    // frontend built for 1.1 still runs on a 1.0 engine (the call answers
-    // `UNSUPPORTED`) and a 1.0 frontend on every later engine.
-
-    /// Every session the engine has run, running ones first.
-    fn sessions(&self) -> RResult<RVec<SessionInfo>, ControlError> {
-        RErr(ControlError::unsupported("sessions"))
-    }
-    /// Starts a session: `role` is `publish` or `subscribe`, the request as
-    /// for [`EngineControlAbi::publish`]; returns the session id.
-    fn start_session(&self, role: RStr<'_>, request: &Params) -> RResult<RString, ControlError> {
-        let _ = (role, request);
-        RErr(ControlError::unsupported("start_session"))
-    }
-    /// Ends a session; an unknown id is `NOT_FOUND`.
-    fn stop_session(&self, id: RStr<'_>) -> RResult<(), ControlError> {
-        let _ = id;
-        RErr(ControlError::unsupported("stop_session"))
-    }
-    /// The latest `--stats` line of a session as JSON (the final summary
-    /// once it ended); `""`: the engine's totals and every session's line.
-    fn session_stats(&self, id: RStr<'_>) -> RResult<RString, ControlError> {
-        let _ = id;
-        RErr(ControlError::unsupported("session_stats"))
-    }
-    /// [`EngineControlAbi::streams`] with a typed error.
-    fn browse(&self, servers: RVec<RString>) -> RResult<RVec<StreamSummary>, ControlError> {
-        let _ = servers;
-        RErr(ControlError::unsupported("browse"))
-    }
-    /// Adds a server (`host:port`) to the ones the engine knows.
-    fn add_server(&self, addr: RStr<'_>) -> RResult<(), ControlError> {
-        let _ = addr;
-        RErr(ControlError::unsupported("add_server"))
-    }
-    fn remove_server(&self, addr: RStr<'_>) -> RResult<(), ControlError> {
-        let _ = addr;
-        RErr(ControlError::unsupported("remove_server"))
-    }
-    /// The events after `after`, waiting up to `wait_ms` for one when there
-    /// is none yet (a long poll); old events are dropped first.
-    fn events(&self, after: u64, wait_ms: u32) -> RVec<ControlEvent> {
-        let _ = (after, wait_ms);
-        RVec::new()
-    }
-    /// The secret remote clients must present (`p2ner run --token-file`);
-    /// empty: the engine has none, and remote frontends must refuse to serve.
-    fn token(&self) -> RString {
-        RString::new()
-    }
-    /// Counts something a frontend refused (`what`: `unauthorized`,
-    /// `too_large`, `malformed`, `unknown_method`, ...), in the engine's
-    /// totals under `frontends.NAME.what`.
-    fn count(&self, frontend: RStr<'_>, what: RStr<'_>) {
-        let _ = (frontend, what);
-    }
-    /// Every installed component as `p2ner plugins list --json` prints it
-    /// (a JSON array of `{group, name, version, library, description}`).
-    fn plugins_json(&self) -> RString {
-        RString::from("[]")
-    }
-    /// Asks the engine to end every session and exit (a console's `quit`).
-    fn shutdown(&self) {}
 }
 
 /// A shareable handle on [`EngineControlAbi`].
 pub type EngineControlArc = EngineControlAbi_TO<'static, RArc<()>>;
 
+/// The rest of the engine's control (1.1), beside [`EngineControlAbi`]
+/// rather than appended to it.
+///
+/// abi_stable accepts a library whose prefix types have at least the
+/// fields the host's have, never fewer; `EngineControlAbi` is reached from
+/// every library's root module (`new_frontend` -> `FrontendAbi::start`), so
+/// one appended method would turn away every library, of any group, built
+/// before it. This interface is outside the root module instead: a library
+/// built with this plugin-api exports it with its own layout
+/// ([`ENGINE_SESSIONS_LAYOUT_SYMBOL`]) and an attach function
+/// ([`ENGINE_SESSIONS_ATTACH_SYMBOL`]); the host checks the layout and
+/// attaches its implementation before it starts the library's frontends.
+/// A frontend on an engine that attached none gets `UNSUPPORTED` from
+/// these calls; an engine meeting a library without the symbols (built
+/// before 1.1) starts its frontends with [`EngineControlAbi`] alone.
+#[sabi_trait]
+pub trait EngineSessionsAbi: Send + Sync {
+    /// Every session the engine has run, running ones first.
+    fn sessions(&self) -> RResult<RVec<SessionInfo>, ControlError>;
+    /// Starts a session: `role` is `publish` or `subscribe`, the request as
+    /// for [`EngineControlAbi::publish`]; returns the session id.
+    fn start_session(&self, role: RStr<'_>, request: &Params) -> RResult<RString, ControlError>;
+    /// Ends a session; an unknown id is `NOT_FOUND`.
+    fn stop_session(&self, id: RStr<'_>) -> RResult<(), ControlError>;
+    /// The latest `--stats` line of a session as JSON (the final summary
+    /// once it ended); `""`: the engine's totals and every session's line.
+    fn session_stats(&self, id: RStr<'_>) -> RResult<RString, ControlError>;
+    /// [`EngineControlAbi::streams`] with a typed error.
+    fn browse(&self, servers: RVec<RString>) -> RResult<RVec<StreamSummary>, ControlError>;
+    /// Adds a server (`host:port`) to the ones the engine knows.
+    fn add_server(&self, addr: RStr<'_>) -> RResult<(), ControlError>;
+    fn remove_server(&self, addr: RStr<'_>) -> RResult<(), ControlError>;
+    /// The events after `after`, waiting up to `wait_ms` for one when there
+    /// is none yet (a long poll); old events are dropped first.
+    fn events(&self, after: u64, wait_ms: u32) -> RVec<ControlEvent>;
+    /// The secret remote clients must present (`p2ner run --token-file`);
+    /// empty: the engine has none, and remote frontends must refuse to serve.
+    fn token(&self) -> RString;
+    /// Counts something a frontend refused (`what`: `unauthorized`,
+    /// `too_large`, `malformed`, `unknown_method`, ...), in the engine's
+    /// totals under `frontends.NAME.what`.
+    fn count(&self, frontend: RStr<'_>, what: RStr<'_>);
+    /// Every installed component as `p2ner plugins list --json` prints it
+    /// (a JSON array of `{group, name, version, library, description}`).
+    fn plugins_json(&self) -> RString;
+    /// Asks the engine to end every session and exit (a console's `quit`).
+    #[sabi(last_prefix_field)]
+    fn shutdown(&self);
+}
+
+/// A shareable handle on [`EngineSessionsAbi`].
+pub type EngineSessionsArc = EngineSessionsAbi_TO<'static, RArc<()>>;
+
+/// The symbol (a `&'static TypeLayout` of [`EngineSessionsArc`]) the host
+/// checks before attaching.
+pub const ENGINE_SESSIONS_LAYOUT_SYMBOL: &[u8] = b"p2ner_engine_sessions_layout\0";
+/// The symbol (`extern "C" fn(EngineSessionsArc)`) the host attaches with.
+pub const ENGINE_SESSIONS_ATTACH_SYMBOL: &[u8] = b"p2ner_engine_sessions_attach\0";
+
+static ATTACHED: std::sync::OnceLock<EngineSessionsArc> = std::sync::OnceLock::new();
+
+/// Called through [`ENGINE_SESSIONS_ATTACH_SYMBOL`] (the export macro
+/// defines it); one engine per process, so the first one stays.
+#[doc(hidden)]
+pub fn attach(ext: EngineSessionsArc) {
+    let _ = ATTACHED.set(ext);
+}
+
+fn shallow(ext: &EngineSessionsArc) -> EngineSessionsArc {
+    EngineSessionsArc::from_sabi(ext.obj.shallow_clone())
+}
+
 /// The engine handle a frontend gets: cheap to clone, usable from any thread.
-pub struct EngineControl(EngineControlArc);
+pub struct EngineControl {
+    base: EngineControlArc,
+    ext: Option<EngineSessionsArc>,
+}
 
 impl Clone for EngineControl {
     fn clone(&self) -> Self {
         // An RArc-based trait object clones its handle, not the engine.
-        EngineControl(EngineControlArc::from_sabi(self.0.obj.shallow_clone()))
+        EngineControl {
+            base: EngineControlArc::from_sabi(self.base.obj.shallow_clone()),
+            ext: self.ext.as_ref().map(shallow),
+        }
     }
+}
+
+fn unsupported(method: &str) -> ControlError {
+    ControlError::unsupported(method)
 }
 
 impl EngineControl {
     /// Wraps the host's implementation (host side).
-    pub fn new<T: EngineControlAbi + Send + Sync + 'static>(engine: T) -> Self {
-        Self::from_abi(EngineControlArc::from_ptr(RArc::new(engine), TD_Opaque))
+    pub fn new<T>(engine: T) -> Self
+    where
+        T: EngineControlAbi + EngineSessionsAbi + Send + Sync + 'static,
+    {
+        let arc = RArc::new(engine);
+        EngineControl {
+            base: EngineControlArc::from_ptr(arc.clone(), TD_Opaque),
+            ext: Some(EngineSessionsArc::from_ptr(arc, TD_Opaque)),
+        }
     }
 
-    /// Wraps the handle a frontend receives across the boundary.
+    /// Wraps the handle a frontend receives across the boundary, with the
+    /// 1.1 interface when the host attached one to this library.
     pub fn from_abi(engine: EngineControlArc) -> Self {
-        EngineControl(engine)
+        EngineControl {
+            base: engine,
+            ext: ATTACHED.get().map(shallow),
+        }
     }
 
     /// The boundary handle, to give to a frontend (host side).
     pub fn to_abi(&self) -> EngineControlArc {
-        self.clone().0
+        self.clone().base
+    }
+
+    /// The 1.1 interface, to attach to a library (host side).
+    pub fn sessions_abi(&self) -> Option<EngineSessionsArc> {
+        self.ext.as_ref().map(shallow)
+    }
+
+    fn ext(&self, method: &str) -> Result<&EngineSessionsArc, ControlError> {
+        self.ext.as_ref().ok_or_else(|| unsupported(method))
     }
 
     pub fn servers(&self) -> Vec<String> {
-        self.0.servers().into_iter().map(String::from).collect()
+        self.base.servers().into_iter().map(String::from).collect()
     }
 
     pub fn streams(&self, servers: &[&str]) -> Result<Vec<StreamSummary>, String> {
         let servers = servers.iter().map(|s| RString::from(*s)).collect();
-        self.0
+        self.base
             .streams(servers)
             .into_result()
             .map(RVec::into_vec)
@@ -237,7 +275,7 @@ impl EngineControl {
     }
 
     pub fn publish(&self, request: &Params) -> Result<String, String> {
-        self.0
+        self.base
             .publish(request)
             .into_result()
             .map(String::from)
@@ -245,7 +283,7 @@ impl EngineControl {
     }
 
     pub fn subscribe(&self, request: &Params) -> Result<String, String> {
-        self.0
+        self.base
             .subscribe(request)
             .into_result()
             .map(String::from)
@@ -253,37 +291,42 @@ impl EngineControl {
     }
 
     pub fn unsubscribe(&self, id: &str) -> Result<(), String> {
-        self.0
+        self.base
             .unsubscribe(id.into())
             .into_result()
             .map_err(String::from)
     }
 
     pub fn plugins(&self) -> Vec<ComponentInfo> {
-        self.0.plugins().into_vec()
+        self.base.plugins().into_vec()
     }
 
     pub fn stats_json(&self) -> String {
-        self.0.stats_json().into()
+        self.base.stats_json().into()
     }
 
     pub fn sessions(&self) -> Result<Vec<SessionInfo>, ControlError> {
-        self.0.sessions().into_result().map(RVec::into_vec)
+        self.ext("sessions")?
+            .sessions()
+            .into_result()
+            .map(RVec::into_vec)
     }
 
     pub fn start_session(&self, role: &str, request: &Params) -> Result<String, ControlError> {
-        self.0
+        self.ext("start_session")?
             .start_session(role.into(), request)
             .into_result()
             .map(String::from)
     }
 
     pub fn stop_session(&self, id: &str) -> Result<(), ControlError> {
-        self.0.stop_session(id.into()).into_result()
+        self.ext("stop_session")?
+            .stop_session(id.into())
+            .into_result()
     }
 
     pub fn session_stats(&self, id: &str) -> Result<String, ControlError> {
-        self.0
+        self.ext("session_stats")?
             .session_stats(id.into())
             .into_result()
             .map(String::from)
@@ -291,35 +334,58 @@ impl EngineControl {
 
     pub fn browse(&self, servers: &[&str]) -> Result<Vec<StreamSummary>, ControlError> {
         let servers = servers.iter().map(|s| RString::from(*s)).collect();
-        self.0.browse(servers).into_result().map(RVec::into_vec)
+        self.ext("browse")?
+            .browse(servers)
+            .into_result()
+            .map(RVec::into_vec)
     }
 
     pub fn add_server(&self, addr: &str) -> Result<(), ControlError> {
-        self.0.add_server(addr.into()).into_result()
+        self.ext("add_server")?
+            .add_server(addr.into())
+            .into_result()
     }
 
     pub fn remove_server(&self, addr: &str) -> Result<(), ControlError> {
-        self.0.remove_server(addr.into()).into_result()
+        self.ext("remove_server")?
+            .remove_server(addr.into())
+            .into_result()
     }
 
+    /// Empty on an engine without the 1.1 interface.
     pub fn events(&self, after: u64, wait_ms: u32) -> Vec<ControlEvent> {
-        self.0.events(after, wait_ms).into_vec()
+        self.ext
+            .as_ref()
+            .map(|e| e.events(after, wait_ms).into_vec())
+            .unwrap_or_default()
     }
 
+    /// Empty on an engine without the 1.1 interface: remote frontends must
+    /// then refuse to serve.
     pub fn token(&self) -> String {
-        self.0.token().into()
+        self.ext
+            .as_ref()
+            .map(|e| String::from(e.token()))
+            .unwrap_or_default()
     }
 
     pub fn count(&self, frontend: &str, what: &str) {
-        self.0.count(frontend.into(), what.into())
+        if let Some(e) = &self.ext {
+            e.count(frontend.into(), what.into())
+        }
     }
 
     pub fn plugins_json(&self) -> String {
-        self.0.plugins_json().into()
+        self.ext
+            .as_ref()
+            .map(|e| String::from(e.plugins_json()))
+            .unwrap_or_else(|| "[]".into())
     }
 
     pub fn shutdown(&self) {
-        self.0.shutdown()
+        if let Some(e) = &self.ext {
+            e.shutdown()
+        }
     }
 }
 

@@ -86,7 +86,7 @@ pub const METHODS: &[(&str, &str)] = &[
 pub struct XmlRpc {
     listen: String,
     max_body: usize,
-    running: Option<(JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
+    running: Option<(JoinHandle<()>, tokio::sync::watch::Sender<bool>)>,
 }
 
 impl XmlRpc {
@@ -117,7 +117,7 @@ impl Frontend for XmlRpc {
         let local = listener.local_addr().map_err(|e| format!("xmlrpc: {e}"))?;
         let state = Arc::new(Rpc { engine, token });
         let max_body = self.max_body;
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .max_blocking_threads(64)
@@ -141,13 +141,23 @@ impl Frontend for XmlRpc {
                         .route("/", post(rpc))
                         .layer(DefaultBodyLimit::max(max_body))
                         .with_state(state);
-                    let served = axum::serve(listener, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = stop_rx.await;
-                        })
-                        .await;
-                    if let Err(e) = served {
-                        p2ner_plugin_api::tracing::error!("xmlrpc: {e}");
+                    let mut graceful = stop_rx.clone();
+                    let served = axum::serve(listener, app).with_graceful_shutdown(async move {
+                        let _ = graceful.wait_for(|stop| *stop).await;
+                    });
+                    // Connections still open (a long poll) get a moment, not more.
+                    let mut stop = stop_rx;
+                    let bounded = async move {
+                        let _ = stop.wait_for(|stop| *stop).await;
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    };
+                    tokio::select! {
+                        served = served => {
+                            if let Err(e) = served {
+                                p2ner_plugin_api::tracing::error!("xmlrpc: {e}");
+                            }
+                        }
+                        _ = bounded => {}
                     }
                 });
                 // Long polls still parked in the engine are not waited for.
@@ -163,7 +173,7 @@ impl Frontend for XmlRpc {
 
     fn stop(&mut self) -> Result<(), PluginError> {
         if let Some((thread, stop)) = self.running.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
             let _ = thread.join();
         }
         Ok(())

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use abi_stable::std_types::{RResult, RStr, RString, RVec};
 use p2ner_plugin_api::{
-    ComponentInfo, ControlError, ControlEvent, EngineControl, EngineControlAbi, FrontendBox, Group,
-    Params, SessionInfo, StreamSummary,
+    ComponentInfo, ControlError, ControlEvent, EngineControl, EngineControlAbi, EngineSessionsAbi,
+    EngineSessionsArc, FrontendBox, Group, Params, SessionInfo, StreamSummary,
+    ENGINE_SESSIONS_ATTACH_SYMBOL, ENGINE_SESSIONS_LAYOUT_SYMBOL,
 };
 
 use super::{Choice, Engine};
@@ -144,7 +145,9 @@ impl EngineControlAbi for Control {
                 .into()
         })
     }
+}
 
+impl EngineSessionsAbi for Control {
     fn sessions(&self) -> RResult<RVec<SessionInfo>, ControlError> {
         guard("sessions", || Ok(self.engine.sessions().into()))
     }
@@ -223,6 +226,14 @@ pub fn start_frontend(
     spec: &str,
 ) -> anyhow::Result<RunningFrontend> {
     let choice = Choice::parse(spec, Group::Frontend, engine.registry())?;
+    let component = engine
+        .registry()
+        .find(Group::Frontend, &choice.name, None)?;
+    if let Some(ext) = control.sessions_abi() {
+        if let Err(why) = attach(&component.library.path, ext) {
+            tracing::info!(frontend = %choice.name, "{why}: it gets the 1.0 control only");
+        }
+    }
     let mut frontend = engine
         .registry()
         .new_frontend(&choice.name, None, &choice.params())?;
@@ -234,4 +245,34 @@ pub fn start_frontend(
         name: choice.name,
         frontend,
     })
+}
+
+/// Gives a library the 1.1 control interface ([`EngineSessionsAbi`]), if it
+/// exports the symbols for it and its layout is compatible.
+fn attach(path: &std::path::Path, ext: EngineSessionsArc) -> Result<(), String> {
+    use abi_stable::library::RawLibrary;
+    use abi_stable::type_layout::TypeLayout;
+    use abi_stable::StableAbi;
+    // The library is loaded already (and never unloaded): this finds it.
+    let lib = RawLibrary::load_at(path).map_err(|e| format!("reopening: {e}"))?;
+    // SAFETY: the symbols are the static (a `&TypeLayout`; the symbol is
+    // its address) and the function the export macro defines; the layout
+    // is checked before the call.
+    unsafe {
+        let layout = lib
+            .get::<&'static &'static TypeLayout>(ENGINE_SESSIONS_LAYOUT_SYMBOL)
+            .map_err(|_| "built before the 1.1 control interface".to_string())?;
+        abi_stable::abi_stability::abi_checking::check_layout_compatibility(
+            <EngineSessionsArc as StableAbi>::LAYOUT,
+            **layout,
+        )
+        .map_err(|e| format!("its 1.1 control interface differs: {e}"))?;
+        let attach = lib
+            .get::<extern "C" fn(EngineSessionsArc)>(ENGINE_SESSIONS_ATTACH_SYMBOL)
+            .map_err(|_| "no attach function".to_string())?;
+        (*attach)(ext);
+    }
+    // Keep the handle open for good, as the loader does.
+    std::mem::forget(lib);
+    Ok(())
 }
