@@ -113,7 +113,7 @@ pub fn run(args: &RunArgs, plugins: &PluginOptions) -> Result<ExitCode> {
         token,
     };
     let engine = rt.block_on(Engine::start(registry, opts))?;
-    let control = Control::new(engine.clone());
+    let control = Control::handle(engine.clone());
     eprintln!(
         "engine on udp {} (token in {})",
         engine.local_addr(),

@@ -22,7 +22,7 @@ pub struct Control {
 }
 
 impl Control {
-    pub fn new(engine: Engine) -> EngineControl {
+    pub fn handle(engine: Engine) -> EngineControl {
         EngineControl::new(Control { engine })
     }
 }
@@ -264,7 +264,7 @@ fn attach(path: &std::path::Path, ext: EngineSessionsArc) -> Result<(), String> 
             .map_err(|_| "built before the 1.1 control interface".to_string())?;
         abi_stable::abi_stability::abi_checking::check_layout_compatibility(
             <EngineSessionsArc as StableAbi>::LAYOUT,
-            **layout,
+            &layout,
         )
         .map_err(|e| format!("its 1.1 control interface differs: {e}"))?;
         let attach = lib

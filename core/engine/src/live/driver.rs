@@ -91,7 +91,7 @@ impl Driver {
         let mut next_second = now_us() + 1_000_000;
         let mut next_heartbeat = tokio::time::Instant::now() + Duration::from_secs(5);
         let mut refused = 0u64;
-        let cap_bps = self.endpoint.config().upload_kbps.map(|k| k as u64 * 1000);
+        let cap_bps = self.endpoint.config().upload_kbps.map(|k| k * 1000);
         let mut uplink = UplinkModel::new(cap_bps);
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
