@@ -107,7 +107,7 @@ fn library() -> &'static Library {
 }
 
 /// Runs a plugin's `register` inside the root-module loader, so that a panic
-/// there is reported by the host as "init panicked: <message>".
+/// there is reported by the host as `init panicked: <message>`.
 pub fn library_loader(exported: Exported) -> RootModuleResult {
     install_panic_hook();
     let register = exported.register;

@@ -88,7 +88,7 @@ pub struct SessionInfo {
 }
 
 /// Something that happened in the engine (ABI 1.1), for frontends that
-/// follow it live ([`EngineControlAbi::events`]).
+/// follow it live ([`EngineSessionsAbi::events`]).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq, Default)]
 pub struct ControlEvent {
