@@ -81,6 +81,16 @@
 //! - plain data types (events, actions, descriptions) never change shape
 //!   inside a major version. A change to one of them bumps the major, and the
 //!   host refuses libraries built for another major by name.
+//!
+//! Caveat, from abi_stable's layout check (`abi_checking::check_fields`): a
+//! prefix type in the host may have no more fields than the library's, so
+//! a library built before an appended field or method is refused by a host
+//! that has it (`too many fields: expected N, found M`), whichever side
+//! implements the trait. The frontend control added in 1.1 therefore sits
+//! beside [`EngineControlAbi`] as [`EngineSessionsAbi`], outside the root
+//! module: [`export_plugin!`] exports its layout and an attach function,
+//! the host checks the layout and attaches it before starting a library's
+//! frontends, and a library without them runs on `EngineControlAbi` alone.
 
 mod abi;
 pub mod chunker;
