@@ -111,7 +111,7 @@ fn library() -> &'static Library {
 }
 
 /// Runs a plugin's `register` inside the root-module loader, so that a panic
-/// there is reported by the host as `init panicked: MESSAGE`.
+/// there is reported by the host as `init panicked: <message>`.
 pub fn library_loader(exported: Exported) -> RootModuleResult {
     install_panic_hook();
     let register = exported.register;
@@ -210,6 +210,21 @@ macro_rules! export_plugin {
                 )
             }
         };
+
+        /// The layout of the 1.1 control interface this library was built
+        /// with, checked by the host before it attaches one
+        /// ([`EngineSessionsAbi`](crate::EngineSessionsAbi)).
+        #[doc(hidden)]
+        #[export_name = "p2ner_engine_sessions_layout"]
+        pub static __P2NER_ENGINE_SESSIONS_LAYOUT:
+            &'static $crate::abi_stable::type_layout::TypeLayout =
+            <$crate::EngineSessionsArc as $crate::abi_stable::StableAbi>::LAYOUT;
+
+        #[doc(hidden)]
+        #[export_name = "p2ner_engine_sessions_attach"]
+        pub extern "C" fn __p2ner_engine_sessions_attach(ext: $crate::EngineSessionsArc) {
+            $crate::__private::attach_engine_sessions(ext)
+        }
     };
 }
 
@@ -218,6 +233,18 @@ mod tests {
     /// The symbol abi_stable looks a library's root module up by; the macro
     /// must spell it literally (it cannot compute an identifier).
     const ROOT_SYMBOL: &str = "_1as_0lib_1header_0root_bmodule_bloader";
+
+    #[test]
+    fn macro_exports_the_engine_sessions_symbols() {
+        let macro_text = include_str!("export.rs");
+        for symbol in [
+            crate::ENGINE_SESSIONS_LAYOUT_SYMBOL,
+            crate::ENGINE_SESSIONS_ATTACH_SYMBOL,
+        ] {
+            let name = std::str::from_utf8(&symbol[..symbol.len() - 1]).unwrap();
+            assert!(macro_text.contains(&format!("#[export_name = \"{name}\"]")));
+        }
+    }
 
     #[test]
     fn macro_exports_the_symbol_abi_stable_looks_up() {

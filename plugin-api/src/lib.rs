@@ -53,8 +53,9 @@
 //!   library (`p2ner_engine::sim`), and be deterministic for a given seed
 //!   ([`Rng`] is a seedable generator for that).
 //!   Inputs, outputs and frontends may run their own threads (media pipelines,
-//!   HTTP servers) but never an async runtime: the host drives everything
-//!   through synchronous calls.
+//!   HTTP servers); only a frontend may run an async runtime, its own, inside
+//!   the plugin. Nothing async crosses the boundary: the host drives
+//!   everything through synchronous calls.
 //! - **No `#[global_allocator]`.** Memory crosses the boundary in `RVec` and
 //!   `RString`, which carry their own deallocator, but a custom global
 //!   allocator in a plugin is untested territory the host does not support.
@@ -80,6 +81,16 @@
 //! - plain data types (events, actions, descriptions) never change shape
 //!   inside a major version. A change to one of them bumps the major, and the
 //!   host refuses libraries built for another major by name.
+//!
+//! Caveat, from abi_stable's layout check (`abi_checking::check_fields`): a
+//! prefix type in the host may have no more fields than the library's, so
+//! a library built before an appended field or method is refused by a host
+//! that has it (`too many fields: expected N, found M`), whichever side
+//! implements the trait. The frontend control added in 1.1 therefore sits
+//! beside [`EngineControlAbi`] as [`EngineSessionsAbi`], outside the root
+//! module: [`export_plugin!`] exports its layout and an attach function,
+//! the host checks the layout and attaches it before starting a library's
+//! frontends, and a library without them runs on `EngineControlAbi` alone.
 
 mod abi;
 pub mod chunker;
@@ -108,7 +119,9 @@ pub use abi::{
 };
 pub use compat::init_root_module;
 pub use components::frontend::{
-    EngineControl, EngineControlAbi, EngineControlAbi_TO, EngineControlArc, Frontend, StreamSummary,
+    ControlError, ControlEvent, EngineControl, EngineControlAbi, EngineControlAbi_TO,
+    EngineControlArc, EngineSessionsAbi, EngineSessionsAbi_TO, EngineSessionsArc, Frontend,
+    SessionInfo, StreamSummary, ENGINE_SESSIONS_ATTACH_SYMBOL, ENGINE_SESSIONS_LAYOUT_SYMBOL,
 };
 pub use components::input::{Input, InputState};
 pub use components::output::{ChunkRef, Output, OutputReport};
@@ -142,6 +155,7 @@ pub mod prelude {
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::components::frontend::attach as attach_engine_sessions;
     pub use crate::export::{library_loader, Exported};
     pub use abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
 }

@@ -167,6 +167,7 @@ pub fn listed(json: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
+pub mod engine;
 pub mod swarm;
 
 /// A third-party live source: H.264 in MPEG-TS, sent by `gst-launch-1.0` to
@@ -317,4 +318,50 @@ pub fn sim_registry() -> p2ner_engine::plugins::Registry {
     let registry = p2ner_engine::plugins::Registry::load_dirs(&[dir.path()]);
     assert!(registry.problems().is_empty(), "{:?}", registry.problems());
     registry
+}
+
+/// The `abi10` frontend fixture, built against the frontend ABI as it was
+/// before the 1.1 control interface (the current plugin-api with
+/// components/frontend.rs, lib.rs and export.rs replaced by the frozen
+/// files in tests/fixtures/frontend-abi-1.0/); returns its library.
+pub fn frontend_abi_1_0_library() -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let fixture = workspace_root().join("tests/fixtures/frontend-abi-1.0");
+    let api = out_of_tree_target().join("plugin-api-abi-1.0");
+    let src = api.join("src");
+    let _ = std::fs::remove_dir_all(&src);
+    copy_dir(&workspace_root().join("plugin-api/src"), &src);
+    std::fs::copy(
+        fixture.join("frontend_abi_1_0.rs"),
+        src.join("components/frontend.rs"),
+    )
+    .expect("frozen frontend.rs");
+    for (frozen, file) in [
+        ("lib_abi_1_0.rs", "lib.rs"),
+        ("export_abi_1_0.rs", "export.rs"),
+    ] {
+        std::fs::copy(fixture.join(frozen), src.join(file)).expect("frozen file");
+    }
+    std::fs::write(
+        api.join("Cargo.toml"),
+        "[package]\nname = \"p2ner-plugin-api\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n\n[lib]\nname = \"p2ner_plugin_api\"\n\n[features]\n__fixture_changed_interface = []\n__fixture_other_abi = []\n\n[dependencies]\nabi_stable = \"0.11.3\"\ntracing = \"0.1\"\ntracing-core = \"0.1\"\n",
+    )
+    .expect("manifest");
+    drop(_guard);
+    let dir = build_out_of_tree(&fixture.join("Cargo.toml"), &["fixture-frontend-abi-1-0"]);
+    library_file(&dir, "fixture-frontend-abi-1-0")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
 }

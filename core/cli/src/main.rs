@@ -4,6 +4,8 @@
 
 mod demo;
 mod plugins;
+mod remote;
+mod run;
 mod server;
 mod stream;
 mod streams;
@@ -58,6 +60,14 @@ enum Command {
     Subscribe(stream::SubscribeArgs),
     /// A server, a publisher and a few subscribers on this machine, with live stats.
     Demo(demo::DemoArgs),
+    /// A long-running engine: many streams on one socket, driven by frontends.
+    Run(run::RunArgs),
+    /// The sessions of a running engine (--engine URL).
+    Sessions(run::SessionsArgs),
+    /// Ends a session of a running engine (--engine URL).
+    Stop(run::StopArgs),
+    /// A session's stats line, or the engine's totals (--engine URL).
+    Stats(run::StatsArgs),
 }
 
 impl Cli {
@@ -97,6 +107,10 @@ fn main() -> ExitCode {
         Command::Publish(args) => stream::publish(args, &cli.plugin_options()),
         Command::Subscribe(args) => stream::subscribe(args, &cli.plugin_options()),
         Command::Demo(args) => demo::run(args, &cli.plugin_options()),
+        Command::Run(args) => run::run(args, &cli.plugin_options()),
+        Command::Sessions(args) => run::sessions(args),
+        Command::Stop(args) => run::stop(args),
+        Command::Stats(args) => run::stats(args),
     };
     match result {
         Ok(code) => code,

@@ -12,6 +12,9 @@ use p2ner_engine::live::{self as engine, Choice, End, NetOptions, Report, Report
 use p2ner_engine::plugins::PluginOptions;
 use p2ner_engine::stream::Summary;
 
+use crate::remote::{self, Remote, Request};
+use crate::run::EngineArg;
+
 #[derive(Debug, Args)]
 pub struct NetArgs {
     /// Local UDP address for the peer-to-peer traffic.
@@ -58,8 +61,13 @@ impl NetArgs {
 
 #[derive(Debug, Args)]
 pub struct PublishArgs {
-    /// Server to register the stream on (repeatable).
-    #[arg(long = "server", value_name = "ADDR", required = true)]
+    /// Server to register the stream on (repeatable; with --engine, the
+    /// engine's servers by default).
+    #[arg(
+        long = "server",
+        value_name = "ADDR",
+        required_unless_present = "engine"
+    )]
     pub servers: Vec<SocketAddr>,
     #[arg(long)]
     pub title: String,
@@ -106,13 +114,16 @@ pub struct PublishArgs {
     pub identity: Option<PathBuf>,
     #[command(flatten)]
     pub net: NetArgs,
+    #[command(flatten)]
+    pub engine: EngineArg,
 }
 
 #[derive(Debug, Args)]
 pub struct SubscribeArgs {
-    /// The server the stream is registered on.
-    #[arg(long, value_name = "ADDR")]
-    pub server: SocketAddr,
+    /// The server the stream is registered on (with --engine: by default
+    /// the engine's server that lists it).
+    #[arg(long, value_name = "ADDR", required_unless_present = "engine")]
+    pub server: Option<SocketAddr>,
     /// The stream's id (see `p2ner streams`).
     pub stream: String,
     /// Output plugin: `null`, `file:PATH`, `gst:screen`, `gst:file:PATH`, `gst:decode`, `vlc:...`.
@@ -123,6 +134,8 @@ pub struct SubscribeArgs {
     pub output_params: Vec<(String, String)>,
     #[command(flatten)]
     pub net: NetArgs,
+    #[command(flatten)]
+    pub engine: EngineArg,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -149,6 +162,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn publish(args: &PublishArgs, plugins: &PluginOptions) -> anyhow::Result<ExitCode> {
+    if let Some(url) = &args.engine.engine {
+        return remote_publish(url, args);
+    }
     let registry = plugins.registry()?;
     let mut input = choice(&args.input, Group::Input, &args.input_params, &registry)?;
     if let Some(source) = &args.source {
@@ -189,9 +205,14 @@ pub fn publish(args: &PublishArgs, plugins: &PluginOptions) -> anyhow::Result<Ex
 }
 
 pub fn subscribe(args: &SubscribeArgs, plugins: &PluginOptions) -> anyhow::Result<ExitCode> {
+    if let Some(url) = &args.engine.engine {
+        return remote_subscribe(url, args);
+    }
     let registry = plugins.registry()?;
     let opts = engine::SubscribeOptions {
-        server: args.server,
+        server: args
+            .server
+            .ok_or_else(|| anyhow::anyhow!("subscribe needs --server ADDR"))?,
         stream: args.stream.clone(),
         output: choice(&args.output, Group::Output, &args.output_params, &registry)?,
         net: args.net.net(),
@@ -289,6 +310,106 @@ fn finish(end: End, summary: &Summary, json: bool, progress: bool) -> anyhow::Re
     }
     match end {
         End::Failed(e) => anyhow::bail!("{e}"),
-        End::Time | End::Interrupted | End::InputEnded => Ok(ExitCode::SUCCESS),
+        End::Time | End::Interrupted | End::InputEnded | End::Stopped => Ok(ExitCode::SUCCESS),
     }
+}
+
+fn open_stats(path: Option<&PathBuf>) -> anyhow::Result<Option<Box<dyn std::io::Write>>> {
+    match path {
+        None => Ok(None),
+        Some(p) => {
+            let f = std::fs::File::create(p)
+                .map_err(|e| anyhow::anyhow!("cannot write stats to {}: {e}", p.display()))?;
+            Ok(Some(Box::new(std::io::LineWriter::new(f))))
+        }
+    }
+}
+
+/// A session started on a running engine: with `--for` (or `--stats`,
+/// `--json`) it is followed to its end like an in-process run; otherwise
+/// the command returns once it started.
+fn remote_follow(remote: &Remote, id: &str, net: &NetArgs) -> anyhow::Result<ExitCode> {
+    if net.run_for.is_none() && net.stats.is_none() && !net.json {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (line, session) =
+        remote::follow(remote, id, net.run_for()?, open_stats(net.stats.as_ref())?)?;
+    if net.json {
+        println!("{line}");
+    } else {
+        let n = |k: &str| line[k].as_u64().unwrap_or(0);
+        if n("chunks_produced") > 0 {
+            eprintln!(
+                "published {} chunks, {} bytes up",
+                n("chunks_produced"),
+                n("bytes_up")
+            );
+        } else {
+            eprintln!(
+                "played {} chunks, missed {}, continuity {:.4}",
+                n("chunks_played"),
+                n("chunks_missed"),
+                line["continuity"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    if session["state"].as_str() == Some("failed") {
+        anyhow::bail!("{}", session["reason"].as_str().unwrap_or("failed"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn remote_publish(url: &str, args: &PublishArgs) -> anyhow::Result<ExitCode> {
+    let remote = Remote::new(url)?;
+    let mut r = Request::new();
+    r.set("title", &args.title)
+        .set("description", &args.description)
+        .set("input", &args.input)
+        .int("bitrate_kbps", Some(args.bitrate))
+        .int("chunk_ms", Some(args.chunk_ms))
+        .int("buffer_ms", Some(args.buffer_ms))
+        .int("width", args.width)
+        .int("height", args.height)
+        .int("fps", args.fps)
+        .set("scheduler", &args.scheduler)
+        .set("overlay", &args.overlay)
+        .array(
+            "servers",
+            &args
+                .servers
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .params("input_params", &args.input_params)
+        .params("scheduler_params", &args.scheduler_params)
+        .params("overlay_params", &args.overlay_params);
+    if let Some(source) = &args.source {
+        r.set("source", source);
+    }
+    let id = remote.call("publish", vec![r.value()])?;
+    let id = id.as_str().unwrap_or_default().to_owned();
+    let session = remote::session(&remote, &id)?;
+    let stream = session["stream"].as_str().unwrap_or_default();
+    println!("{stream}");
+    eprintln!(
+        "publishing '{}' as {stream} (session {id}) on the engine",
+        args.title
+    );
+    remote_follow(&remote, &id, &args.net)
+}
+
+fn remote_subscribe(url: &str, args: &SubscribeArgs) -> anyhow::Result<ExitCode> {
+    let remote = Remote::new(url)?;
+    let mut r = Request::new();
+    r.set("stream", &args.stream)
+        .set("output", &args.output)
+        .params("output_params", &args.output_params);
+    if let Some(server) = args.server {
+        r.set("server", server);
+    }
+    let id = remote.call("subscribe", vec![r.value()])?;
+    let id = id.as_str().unwrap_or_default().to_owned();
+    eprintln!("subscribed to {} (session {id}) on the engine", args.stream);
+    remote_follow(&remote, &id, &args.net)
 }

@@ -18,8 +18,12 @@ use super::server::resolve;
 
 #[derive(Debug, Args)]
 pub struct StreamsArgs {
-    /// A server to ask (repeatable).
-    #[arg(long = "server", value_name = "ADDR", required = true)]
+    /// A server to ask (repeatable; with --engine, the engine's servers by default).
+    #[arg(
+        long = "server",
+        value_name = "ADDR",
+        required_unless_present = "engine"
+    )]
     pub servers: Vec<String>,
     /// Only streams whose id, title or description contains TEXT.
     #[arg(long, value_name = "TEXT", default_value = "")]
@@ -30,6 +34,8 @@ pub struct StreamsArgs {
     /// Seconds to wait for each server.
     #[arg(long, value_name = "SECS", default_value_t = 3.0)]
     pub timeout: f64,
+    #[command(flatten)]
+    pub engine: crate::run::EngineArg,
 }
 
 fn online(s: &StreamSummary) -> bool {
@@ -37,6 +43,9 @@ fn online(s: &StreamSummary) -> bool {
 }
 
 pub fn run(args: &StreamsArgs) -> Result<ExitCode> {
+    if args.engine.engine.is_some() {
+        return remote(args);
+    }
     let servers: Vec<SocketAddr> = args
         .servers
         .iter()
@@ -113,4 +122,50 @@ fn truncate(s: &str, n: usize) -> String {
         t.push('…');
         t
     }
+}
+
+/// `streams --engine URL`: the engine browses, from its own socket.
+fn remote(args: &StreamsArgs) -> Result<ExitCode> {
+    let remote = args.engine.remote("streams")?;
+    let servers = args
+        .servers
+        .iter()
+        .map(|s| crate::remote::string(s))
+        .collect();
+    let found = remote.call("streams", vec![dxr::Value::Array(servers)])?;
+    let found: Vec<serde_json::Value> = found
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| {
+            args.filter.is_empty()
+                || s["id"].as_str().unwrap_or("").contains(&args.filter)
+                || s["title"].as_str().unwrap_or("").contains(&args.filter)
+        })
+        .cloned()
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+    } else if found.is_empty() {
+        println!("no streams");
+    } else {
+        println!(
+            "{:<16}  {:<32}  {:>5}  {:>6}  {:<10}  {:<10}  SERVER",
+            "ID", "TITLE", "PEERS", "KBPS", "SCHEDULER", "OVERLAY"
+        );
+        for s in &found {
+            let f = |k: &str| s[k].as_str().unwrap_or("").to_owned();
+            println!(
+                "{:<16}  {:<32}  {:>5}  {:>6}  {:<10}  {:<10}  {}",
+                f("id"),
+                truncate(&f("title"), 32),
+                s["peers"],
+                s["bitrate_kbps"],
+                truncate(&f("scheduler"), 10),
+                truncate(&f("overlay"), 10),
+                f("server"),
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

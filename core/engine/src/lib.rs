@@ -13,7 +13,7 @@
 //! as [`live::Report`]s) and links no database: the `p2ner` binary
 //! (`p2ner-cli`) is the presentation, `p2ner-server` the catalogue.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 // Printing is the binary's business.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 

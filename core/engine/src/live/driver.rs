@@ -64,6 +64,9 @@ pub struct Driver {
     pub stats: Option<Box<dyn Write + Send>>,
     /// Told once a second how the stream is doing.
     pub report: Reporter,
+    /// Set when the endpoint carries other streams too (`p2ner run`): a
+    /// stop signal, and neighbours kept while another stream uses them.
+    pub shared: Option<super::engine::Shared>,
 }
 
 /// Why a run ended.
@@ -73,6 +76,8 @@ pub enum End {
     Interrupted,
     InputEnded,
     Failed(String),
+    /// Asked to stop (`p2ner run`: a frontend's `stop`).
+    Stopped,
 }
 
 impl Driver {
@@ -125,6 +130,9 @@ impl Driver {
                     let now = now_us();
                     uplink.observed(now, self.endpoint.upload().queued_bytes);
                     self.session.set_upload(uplink.upload(now));
+                    if let Some(shared) = &self.shared {
+                        shared.hold(wire, self.session.neighbour_addrs());
+                    }
                     for addr in self.session.neighbour_addrs() {
                         let c = self.endpoint.capacity(addr);
                         self.session.set_capacity(addr, Capacity {
@@ -153,6 +161,7 @@ impl Driver {
                     }
                 }
                 _ = &mut ctrl_c => break End::Interrupted,
+                _ = super::engine::stopped(&mut self.shared) => break End::Stopped,
             }
             refused += self.flush(wire, &unreachable_tx, &peers_tx, &mut uplink);
         };
@@ -166,10 +175,13 @@ impl Driver {
         }
         let mut summary = self.session.stats().summary(self.stream.as_str());
         // Whole datagrams, framing and acknowledgements included.
+        // (On a shared endpoint those are every stream's: keep the stream's own.)
         let net = self.endpoint.stats();
         let t = &net.total;
-        summary.bytes_down = t.control.bytes_recv + t.data.bytes_recv;
-        summary.bytes_up = t.control.bytes_sent + t.data.bytes_sent;
+        if self.shared.is_none() {
+            summary.bytes_down = t.control.bytes_recv + t.data.bytes_recv;
+            summary.bytes_up = t.control.bytes_sent + t.data.bytes_sent;
+        }
         if summary.media_bytes > 0 {
             summary.overhead = summary.bytes_down.saturating_sub(summary.media_bytes) as f64
                 / summary.media_bytes as f64;
@@ -250,7 +262,11 @@ impl Driver {
                         });
                     }
                 }
-                Transmit::Forget { addr } => self.endpoint.forget(addr),
+                Transmit::Forget { addr } => {
+                    if self.shared.as_ref().is_none_or(|s| s.release(wire, addr)) {
+                        self.endpoint.forget(addr)
+                    }
+                }
             }
         }
         refused

@@ -7,7 +7,9 @@
 //! Nothing here prints: what a user should see comes out as [`Report`]s,
 //! which the `p2ner` binary turns into lines on stdout and stderr.
 
+pub mod control;
 pub mod driver;
+pub mod engine;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,6 +28,7 @@ use crate::plugins::Registry;
 use crate::stream::{Role, Session, SessionConfig, Snapshot, StreamStats, Summary};
 pub use driver::End;
 use driver::{now_us, wire_id, Driver, Heartbeat};
+pub use engine::{Engine, EngineOptions, Mux};
 
 /// What a running stream tells whoever runs it.
 #[derive(Debug)]
@@ -156,21 +159,47 @@ fn plugin_ref(registry: &Registry, group: Group, choice: &Choice) -> anyhow::Res
 
 /// Publishes a stream until the time is up, the input ends or fails, or
 /// Ctrl-C. Reports [`Report::Publishing`] as soon as it is registered.
+///
+/// A one-stream engine: the same [`Mux`] and [`start_publish`] as every
+/// stream of an [`Engine`].
 pub async fn publish(
     registry: &Registry,
     opts: PublishOptions,
-    mut report: Reporter,
+    report: Reporter,
 ) -> anyhow::Result<(End, Summary)> {
     if opts.servers.is_empty() {
         bail!("no server given: publish needs --server ADDR");
     }
-    let identity_path = match &opts.identity {
+    let (endpoint, events) = bind(&opts.net).await?;
+    let mux = Mux::start(endpoint, events);
+    let (_, driver) = start_publish(registry, &mux, opts, report, None).await?;
+    Ok(driver.run().await)
+}
+
+/// The publisher key (created on first use).
+fn identity(path: Option<&PathBuf>) -> anyhow::Result<Identity> {
+    let identity_path = match path {
         Some(p) => p.clone(),
         None => Identity::default_path()
             .context("no config folder for the publisher key: pass --identity FILE")?,
     };
-    let identity = Identity::load_or_create(&identity_path)
-        .with_context(|| format!("publisher key {}", identity_path.display()))?;
+    Identity::load_or_create(&identity_path)
+        .with_context(|| format!("publisher key {}", identity_path.display()))
+}
+
+/// Builds a published stream on `mux`'s endpoint, opens its input and
+/// registers it; returns its wire id and the driver that runs it.
+pub async fn start_publish(
+    registry: &Registry,
+    mux: &Mux,
+    opts: PublishOptions,
+    mut report: Reporter,
+    shared: Option<engine::Shared>,
+) -> anyhow::Result<(u64, Driver)> {
+    if opts.servers.is_empty() {
+        bail!("no server given: publish needs --server ADDR");
+    }
+    let identity = identity(opts.identity.as_ref())?;
     let input_info = registry.find(Group::Input, &opts.input.name, None)?;
     let declared: Vec<String> = input_info
         .info
@@ -198,8 +227,11 @@ pub async fn publish(
     let scheduler = registry.new_scheduler(&opts.scheduler.name, None, &opts.scheduler.params())?;
     let overlay = registry.new_overlay(&opts.overlay.name, None, &opts.overlay.params())?;
 
-    let (endpoint, events) = bind(&opts.net).await?;
+    let endpoint = mux.endpoint().clone();
     let stream_id = StreamId::derive(&identity.public_key(), &opts.title);
+    let wire = wire_id(&stream_id);
+    let events = mux.route(wire)?;
+    let routed = Unroute(mux, wire);
     let local = PeerInfo {
         id: PeerId(PUBLISHER_PEER_ID),
         addr: endpoint.local_addr().to_string().into(),
@@ -285,19 +317,51 @@ pub async fn publish(
         run_for: opts.run_for,
         stats: open_stats(opts.stats.as_ref())?,
         report,
+        shared,
     };
-    Ok(driver.run().await)
+    std::mem::forget(routed);
+    Ok((wire, driver))
+}
+
+/// Drops a stream's route unless the stream got going.
+struct Unroute<'m>(&'m Mux, u64);
+
+impl Drop for Unroute<'_> {
+    fn drop(&mut self) {
+        self.0.unroute(self.1);
+    }
 }
 
 /// Subscribes to a stream and plays it through the chosen output.
+///
+/// A one-stream engine: the same [`Mux`] and [`start_subscribe`] as every
+/// stream of an [`Engine`].
 pub async fn subscribe(
     registry: &Registry,
     opts: SubscribeOptions,
-    mut report: Reporter,
+    report: Reporter,
 ) -> anyhow::Result<(End, Summary)> {
     let (endpoint, events) = bind(&opts.net).await?;
+    let mux = Mux::start(endpoint, events);
+    let (_, _, driver) = start_subscribe(registry, &mux, opts, report, None).await?;
+    Ok(driver.run().await)
+}
+
+/// Joins a stream on `mux`'s endpoint and builds its session from the
+/// stream's parameters; returns its wire id, its title and the driver.
+pub async fn start_subscribe(
+    registry: &Registry,
+    mux: &Mux,
+    opts: SubscribeOptions,
+    mut report: Reporter,
+    shared: Option<engine::Shared>,
+) -> anyhow::Result<(u64, String, Driver)> {
+    let endpoint = mux.endpoint().clone();
     let server = ServerClient::new(endpoint.clone(), opts.server);
     let stream = StreamId(opts.stream.clone());
+    let wire = wire_id(&stream);
+    let events = mux.route(wire)?;
+    let routed = Unroute(mux, wire);
     let peer_id = loop {
         let id = rand_seed();
         if id != PUBLISHER_PEER_ID {
@@ -372,6 +436,7 @@ pub async fn subscribe(
         params: p,
         local: endpoint.local_addr(),
     });
+    let title = p.title.clone();
     let driver = Driver {
         endpoint,
         events,
@@ -383,8 +448,10 @@ pub async fn subscribe(
         run_for: opts.run_for,
         stats: open_stats(opts.stats.as_ref())?,
         report,
+        shared,
     };
-    Ok(driver.run().await)
+    std::mem::forget(routed);
+    Ok((wire, title, driver))
 }
 
 /// Why a plugin the stream names cannot be had: which one, which version,
