@@ -21,7 +21,7 @@ use p2ner_engine::sim::{self, SimConfig};
 use p2ner_engine::stream::percentile;
 use p2ner_plugin_api::Params;
 use p2ner_tests::swarm::{f, Proc, Swarm};
-use p2ner_tests::{caps_for_load, fluid_bound, sim_registry};
+use p2ner_tests::{capped_overlay_params, caps_for_load, fluid_bound, sim_registry};
 
 const BITRATE_KBPS: u64 = 1000;
 const SOURCE_KBPS: u64 = 2000;
@@ -61,16 +61,6 @@ impl Figures {
     }
 }
 
-/// Trees run with four stripes here: under scarce upload a single tree
-/// cannot carry the swarm (a peer below one stream copy is a leaf).
-fn overlay_params(overlay: &str) -> Params {
-    if overlay == "tree" {
-        Params::new().with("stripes", "4")
-    } else {
-        Params::new()
-    }
-}
-
 fn simulated(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> Figures {
     let cfg = SimConfig {
         subscribers: n,
@@ -79,7 +69,7 @@ fn simulated(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> 
         peer_uploads_kbps: caps_for_load(BITRATE_KBPS, n, SOURCE_KBPS, load),
         bitrate_kbps: BITRATE_KBPS as u32,
         scheduler: (scheduler.into(), Params::new()),
-        overlay: (overlay.into(), overlay_params(overlay)),
+        overlay: (overlay.into(), capped_overlay_params(overlay)),
         ..SimConfig::default()
     };
     let r = sim::run(&sim_registry(), &cfg).unwrap_or_else(|e| panic!("{e}"));
@@ -121,8 +111,12 @@ fn real(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> Figur
         "--overlay",
         overlay,
     ];
-    if overlay == "tree" {
-        args.extend(["--overlay-param", "stripes=4"]);
+    let overlay_params: Vec<String> = capped_overlay_params(overlay)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for param in &overlay_params {
+        args.extend(["--overlay-param", param.as_str()]);
     }
     let (_publisher, stream) = s.publish(&args);
     let mut subs: Vec<Proc> = (0..n)

@@ -293,6 +293,18 @@ pub fn caps_for_load(bitrate_kbps: u64, n: usize, source_kbps: u64, load: f64) -
     classes.iter().map(|c| (c * base).round() as u64).collect()
 }
 
+/// Overlay parameters for capped swarms. Trees need stripes there: a peer
+/// below one stream copy of upload is a leaf of a single tree, and the rest
+/// cannot carry everyone.
+pub fn capped_overlay_params(overlay: &str) -> p2ner_plugin_api::Params {
+    let params = p2ner_plugin_api::Params::new();
+    if overlay == "tree" {
+        params.with("stripes", "4")
+    } else {
+        params
+    }
+}
+
 /// The fluid bound for a publisher uploading `source_kbps` and subscribers
 /// uploading `peers_kbps`, kbit/s.
 pub fn fluid_bound(source_kbps: u64, peers_kbps: &[u64]) -> f64 {

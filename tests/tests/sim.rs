@@ -2,17 +2,11 @@
 //! deterministic checks of the distribution logic itself, on a simulated
 //! clock and network (a flash crowd of 20 joining within 2 s).
 
-use p2ner_engine::plugins::Registry;
 use p2ner_engine::sim::{self, SimConfig, SimResult};
-use p2ner_engine::stream::Summary;
 use p2ner_tests::*;
 
-fn registry() -> Registry {
-    sim_registry()
-}
-
 fn run(cfg: &SimConfig) -> SimResult {
-    let result = sim::run(&registry(), cfg).unwrap_or_else(|e| panic!("{e}"));
+    let result = sim::run(&sim_registry(), cfg).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(result.subscribers.len(), cfg.subscribers);
     let c: Vec<f64> = result.subscribers.iter().map(|s| s.continuity).collect();
     eprintln!(
@@ -62,17 +56,6 @@ fn runs_are_deterministic_for_a_seed() {
     assert_eq!(a.subscribers, b.subscribers);
     let c = run(&SimConfig { seed: 2, ..cfg });
     assert_ne!(a.subscribers, c.subscribers);
-}
-
-/// Trees under scarce upload need stripes: a peer below one stream copy of
-/// upload is a leaf of a single tree, and the rest cannot carry everyone.
-fn capped_overlay_params(overlay: &str) -> p2ner_plugin_api::Params {
-    let p = p2ner_plugin_api::Params::new();
-    if overlay == "tree" {
-        p.with("stripes", "4")
-    } else {
-        p
-    }
 }
 
 fn capped(scheduler: &str, overlay: &str, load: f64, n: usize) -> SimConfig {
@@ -150,51 +133,4 @@ fn a_publisher_with_1_5x_the_bitrate_is_enough() {
         "{}",
         report(&r)
     );
-}
-
-#[test]
-#[ignore = "exploration: P2NER_SIM_* environment variables"]
-fn explore() {
-    let get = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
-    let params = |s: String| {
-        let mut p = p2ner_plugin_api::Params::new();
-        for kv in s.split(',').filter(|kv| !kv.is_empty()) {
-            let (k, v) = kv.split_once('=').expect("k=v");
-            p.set(k, v);
-        }
-        p
-    };
-    let load: f64 = get("P2NER_SIM_LOAD", "0.9").parse().unwrap();
-    let n: usize = get("P2NER_SIM_N", "50").parse().unwrap();
-    let mut cfg = capped(
-        &get("P2NER_SIM_SCHED", "pull"),
-        &get("P2NER_SIM_OVERLAY", "mesh"),
-        load,
-        n,
-    );
-    cfg.scheduler.1 = params(get("P2NER_SIM_SP", ""));
-    cfg.overlay.1 = params(get("P2NER_SIM_OP", ""));
-    cfg.source_upload_kbps = get("P2NER_SIM_SOURCE", "2000").parse().unwrap();
-    cfg.buffer_ms = get("P2NER_SIM_BUFFER", "0").parse().unwrap();
-    cfg.duration_us = get("P2NER_SIM_SECS", "30").parse::<u64>().unwrap() * 1_000_000;
-    let r = run(&cfg);
-    eprintln!("caps {:?}: {}", cfg.peer_uploads_kbps, report(&r));
-    let mut worst: Vec<(usize, &Summary)> = r.subscribers.iter().enumerate().collect();
-    worst.sort_by(|a, b| a.1.continuity.total_cmp(&b.1.continuity));
-    for (i, s) in worst.iter().take(4) {
-        eprintln!(
-            "worst: sub {i} class {} continuity {:.4} startup {:?} played {} missed {} late {} dup {} up {}",
-            i % 3, s.continuity, s.startup_ms, s.chunks_played, s.chunks_missed, s.chunks_late, s.duplicate_chunks, s.bytes_up
-        );
-    }
-    for class in 0..3 {
-        let c: Vec<&Summary> = r.subscribers.iter().skip(class).step_by(3).collect();
-        let mean = c.iter().map(|s| s.continuity).sum::<f64>() / c.len() as f64;
-        let start = c.iter().filter_map(|s| s.startup_ms).sum::<f64>() / c.len() as f64;
-        let up = c.iter().map(|s| s.bytes_up).sum::<u64>() as f64 / c.len() as f64 * 8.0 / 30e3;
-        let dup = c.iter().map(|s| s.duplicate_chunks).sum::<u64>() as f64 / c.len() as f64;
-        let late = c.iter().map(|s| s.chunks_late).sum::<u64>() as f64 / c.len() as f64;
-        let missed = c.iter().map(|s| s.chunks_missed).sum::<u64>() as f64 / c.len() as f64;
-        eprintln!("class {class}: continuity {mean:.4} startup {start:.0} ms up {up:.0} kbit/s dup {dup:.1} late {late:.1} missed {missed:.1}");
-    }
 }
