@@ -41,6 +41,7 @@ pub const PARAMS: &[ParamDef] = &[
     MAP_MS,
     STRIPES,
     REFUSE_MS,
+    HAVE_MS,
 ];
 
 const POLICY: ParamDef = ParamDef::new(
@@ -93,6 +94,11 @@ const STRIPES: ParamDef = ParamDef::new(
     "4",
     "substreams: chunk s belongs to s % stripes and each comes from one parent; over `tree`, set it to the tree's `stripes`",
 );
+const HAVE_MS: ParamDef = ParamDef::new(
+    "have_ms",
+    "200",
+    "announce new chunks at most this often (0: every tick); announcements go on every link, so fewer, larger ones save scarce upload",
+);
 const REFUSE_MS: ParamDef = ParamDef::new(
     "refuse_ms",
     "2000",
@@ -126,6 +132,8 @@ pub struct Push {
     map_every_us: u64,
     push_grace_us: u64,
     refuse_us: u64,
+    have_every_us: u64,
+    next_have_us: u64,
     pub(crate) stripes: usize,
     /// Total upload in bytes per second; 0: only the per-link budgets.
     upload_bytes_per_s: u64,
@@ -216,6 +224,8 @@ impl Push {
             map_every_us: MAP_MS.parse::<u64>(params)? * 1000,
             push_grace_us: PUSH_GRACE_MS.parse::<u64>(params)? * 1000,
             refuse_us: REFUSE_MS.parse::<u64>(params)? * 1000,
+            have_every_us: HAVE_MS.parse::<u64>(params)? * 1000,
+            next_have_us: 0,
             stripes,
             upload_bytes_per_s: UPLOAD_KBPS.parse::<u64>(params)? * 125,
             rng: Rng::new(0),
@@ -349,6 +359,7 @@ impl Push {
     pub(crate) fn prune(&mut self) {
         let keep_from = self.keep_from();
         self.have = self.have.split_off(&keep_from);
+        self.announce.retain(|&(s, _)| s >= keep_from);
         for n in self.neighbours.values_mut() {
             n.have = n.have.split_off(&keep_from);
             n.pushed = n.pushed.split_off(&keep_from);
@@ -873,8 +884,14 @@ impl Scheduler for Push {
     fn on_tick(&mut self, now_us: u64, out: &mut SchedOut<'_>) {
         self.prune();
         self.choose_parents(now_us, out);
-        let announce = std::mem::take(&mut self.announce);
+        let announce = if now_us >= self.next_have_us {
+            self.next_have_us = now_us + self.have_every_us;
+            std::mem::take(&mut self.announce)
+        } else {
+            Vec::new()
+        };
         let playout = self.playout_word();
+        let stripes = self.stripes as u64;
         let full_map = self.map_message();
         let info = self.info_message();
         for (&peer, n) in self.neighbours.iter_mut() {
@@ -889,9 +906,13 @@ impl Scheduler for Push {
                 }
                 continue;
             }
+            // Not what it gave me, nor what I push it anyway: announcements
+            // cost upload on every link, so each says only what is news.
             let news: Vec<u64> = announce
                 .iter()
-                .filter(|(_, from)| *from != Some(peer))
+                .filter(|(seq, from)| {
+                    *from != Some(peer) && n.subscribed & (1 << (seq % stripes)) == 0
+                })
                 .map(|&(seq, _)| seq)
                 .collect();
             for part in news.chunks(MAX_SEQS) {

@@ -576,7 +576,8 @@ fn twenty_peers_on_a_mesh_play_on_time_with_both_policies() {
         // Every peer uploads 3x the stream rate (10 chunks/s of 1000 bytes).
         let params = Params::new()
             .with("policy", policy)
-            .with("upload_kbps", "240");
+            .with("upload_kbps", "240")
+            .with("have_ms", "0");
         let mut swarm = Swarm::new(&params, &mesh_edges(20, 4, 9), 20);
         swarm.run(30, 0.02, 2);
         let c = swarm.continuity();
