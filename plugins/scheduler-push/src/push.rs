@@ -141,7 +141,7 @@ pub struct Push {
     ctx: Option<SchedContext>,
     pub(crate) have: BTreeSet<u64>,
     /// New chunks to announce, with who gave them (it needs no HAVE).
-    announce: Vec<(u64, Option<PeerId>)>,
+    pub(crate) announce: Vec<(u64, Option<PeerId>)>,
     pub(crate) neighbours: BTreeMap<PeerId, Neighbour>,
     /// My repair requests in flight: seq -> (to whom, when).
     pub(crate) repairs: BTreeMap<u64, (PeerId, u64)>,

@@ -598,3 +598,70 @@ fn twenty_peers_on_a_mesh_play_on_time_with_both_policies() {
         );
     }
 }
+
+#[test]
+fn state_stays_bounded_over_a_simulated_hour_at_100_ms_chunks() {
+    // 36,000 chunks: the publisher pushes each to a subscriber, which
+    // forwards to one of its own; neither keeps more than the window.
+    let mut source = started(Params::new(), true, 1);
+    let mut relay = started(Params::new(), false, 2);
+    let mut actions = RVec::new();
+    let mut out = SchedOut::new(&mut actions);
+    source.on_neighbour_up(0, PeerId(1), DOWN, &mut out);
+    source.on_message(0, PeerId(1), &subscribe(0b1111), &mut out);
+    relay.on_neighbour_up(0, PeerId(0), UP, &mut out);
+    relay.on_neighbour_up(0, PeerId(2), DOWN, &mut out);
+    relay.on_message(0, PeerId(2), &subscribe(0b1111), &mut out);
+    let mut last_map = None;
+    let mut pushed = 0u64;
+    for seq in 0..36_000u64 {
+        let now = seq * 100_000;
+        let mut actions = RVec::new();
+        let mut out = SchedOut::new(&mut actions);
+        source.on_capacity(now, PeerId(1), cap(100_000), &mut out);
+        source.on_chunk(now, seq, None, &mut out);
+        source.on_tick(now + 1, &mut out);
+        let got: Vec<u64> = sent(&actions).into_iter().map(|(_, s)| s).collect();
+        pushed += got.len() as u64;
+        let mut relayed = RVec::new();
+        let mut out = SchedOut::new(&mut relayed);
+        relay.on_capacity(now, PeerId(2), cap(100_000), &mut out);
+        relay.on_playout(
+            now,
+            Playout {
+                next_seq: seq.saturating_sub(10),
+                next_deadline_us: now + 50_000,
+                oldest_seq: seq.saturating_sub(50),
+                newest_seq: seq,
+            },
+            &mut out,
+        );
+        for s in got {
+            relay.on_chunk(now + 2, s, Some(PeerId(0)), &mut out);
+        }
+        relay.on_tick(now + 3, &mut out);
+        for a in actions.iter().chain(relayed.iter()) {
+            if let SchedAction::SendMessage { payload, .. } = a {
+                if let Some(Message::Map { seqs, .. }) = decode(payload) {
+                    last_map = Some(seqs);
+                }
+            }
+        }
+    }
+    assert_eq!(pushed, 36_000, "every chunk pushed once");
+    for p in [&source, &relay] {
+        assert!(p.have.len() <= 300, "{}", p.have.len());
+        assert!(p.announce.len() <= 300, "{}", p.announce.len());
+        assert!(p.repairs.len() <= 4);
+        for n in p.neighbours.values() {
+            assert!(n.have.len() <= 300 && n.pushed.len() <= 300);
+            assert!(n.queue.len() <= wire::MAX_SEQS);
+        }
+    }
+    assert!(relay.have.len() <= 51, "the relay keeps its buffer only");
+    let map = last_map.expect("maps were sent");
+    assert!(
+        *map.first().unwrap() > 35_000,
+        "maps cover the newest window"
+    );
+}
