@@ -18,6 +18,8 @@ mod dispatch;
 mod links;
 mod sink;
 mod source;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
