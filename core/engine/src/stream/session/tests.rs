@@ -264,9 +264,12 @@ impl OverlayAbi for OverlayScript {
     }
 }
 
+/// What a scripted input hands out, one batch per poll.
+type Batches = Arc<Mutex<VecDeque<(Vec<MediaChunk>, InputState)>>>;
+
 /// An input that hands out one scripted batch per poll.
 struct ScriptedInput {
-    batches: Arc<Mutex<VecDeque<(Vec<MediaChunk>, InputState)>>>,
+    batches: Batches,
     polls: Arc<Mutex<u32>>,
     stopped: Arc<Mutex<bool>>,
 }
@@ -360,7 +363,7 @@ struct Bench {
 
 /// The publisher's input and key, for the tests of the publishing side.
 struct Publishing {
-    batches: Arc<Mutex<VecDeque<(Vec<MediaChunk>, InputState)>>>,
+    batches: Batches,
     polls: Arc<Mutex<u32>>,
     stopped: Arc<Mutex<bool>>,
     key: Identity,
@@ -508,7 +511,7 @@ fn sealed(key: &Identity, seq: u64) -> Bytes {
     let header = ChunkHeader {
         pts_us: seq * CHUNK_US,
         duration_us: CHUNK_US as u32,
-        keyframe: seq % 10 == 0,
+        keyframe: seq.is_multiple_of(10),
         capture_us: 1_000 + seq * CHUNK_US,
     };
     Bytes::from(wire::seal_chunk(key, STREAM, seq, &header, &media(seq)))
