@@ -50,7 +50,7 @@ pub enum OverlayAction {
     /// A message of the overlay's own protocol (peer exchange, join, ...)
     /// for the overlay at `peer`.
     SendMessage {
-        /// PeerId: The overlay at this peer gets it.
+        /// The overlay at this peer gets it.
         peer: PeerId,
         /// The overlay's own bytes; the engine does not look inside.
         payload: RVec<u8>,

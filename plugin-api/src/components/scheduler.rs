@@ -62,7 +62,7 @@ pub enum SchedAction {
     /// delivered to the same scheduler at `peer` through
     /// [`Scheduler::on_message`]. `reliable` ones are acked and retransmitted.
     SendMessage {
-        /// PeerId: The scheduler at this peer gets it.
+        /// The scheduler at this peer gets it.
         peer: PeerId,
         /// The scheduler's own bytes; the engine does not look inside.
         payload: RVec<u8>,

@@ -124,20 +124,20 @@ impl SessionConfig {
 pub enum SessionOutput {
     /// A control message for the control channel.
     SendMessage {
-        /// SocketAddr: Where to.
+        /// Where to.
         to: SocketAddr,
-        /// Vec<u8>: An encoded [`Envelope`].
+        /// An encoded [`Envelope`].
         bytes: Vec<u8>,
         /// Acknowledged and retransmitted by the network layer.
         reliable: bool,
     },
     /// A sealed chunk for the data channel.
     SendChunk {
-        /// SocketAddr: Where to.
+        /// Where to.
         to: SocketAddr,
-        /// u64: The chunk's sequence number (the data channel frames it).
+        /// The chunk's sequence number (the data channel frames it).
         seq: u64,
-        /// Bytes: The chunk as sealed by the publisher; forwarded, never re-signed.
+        /// The chunk as sealed by the publisher; forwarded, never re-signed.
         data: Bytes,
     },
     /// More candidate peers from the servers, please.
