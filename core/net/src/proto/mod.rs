@@ -78,6 +78,10 @@ pub enum Event {
 }
 
 /// What the data channel towards one neighbour can take now.
+///
+/// Schedulers see plugin-api's `Capacity`, which the engine's driver makes
+/// from this one: the network layer depends on no other p2ner crate, and the
+/// ABI type cannot grow fields like `queued_bytes` freely.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Capacity {
     /// Bytes that may be queued now without exceeding the window.
