@@ -67,6 +67,8 @@ struct ScriptState<E, A> {
     /// Handed over at the component's next call, whatever it is.
     pending: Vec<A>,
     react: React<E, A>,
+    /// Every call fails with this, as a plugin's error would.
+    error: Option<String>,
 }
 
 /// The test's end of a scripted component.
@@ -84,6 +86,7 @@ impl<E: Clone, A> Script<E, A> {
             log: Vec::new(),
             pending: Vec::new(),
             react: Box::new(|_| Vec::new()),
+            error: None,
         })))
     }
 
@@ -97,6 +100,11 @@ impl<E: Clone, A> Script<E, A> {
         self.0.lock().unwrap().pending.push(action);
     }
 
+    /// From now on, every call fails with `message`.
+    fn fail(&self, message: &str) {
+        self.0.lock().unwrap().error = Some(message.to_owned());
+    }
+
     /// The calls so far, emptying the log.
     fn take(&self) -> Vec<E> {
         std::mem::take(&mut self.0.lock().unwrap().log)
@@ -108,7 +116,10 @@ impl<E: Clone, A> Script<E, A> {
         actions.extend((s.react)(&event));
         s.log.push(event);
         out.extend(actions);
-        RResult::ROk(())
+        match &s.error {
+            Some(message) => RResult::RErr(PluginError::new(message.clone())),
+            None => RResult::ROk(()),
+        }
     }
 }
 
@@ -1085,4 +1096,26 @@ fn play_out_advances_on_its_clock_and_counts_misses() {
 
     b.s.close(t0 + 600_000);
     assert_eq!(played.lock().unwrap().last(), Some(&OutputEvent::Finish));
+}
+
+#[test]
+fn a_plugin_error_fails_the_stream_and_nothing_runs_after_it() {
+    let key = Identity::from_secret([7; 32]);
+    let (mut b, _) = subscriber(2, &key, config(2));
+    b.link_from(0, 3);
+    b.s.tick(10);
+    assert_eq!(b.s.failed(), None);
+    b.overlay.fail("no more");
+    b.s.tick(20);
+    let failed = b.s.failed().expect("an overlay error fails the stream");
+    assert!(
+        failed.contains("overlay") && failed.contains("no more"),
+        "{failed}"
+    );
+    b.sched.take();
+    b.overlay.take();
+    b.s.tick(30);
+    b.hear(40, 3, PeerMsg::Scheduler(vec![1]));
+    assert!(b.sched.take().is_empty(), "a failed stream calls no plugin");
+    assert!(b.overlay.take().is_empty());
 }
