@@ -122,6 +122,7 @@ pub fn stripe_of(peer: PeerId, stripes: usize) -> usize {
     (Rng::new(peer.0).next_u64() % stripes.max(1) as u64) as usize
 }
 
+/// The `push` scheduler of one stream at one peer (see the crate docs).
 pub struct Push {
     policy: Policy,
     target: Target,
@@ -189,6 +190,7 @@ pub(crate) struct Neighbour {
 }
 
 impl Push {
+    /// Reads [`PARAMS`]; a value out of range is an error naming it.
     pub fn new(params: &Params) -> Result<Self, PluginError> {
         let policy = match POLICY.get(params).trim() {
             "latest-useful" | "latest" => Policy::LatestUseful,

@@ -31,12 +31,16 @@ const NO_PLAYOUT: u64 = u64::MAX;
 pub enum Message {
     /// New chunks at the sender, and its play-out position (if playing).
     Have {
+        /// The next chunk its player needs; `None` before it plays.
         playout: Option<u64>,
+        /// Chunks it got since its last announcement.
         seqs: Vec<u64>,
     },
     /// Everything the sender holds (its newest `MAX_BITS` at most).
     Map {
+        /// The next chunk its player needs; `None` before it plays.
         playout: Option<u64>,
+        /// Every chunk it holds.
         seqs: Vec<u64>,
     },
     /// Repair: please send these chunks.
@@ -45,13 +49,24 @@ pub enum Message {
     /// capped) and, per substream, how many hops it is from the publisher
     /// ([`NO_DEPTH`]: not connected), so that children pick parents that
     /// reach the publisher and never one below themselves.
-    Info { upload_kbps: u32, depths: Vec<u8> },
+    Info {
+        /// What it can upload, kbit/s.
+        upload_kbps: u32,
+        /// Hops from the publisher, one per substream.
+        depths: Vec<u8>,
+    },
     /// Push me the substreams in `mask` (bit `s`: chunks `seq % stripes == s`),
     /// and only those; replaces the previous subscription.
-    Subscribe { mask: u16 },
+    Subscribe {
+        /// Bit `s`: substream `s`.
+        mask: u16,
+    },
     /// The substreams in `mask` will not be served (no upload left for
     /// them): subscribe elsewhere.
-    Refuse { mask: u16 },
+    Refuse {
+        /// Bit `s`: substream `s`.
+        mask: u16,
+    },
 }
 
 fn playout_word(p: Option<u64>) -> u64 {
