@@ -96,7 +96,7 @@ const STRIPES: ParamDef = ParamDef::new(
 );
 const HAVE_MS: ParamDef = ParamDef::new(
     "have_ms",
-    "200",
+    "100",
     "announce new chunks at most this often (0: every tick); announcements go on every link, so fewer, larger ones save scarce upload",
 );
 const REFUSE_MS: ParamDef = ParamDef::new(
