@@ -23,12 +23,11 @@ use bytes::Bytes;
 use p2ner_net::{Endpoint, Event, Events};
 use p2ner_plugin_api::{ControlError, ControlEvent, Group, Params, SessionInfo};
 use p2ner_proto::peer as wire;
-use p2ner_proto::server::{ErrorCode, Liveness, StreamId};
-use p2ner_server::client::ServerClient;
+use p2ner_proto::server::StreamId;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use super::driver::{now_us, End};
+use super::driver::now_us;
 use super::{Choice, NetOptions, PublishOptions, Report, Reporter, SubscribeOptions};
 use crate::plugins::Registry;
 
@@ -36,10 +35,6 @@ use crate::plugins::Registry;
 const ROUTE_CAPACITY: usize = 4096;
 /// Events frontends can still read back.
 const EVENTS_KEPT: usize = 1024;
-/// How often a subscription asks its server whether the stream still exists.
-const PUBLISHER_CHECK: Duration = Duration::from_secs(2);
-/// A publisher that stopped heartbeating for this long is gone.
-const PUBLISHER_OFFLINE_FOR: Duration = Duration::from_secs(10);
 
 /// The endpoint's events, routed to the stream they belong to.
 #[derive(Clone)]
@@ -617,7 +612,7 @@ impl Engine {
     /// Runs a built driver to its end on its own thread (a stream's plugins
     /// are not `Sync`, and a slow one holds up only its stream), then keeps
     /// the summary and the reason.
-    fn spawn(&self, id: String, wire: u64, driver: super::driver::Driver, watch: Option<Watch>) {
+    fn spawn(&self, id: String, wire: u64, driver: super::driver::Driver) {
         let engine = self.clone();
         let name = format!("p2ner-{id}");
         let run = move || {
@@ -635,7 +630,7 @@ impl Engine {
                     return;
                 }
             };
-            let drive = engine.clone().drive(id.clone(), wire, driver, watch);
+            let drive = engine.clone().drive(id.clone(), wire, driver);
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(drive)));
             if ran.is_err() {
                 engine.inner.mux.unroute(wire);
@@ -657,43 +652,15 @@ impl Engine {
         id: String,
         wire: u64,
         driver: super::driver::Driver,
-        watch: Option<Watch>,
     ) {
         let engine = self;
         {
-            let stop = {
-                let st = engine.inner.state.lock().unwrap();
-                st.sessions
-                    .iter()
-                    .find(|e| e.id == id)
-                    .map(|e| e.stop.clone())
-            };
-            let watcher = watch.zip(stop).map(|(w, stop)| {
-                let (engine, id) = (engine.clone(), id.clone());
-                tokio::spawn(async move {
-                    let reason = w.publisher_gone().await;
-                    engine.update(&id, |e| {
-                        e.reason = reason;
-                        None
-                    });
-                    stop.send_replace(true);
-                })
-            });
             let (end, summary) = driver.run().await;
-            if let Some(w) = watcher {
-                w.abort();
-            }
             engine.inner.mux.unroute(wire);
             engine.inner.peers.drop_stream(wire);
             engine.update(&id, |e| {
                 e.latest = serde_json::to_value(&summary).ok();
-                let (state, reason) = match end {
-                    End::Failed(why) => ("failed", why),
-                    End::InputEnded => ("ended", "the input ended".into()),
-                    End::Time => ("ended", "time is up".into()),
-                    End::Interrupted => ("ended", "interrupted".into()),
-                    End::Stopped => ("ended", "stopped".into()),
-                };
+                let (state, reason) = end.state();
                 e.state = state;
                 if e.reason.is_empty() {
                     e.reason = reason;
@@ -720,7 +687,7 @@ impl Engine {
         .await
         {
             Ok((wire, driver)) => {
-                self.spawn(id.clone(), wire, driver, None);
+                self.spawn(id.clone(), wire, driver);
                 Ok(id)
             }
             Err(e) => {
@@ -776,11 +743,7 @@ impl Engine {
                     e.title = title;
                     None
                 });
-                let watch = Watch {
-                    server: ServerClient::new(self.inner.mux.endpoint().clone(), server),
-                    stream: StreamId(stream),
-                };
-                self.spawn(id.clone(), wire, driver, Some(watch));
+                self.spawn(id.clone(), wire, driver);
                 Ok(id)
             }
             Err(e) => {
@@ -859,6 +822,7 @@ impl Engine {
             bitrate_kbps: num("bitrate_kbps")?.unwrap_or(1000),
             chunk_ms: num("chunk_ms")?.unwrap_or(100),
             buffer_ms: num("buffer_ms")?.unwrap_or(1000),
+            silence_ms: num("silence_ms")?.unwrap_or(0),
             width: num("width")?,
             height: num("height")?,
             fps: num("fps")?,
@@ -938,34 +902,6 @@ fn counters_json(counters: &BTreeMap<String, u64>) -> Value {
         entry[what] = json!(n);
     }
     Value::Object(out)
-}
-
-/// A subscription's look at its catalogue entry: the publisher removed it,
-/// or stopped heartbeating.
-struct Watch {
-    server: ServerClient,
-    stream: StreamId,
-}
-
-impl Watch {
-    async fn publisher_gone(self) -> String {
-        let mut offline_since: Option<tokio::time::Instant> = None;
-        loop {
-            tokio::time::sleep(PUBLISHER_CHECK).await;
-            match self.server.info(&self.stream).await {
-                Err(e) if e.code() == Some(ErrorCode::NotFound) => {
-                    return "the publisher ended the stream".into();
-                }
-                Ok(info) if info.liveness == Liveness::Offline => {
-                    let since = *offline_since.get_or_insert_with(tokio::time::Instant::now);
-                    if since.elapsed() >= PUBLISHER_OFFLINE_FOR {
-                        return "the publisher is gone (no heartbeat)".into();
-                    }
-                }
-                _ => offline_since = None,
-            }
-        }
-    }
 }
 
 /// The error a user sees for an engine that could not start.

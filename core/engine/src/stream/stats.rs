@@ -74,6 +74,8 @@ impl StreamStats {
             bytes_up: self.bytes_up,
             media_bytes: self.media_bytes,
             overhead: self.overhead(),
+            state: String::new(),
+            reason: String::new(),
         }
     }
 }
@@ -99,6 +101,13 @@ pub struct Summary {
     pub bytes_up: u64,
     pub media_bytes: u64,
     pub overhead: f64,
+    /// How the run ended, as `p2ner run`'s sessions say it: `ended` or
+    /// `failed`.
+    #[serde(default)]
+    pub state: String,
+    /// Why (`time is up`, `the publisher is offline ...`).
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// One `--stats` line per second.
