@@ -166,7 +166,9 @@ impl Driver {
                 }
                 Some(answer) = answers.recv() => {
                     if let Some(l) = &mut self.liveness {
-                        gone = Some(l.server_said(now_us(), answer));
+                        if let step @ Step::Gone(_) = l.server_said(now_us(), answer) {
+                            gone = Some(step);
+                        }
                     }
                 }
                 _ = tick.tick() => {
@@ -189,7 +191,8 @@ impl Driver {
                         l.chunks(now, self.session.stats().chunks_received);
                         match l.poll(now) {
                             Step::AskServer => self.ask_server(&answer_tx),
-                            step => gone = Some(step),
+                            Step::Nothing => {}
+                            step => gone = gone.or(Some(step)),
                         }
                     }
                     if now >= next_second {

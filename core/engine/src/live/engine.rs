@@ -647,12 +647,7 @@ impl Engine {
         }
     }
 
-    async fn drive(
-        self,
-        id: String,
-        wire: u64,
-        driver: super::driver::Driver,
-    ) {
+    async fn drive(self, id: String, wire: u64, driver: super::driver::Driver) {
         let engine = self;
         {
             let (end, summary) = driver.run().await;

@@ -132,9 +132,7 @@ impl Liveness {
             Answer::Offline => Step::Gone(Gone::Ended(
                 "the publisher is offline (it stopped heartbeating to the server)".into(),
             )),
-            Answer::NotFound => Step::Gone(Gone::Ended(
-                "the publisher ended the stream (the server no longer lists it)".into(),
-            )),
+            Answer::NotFound => Step::Gone(Gone::Ended("the publisher ended the stream".into())),
             Answer::Online | Answer::Unknown => Step::Nothing,
         }
     }
@@ -154,7 +152,10 @@ mod tests {
         assert_eq!(l.poll(3 * S), Step::AskServer);
         // One question at a time, once a second.
         assert_eq!(l.poll(3 * S + 500_000), Step::Nothing);
-        assert_eq!(l.server_said(3 * S + 600_000, Answer::Online), Step::Nothing);
+        assert_eq!(
+            l.server_said(3 * S + 600_000, Answer::Online),
+            Step::Nothing
+        );
         assert_eq!(l.poll(3 * S + 800_000), Step::Nothing);
         assert_eq!(l.poll(4 * S), Step::AskServer);
         assert_eq!(l.server_said(4 * S, Answer::Unknown), Step::Nothing);
