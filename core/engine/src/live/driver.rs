@@ -365,7 +365,7 @@ impl Driver {
         // started: a second that missed chunks and played none is not
         // playing (a subscription whose publisher died, once its buffer ran
         // dry).
-        if !self.session.is_source() {
+        if !self.session.is_publisher() {
             let (played, missed) = self.played_at_last_second;
             if snap.chunks_played == played && snap.chunks_missed > missed {
                 snap.playing = false;
