@@ -289,16 +289,24 @@ impl Mesh {
         let mut sample: Vec<&PeerInfo> = self.known.values().collect();
         self.rng.shuffle(&mut sample);
         sample.truncate(PEX_SAMPLE);
-        let mut msg = vec![PEX, sample.len() as u8];
-        for p in sample {
-            let addr = p.addr.as_bytes();
-            let len = addr.len().min(u8::MAX as usize);
-            msg.extend_from_slice(&p.id.0.to_le_bytes());
-            msg.push(len as u8);
-            msg.extend_from_slice(&addr[..len]);
-        }
-        msg
+        let sample: Vec<PeerInfo> = sample.into_iter().cloned().collect();
+        encode_pex(&sample)
     }
+}
+
+/// A peer-exchange message naming `peers` (at most 255 of them, of which a
+/// receiver reads [`PEX_SAMPLE`]).
+pub fn encode_pex(peers: &[PeerInfo]) -> Vec<u8> {
+    let peers = &peers[..peers.len().min(u8::MAX as usize)];
+    let mut msg = vec![PEX, peers.len() as u8];
+    for p in peers {
+        let addr = p.addr.as_bytes();
+        let len = addr.len().min(u8::MAX as usize);
+        msg.extend_from_slice(&p.id.0.to_le_bytes());
+        msg.push(len as u8);
+        msg.extend_from_slice(&addr[..len]);
+    }
+    msg
 }
 
 /// Decodes a peer-exchange message; anything malformed yields nothing.
