@@ -78,6 +78,9 @@ pub struct Driver {
     pub shared: Option<super::engine::Shared>,
     /// A subscription's watch on its publisher (`None` for a publisher).
     pub liveness: Option<Liveness>,
+    /// The endpoint's count of messages its router kept out (a one-stream
+    /// engine's own, so it joins the summary's `refused.rate_limited`).
+    pub router_limited: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// Chunks played and missed at the last second's line.
     pub played_at_last_second: (u64, u64),
 }
@@ -239,6 +242,9 @@ impl Driver {
         // (On a shared endpoint those are every stream's: keep the stream's own.)
         let net = self.endpoint.stats();
         let t = &net.total;
+        if let Some(limited) = &self.router_limited {
+            summary.refused.rate_limited += limited.load(std::sync::atomic::Ordering::Relaxed);
+        }
         if self.shared.is_none() {
             summary.bytes_down = t.control.bytes_recv + t.data.bytes_recv;
             summary.bytes_up = t.control.bytes_sent + t.data.bytes_sent;

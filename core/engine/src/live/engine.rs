@@ -33,8 +33,45 @@ use crate::plugins::Registry;
 
 /// What a stream's events queue holds before the newest are dropped.
 const ROUTE_CAPACITY: usize = 4096;
+/// Control messages stop being queued when the queue has less room than
+/// this: the rest is kept for chunks, so that a message flood delays
+/// nothing the stream plays.
+const ROOM_FOR_CHUNKS: usize = ROUTE_CAPACITY / 4;
+/// Control messages a second one source address may queue (burst twice
+/// that): the session's own limit per neighbour, applied before the
+/// message is decoded, so that a flood costs a lookup per datagram.
+const MESSAGES_PER_SOURCE: f64 = crate::stream::NEIGHBOUR_RATE;
+/// Source addresses whose message rate is tracked at once.
+const SOURCES_TRACKED: usize = 4096;
 /// Events frontends can still read back.
 const EVENTS_KEPT: usize = 1024;
+
+/// Per-source token buckets of control messages, bounded: when full, the
+/// table starts over (a flood from many addresses is the network layer's
+/// to bound; here it only costs the flooders their burst).
+#[derive(Default)]
+struct Sources {
+    buckets: HashMap<SocketAddr, (f64, std::time::Instant)>,
+}
+
+impl Sources {
+    fn allow(&mut self, from: SocketAddr, now: std::time::Instant) -> bool {
+        if self.buckets.len() >= SOURCES_TRACKED && !self.buckets.contains_key(&from) {
+            self.buckets.clear();
+        }
+        let burst = 2.0 * MESSAGES_PER_SOURCE;
+        let (tokens, at) = self.buckets.entry(from).or_insert((burst, now));
+        let dt = now.saturating_duration_since(*at).as_secs_f64();
+        *at = now;
+        *tokens = (*tokens + dt * MESSAGES_PER_SOURCE).min(burst);
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// The endpoint's events, routed to the stream they belong to.
 #[derive(Clone)]
@@ -44,6 +81,9 @@ pub struct Mux {
     /// Events for no stream carried here, and events a slow stream missed.
     unrouted: Arc<AtomicU64>,
     overflowed: Arc<AtomicU64>,
+    /// Control messages kept out of the queues (a source over its rate, or
+    /// a queue whose room is left for chunks).
+    limited: Arc<AtomicU64>,
 }
 
 impl Mux {
@@ -54,12 +94,14 @@ impl Mux {
             routes: Arc::default(),
             unrouted: Arc::default(),
             overflowed: Arc::default(),
+            limited: Arc::default(),
         };
         let m = mux.clone();
         tokio::spawn(async move {
+            let mut sources = Sources::default();
             while let Some(ev) = events.recv().await {
                 let stream = match &ev {
-                    Event::Message { payload, .. } => wire::decode(payload).map(|env| env.stream),
+                    Event::Message { payload, .. } => wire::peek(payload).map(|(stream, _)| stream),
                     Event::Chunk { stream, .. } => Some(*stream),
                     Event::Request { from, id, .. } => {
                         // Peers do not serve requests; say so instead of
@@ -71,6 +113,13 @@ impl Mux {
                 let route = stream.and_then(|s| m.routes.lock().unwrap().get(&s).cloned());
                 match route {
                     Some(tx) => {
+                        if let Event::Message { from, .. } = &ev {
+                            let now = std::time::Instant::now();
+                            if tx.capacity() < ROOM_FOR_CHUNKS || !sources.allow(*from, now) {
+                                m.limited.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                        }
                         if tx.try_send(ev).is_err() {
                             m.overflowed.fetch_add(1, Ordering::Relaxed);
                         }
@@ -113,6 +162,16 @@ impl Mux {
 
     pub fn overflowed(&self) -> u64 {
         self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Control messages kept out of the queues by the per-source rate or
+    /// to leave room for chunks.
+    pub fn limited(&self) -> u64 {
+        self.limited.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn limited_counter(&self) -> Arc<AtomicU64> {
+        self.limited.clone()
     }
 }
 
@@ -454,6 +513,7 @@ impl Engine {
                     "streams_routed": self.inner.mux.streams(),
                     "events_unrouted": self.inner.mux.unrouted(),
                     "events_overflowed": self.inner.mux.overflowed(),
+                    "messages_limited": self.inner.mux.limited(),
                     "bytes_down": t.control.bytes_recv + t.data.bytes_recv,
                     "bytes_up": t.control.bytes_sent + t.data.bytes_sent,
                     "neighbours": net.peers.len(),

@@ -309,6 +309,7 @@ pub async fn start_publish(
         local: endpoint.local_addr(),
         servers: registered.iter().map(ServerClient::server).collect(),
     });
+    let router_limited = shared.is_none().then(|| mux.limited_counter());
     let driver = Driver {
         endpoint,
         events,
@@ -325,6 +326,7 @@ pub async fn start_publish(
         shared,
         liveness: None,
         played_at_last_second: (0, 0),
+        router_limited,
     };
     std::mem::forget(routed);
     Ok((wire, driver))
@@ -454,6 +456,7 @@ pub async fn start_subscribe(
         local: endpoint.local_addr(),
     });
     let title = p.title.clone();
+    let router_limited = shared.is_none().then(|| mux.limited_counter());
     let driver = Driver {
         endpoint,
         events,
@@ -468,6 +471,7 @@ pub async fn start_subscribe(
         shared,
         liveness: Some(watch),
         played_at_last_second: (0, 0),
+        router_limited,
     };
     std::mem::forget(routed);
     Ok((wire, title, driver))
