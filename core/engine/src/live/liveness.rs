@@ -19,6 +19,7 @@
 /// What the driver should do now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
+    /// Carry on.
     Nothing,
     /// Ask the server whether the stream and its publisher are still there.
     AskServer,
@@ -38,6 +39,7 @@ pub enum Gone {
 /// A server's answer about the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
+    /// The publisher heartbeats.
     Online,
     /// The publisher stopped heartbeating.
     Offline,
@@ -57,6 +59,7 @@ pub fn default_silence_us(buffer_ms: u32, chunk_ms: u32) -> u64 {
     ms * 1000
 }
 
+/// One subscription's watch on its publisher.
 #[derive(Debug, Clone)]
 pub struct Liveness {
     silence_us: u64,
@@ -85,6 +88,7 @@ impl Liveness {
         }
     }
 
+    /// The silence after which the publisher is taken for gone.
     pub fn silence_us(&self) -> u64 {
         self.silence_us
     }
@@ -101,6 +105,7 @@ impl Liveness {
         now_us.saturating_sub(self.last_new_us)
     }
 
+    /// What to do at `now_us` (call every tick).
     pub fn poll(&mut self, now_us: u64) -> Step {
         let silent = self.silent_us(now_us);
         if silent >= self.silence_us {
