@@ -167,6 +167,7 @@ pub fn listed(json: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
+pub mod attacker;
 pub mod engine;
 pub mod swarm;
 

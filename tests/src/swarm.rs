@@ -155,6 +155,60 @@ impl Swarm {
         )
     }
 
+    /// Starts subscriber `name` without `--for` (it runs until its stream
+    /// ends), writing `name.stats` and `name.json`.
+    pub fn subscribe_open(&self, name: &str, stream: &str, extra: &[&str]) -> Proc {
+        let stats = self.path(&format!("{name}.stats")).display().to_string();
+        let mut args = vec![
+            "subscribe",
+            "--server",
+            &self.server_addr,
+            stream,
+            "--listen",
+            "127.0.0.1:0",
+            "--stats",
+            &stats,
+            "--quiet",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let args = self.args(&args);
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let out = std::fs::File::create(self.path(&format!("{name}.json"))).expect("json file");
+        spawn_in(
+            self.netns.as_ref(),
+            self.dir.path(),
+            &args,
+            name,
+            Stdio::from(out),
+        )
+    }
+
+    /// Waits for a process to end, within `limit` (killed past it): its exit
+    /// code (`None`: killed or signalled), its stderr, and its `--stats`
+    /// lines (`NAME.stats`) as JSON.
+    pub fn ended(&self, proc: &mut Proc, limit: Duration) -> (Option<i32>, String, Vec<Value>) {
+        let start = Instant::now();
+        let status = loop {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                break status.code();
+            }
+            if start.elapsed() > limit {
+                proc.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let err =
+            std::fs::read_to_string(self.path(&format!("{}.err", proc.name))).unwrap_or_default();
+        let lines = std::fs::read_to_string(self.path(&format!("{}.stats", proc.name)))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (status, err, lines)
+    }
+
     /// Waits for a subscriber to end; its summary, or why there is none.
     pub fn summary(&self, proc: &mut Proc, limit: Duration) -> Result<Value, String> {
         let start = Instant::now();

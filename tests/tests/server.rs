@@ -76,6 +76,7 @@ fn params(title: &str) -> StreamParams {
         overlay: PluginRef::new("mesh", "0.1.0"),
         input: "h264+opus 640x360@25".into(),
         container: "mpegts".into(),
+        silence_ms: 0,
     }
 }
 

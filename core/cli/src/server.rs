@@ -29,8 +29,9 @@ pub struct ServerArgs {
     /// Seconds without a heartbeat before a peer leaves the peer lists.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub peer_ttl: f64,
-    /// Seconds without a heartbeat before a stream is shown offline.
-    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    /// Seconds without a heartbeat before a stream is shown offline
+    /// (publishers heartbeat every second).
+    #[arg(long, value_name = "SECS", default_value_t = 4.0)]
     pub publisher_ttl: f64,
     /// Seconds a stream may stay offline before it is removed.
     #[arg(long, value_name = "SECS", default_value_t = 86_400.0)]

@@ -97,6 +97,10 @@ pub struct PublishArgs {
     /// What a subscriber buffers before it starts playing (ms).
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub buffer_ms: u32,
+    /// Subscribers that get no new chunk for this long take the publisher
+    /// for gone and end (ms; 0: the larger of 10 s and four buffers).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub silence_ms: u32,
     /// Scheduler plugin every peer of the stream loads.
     #[arg(long, value_name = "NAME", default_value = "pull")]
     pub scheduler: String,
@@ -178,6 +182,7 @@ pub fn publish(args: &PublishArgs, plugins: &PluginOptions) -> anyhow::Result<Ex
         bitrate_kbps: args.bitrate,
         chunk_ms: args.chunk_ms,
         buffer_ms: args.buffer_ms,
+        silence_ms: args.silence_ms,
         width: args.width,
         height: args.height,
         fps: args.fps,
@@ -286,6 +291,10 @@ fn reporter(progress: bool) -> Reporter {
     })
 }
 
+/// The exit code of a subscription whose publisher went away (1 is every
+/// other error, silence included).
+pub const PUBLISHER_GONE: u8 = 3;
+
 fn finish(end: End, summary: &Summary, json: bool, progress: bool) -> anyhow::Result<ExitCode> {
     if progress {
         // Ends the live line.
@@ -310,6 +319,12 @@ fn finish(end: End, summary: &Summary, json: bool, progress: bool) -> anyhow::Re
     }
     match end {
         End::Failed(e) => anyhow::bail!("{e}"),
+        // Not asked to stop: the run did not get what it asked for (with
+        // `--for N`, N seconds of stream), so scripts must see it.
+        End::PublisherGone(why) => {
+            eprintln!("stream ended: {why}");
+            Ok(ExitCode::from(PUBLISHER_GONE))
+        }
         End::Time | End::Interrupted | End::InputEnded | End::Stopped => Ok(ExitCode::SUCCESS),
     }
 }
@@ -368,6 +383,7 @@ fn remote_publish(url: &str, args: &PublishArgs) -> anyhow::Result<ExitCode> {
         .int("bitrate_kbps", Some(args.bitrate))
         .int("chunk_ms", Some(args.chunk_ms))
         .int("buffer_ms", Some(args.buffer_ms))
+        .int("silence_ms", Some(args.silence_ms))
         .int("width", args.width)
         .int("height", args.height)
         .int("fps", args.fps)

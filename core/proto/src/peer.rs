@@ -86,6 +86,14 @@ pub fn decode(bytes: &[u8]) -> Option<Envelope> {
     (env.version == VERSION).then_some(env)
 }
 
+/// The stream and sender an envelope names, read without decoding the
+/// message: what a carrier needs to route or rate-limit it before paying
+/// for the whole decode (`None` for another version or a short header).
+pub fn peek(bytes: &[u8]) -> Option<(u64, u64)> {
+    let ((version, stream, from), _) = postcard::take_from_bytes::<(u8, u64, u64)>(bytes).ok()?;
+    (version == VERSION).then_some((stream, from))
+}
+
 /// A chunk's fields other than its sequence number and media.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkHeader {
@@ -168,6 +176,22 @@ fn signed_bytes(stream: u64, seq: u64, header: &[u8], media: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peek_reads_what_decode_would() {
+        let env = Envelope {
+            version: VERSION,
+            stream: u64::MAX - 3,
+            from: 77,
+            msg: PeerMsg::Overlay(vec![1; 900]),
+        };
+        let bytes = encode(&env);
+        assert_eq!(peek(&bytes), Some((u64::MAX - 3, 77)));
+        assert_eq!(peek(&bytes[..3]), None);
+        let mut other = bytes.clone();
+        other[0] = VERSION.wrapping_add(1);
+        assert_eq!(peek(&other), None);
+    }
 
     #[test]
     fn sealed_chunks_open_only_unchanged_and_in_place() {

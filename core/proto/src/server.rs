@@ -139,6 +139,13 @@ pub struct StreamParams {
     pub input: String,
     /// The chunk container (e.g. `mpegts`).
     pub container: String,
+    /// After this long without a new chunk a subscriber takes the
+    /// publisher for gone and ends (0: the engine's default, the larger of
+    /// 10 s and four buffers). A stream parameter, because only the
+    /// publisher knows how bursty its input is. Absent from catalogues
+    /// stored before it existed, hence the default.
+    #[serde(default)]
+    pub silence_ms: u32,
 }
 
 /// Whether a stream's publisher is heartbeating.

@@ -25,6 +25,7 @@ fn params(title: &str) -> StreamParams {
         overlay: PluginRef::new("mesh", "0.1.0"),
         input: "h264+opus 1280x720@30".into(),
         container: "mpegts".into(),
+        silence_ms: 0,
     }
 }
 

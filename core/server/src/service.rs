@@ -23,6 +23,9 @@ pub struct ServerConfig {
     /// A peer not heard from for this long leaves the peer lists.
     pub peer_ttl: Duration,
     /// A publisher not heard from for this long makes its stream offline.
+    /// A few of the publisher's heartbeat intervals (1 s), so that joiners
+    /// and running subscribers that ask hear of a dead publisher within
+    /// seconds, while one or two lost heartbeats change nothing.
     pub publisher_ttl: Duration,
     /// An offline stream is removed from the catalogue after this long.
     pub stream_expiry: Duration,
@@ -41,7 +44,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             peer_ttl: Duration::from_secs(30),
-            publisher_ttl: Duration::from_secs(30),
+            publisher_ttl: Duration::from_secs(4),
             stream_expiry: Duration::from_secs(24 * 3600),
             sample_size: 20,
             rate_limit: Some(RateLimit::default()),
@@ -579,6 +582,7 @@ mod tests {
             overlay: PluginRef::new("mesh", "0.1.0"),
             input: "h264+opus".into(),
             container: "mpegts".into(),
+            silence_ms: 0,
         }
     }
 

@@ -20,6 +20,7 @@ fn params(title: &str) -> StreamParams {
         overlay: PluginRef::new("mesh", "0.1.0"),
         input: "synthetic".into(),
         container: "raw".into(),
+        silence_ms: 0,
     }
 }
 

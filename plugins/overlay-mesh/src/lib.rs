@@ -8,6 +8,16 @@
 //! others did is replaced by a fresh one, which is how a mesh heals around
 //! free riders and overloaded peers. Links carry media both ways.
 //!
+//! Hostile peers are bounded: the address book holds at most `max_known`
+//! peers (peers proven by a connection or named by the server are kept
+//! before hearsay from peer exchange, which is what an attacker floods);
+//! peer exchange is taken only from neighbours, at most one message per
+//! neighbour per quarter of `pex_ms`, at most [`PEX_SAMPLE`] peers each, so
+//! that handling one costs the same whatever the sender claims; and a full
+//! publisher makes room for a newcomer by dropping a neighbour of the
+//! address that holds most of its slots, so that many fake neighbours from
+//! one host cannot starve real subscribers.
+//!
 //! Sans-IO and deterministic for a seed: the same `.so` runs in a real swarm
 //! and in the simulator.
 
@@ -17,12 +27,13 @@ use p2ner_plugin_api::prelude::*;
 use p2ner_plugin_api::{NeighbourReport, OverlayContext};
 
 const PEX: u8 = 1;
-/// Peers per exchange: enough to spread knowledge, small enough for one datagram.
-const PEX_SAMPLE: usize = 8;
+/// Peers per exchange: enough to spread knowledge, small enough for one
+/// datagram. Entries beyond it in a received exchange are ignored.
+pub const PEX_SAMPLE: usize = 8;
 
 /// Parameters, each written once: `register` declares this table and
 /// [`Mesh::new`] reads from it.
-pub const PARAMS: &[ParamDef] = &[DEGREE, MAX_DEGREE, PEX_MS, USELESS_AFTER_MS];
+pub const PARAMS: &[ParamDef] = &[DEGREE, MAX_DEGREE, PEX_MS, USELESS_AFTER_MS, MAX_KNOWN];
 
 const DEGREE: ParamDef = ParamDef::new(
     "degree",
@@ -35,6 +46,11 @@ const MAX_DEGREE: ParamDef = ParamDef::new(
     "neighbours accepted at most (inbound included)",
 );
 const PEX_MS: ParamDef = ParamDef::new("pex_ms", "1000", "interval between peer exchanges");
+const MAX_KNOWN: ParamDef = ParamDef::new(
+    "max_known",
+    "512",
+    "peers the address book holds at most (hearsay is evicted first)",
+);
 const USELESS_AFTER_MS: ParamDef = ParamDef::new(
     "useless_after_ms",
     "10000",
@@ -52,6 +68,19 @@ pub struct Mesh {
     local: Option<PeerId>,
     is_source: bool,
     known: BTreeMap<PeerId, PeerInfo>,
+    /// Known peers learnt only from peer exchange (unproven hearsay), in a
+    /// vector for O(1) random eviction; `hearsay_at` is each one's index.
+    hearsay: Vec<PeerId>,
+    hearsay_at: BTreeMap<PeerId, usize>,
+    max_known: usize,
+    /// When each neighbour's last peer exchange was taken.
+    pex_from: BTreeMap<PeerId, u64>,
+    /// Peer exchanges ignored: from non-neighbours or too frequent.
+    pub pex_dropped: u64,
+    /// Peers not learnt because the book was full of proven peers.
+    pub book_full: u64,
+    /// Slots taken back from the host that held most of them.
+    pub slots_reclaimed: u64,
     neighbours: BTreeMap<PeerId, Neighbour>,
     /// Connection attempts in flight, with when they started.
     pending: BTreeMap<PeerId, u64>,
@@ -77,7 +106,18 @@ impl Mesh {
                 "need 2 <= max_degree and degree <= max_degree",
             ));
         }
+        let max_known: usize = MAX_KNOWN.parse(params)?;
+        if max_known < 8 {
+            return Err(PluginError::new("need max_known >= 8"));
+        }
         Ok(Mesh {
+            hearsay: Vec::new(),
+            hearsay_at: BTreeMap::new(),
+            max_known,
+            pex_from: BTreeMap::new(),
+            pex_dropped: 0,
+            book_full: 0,
+            slots_reclaimed: 0,
             degree,
             max_degree,
             pex_every_us: PEX_MS.parse::<u64>(params)? * 1000,
@@ -145,28 +185,130 @@ impl Mesh {
         }
     }
 
+    /// Learns peers the server named or that connected: proven, so they
+    /// may evict hearsay when the book is full.
     fn learn(&mut self, peers: &[PeerInfo]) {
         for p in peers {
-            if Some(p.id) != self.local {
-                self.known.entry(p.id).or_insert_with(|| p.clone());
+            if Some(p.id) == self.local {
+                continue;
+            }
+            if self.hearsay_at.contains_key(&p.id) {
+                self.unhearsay(p.id);
+                self.known.insert(p.id, p.clone());
+                continue;
+            }
+            if self.known.contains_key(&p.id) {
+                continue;
+            }
+            if self.known.len() >= self.max_known && !self.evict_hearsay() {
+                self.book_full += 1;
+                continue;
+            }
+            self.known.insert(p.id, p.clone());
+        }
+    }
+
+    /// Learns peers from a neighbour's peer exchange: they only fill room,
+    /// or replace other hearsay, never proven peers.
+    fn hear(&mut self, peers: &[PeerInfo]) {
+        for p in peers {
+            if Some(p.id) == self.local || self.known.contains_key(&p.id) {
+                continue;
+            }
+            if self.known.len() >= self.max_known && !self.evict_hearsay() {
+                self.book_full += 1;
+                continue;
+            }
+            self.known.insert(p.id, p.clone());
+            self.hearsay_at.insert(p.id, self.hearsay.len());
+            self.hearsay.push(p.id);
+        }
+    }
+
+    fn unhearsay(&mut self, id: PeerId) {
+        if let Some(i) = self.hearsay_at.remove(&id) {
+            self.hearsay.swap_remove(i);
+            if let Some(&moved) = self.hearsay.get(i) {
+                self.hearsay_at.insert(moved, i);
             }
         }
+    }
+
+    /// Drops one random hearsay peer that is neither a neighbour nor being
+    /// connected to; false if there is none to drop (tried a few times).
+    fn evict_hearsay(&mut self) -> bool {
+        for _ in 0..4 {
+            if self.hearsay.is_empty() {
+                return false;
+            }
+            let id = self.hearsay[self.rng.below(self.hearsay.len() as u64) as usize];
+            if self.neighbours.contains_key(&id) || self.pending.contains_key(&id) {
+                continue;
+            }
+            self.unhearsay(id);
+            self.known.remove(&id);
+            self.shunned.remove(&id);
+            return true;
+        }
+        false
+    }
+
+    /// The IP part of a peer's address (its host, for slot fairness).
+    fn host(&self, peer: PeerId) -> Option<String> {
+        let addr = &self.known.get(&peer)?.addr;
+        let s = addr.as_str();
+        Some(match s.rsplit_once(':') {
+            Some((host, _)) => host.to_owned(),
+            None => s.to_owned(),
+        })
+    }
+
+    /// A full peer's room for `newcomer`: a neighbour of the host that holds
+    /// the most slots, if that is another host and it holds more than the
+    /// newcomer's would with it. A host that already holds most slots gets
+    /// no more (its newcomers are refused, as everyone's were before).
+    fn make_room_for(&self, newcomer: PeerId) -> Option<PeerId> {
+        let mut per_host: BTreeMap<String, Vec<PeerId>> = BTreeMap::new();
+        for &id in self.neighbours.keys() {
+            per_host
+                .entry(self.host(id).unwrap_or_default())
+                .or_default()
+                .push(id);
+        }
+        let mine = self.host(newcomer).unwrap_or_default();
+        let mine_count = per_host.get(&mine).map_or(0, Vec::len) + 1;
+        let (host, ids) = per_host.iter().max_by_key(|(_, ids)| ids.len())?;
+        if *host == mine || ids.len() <= mine_count {
+            return None;
+        }
+        // The youngest of them: the longest-standing neighbours are kept.
+        ids.iter()
+            .copied()
+            .max_by_key(|id| self.neighbours.get(id).map_or(0, |n| n.since_us))
     }
 
     fn pex_message(&mut self) -> Vec<u8> {
         let mut sample: Vec<&PeerInfo> = self.known.values().collect();
         self.rng.shuffle(&mut sample);
         sample.truncate(PEX_SAMPLE);
-        let mut msg = vec![PEX, sample.len() as u8];
-        for p in sample {
-            let addr = p.addr.as_bytes();
-            let len = addr.len().min(u8::MAX as usize);
-            msg.extend_from_slice(&p.id.0.to_le_bytes());
-            msg.push(len as u8);
-            msg.extend_from_slice(&addr[..len]);
-        }
-        msg
+        let sample: Vec<PeerInfo> = sample.into_iter().cloned().collect();
+        encode_pex(&sample)
     }
+}
+
+/// A peer-exchange message naming `peers` (at most 255 of them, of which a
+/// receiver reads [`PEX_SAMPLE`]).
+pub fn encode_pex(peers: &[PeerInfo]) -> Vec<u8> {
+    let peers = &peers[..peers.len().min(u8::MAX as usize)];
+    let mut msg = vec![PEX, peers.len() as u8];
+    for p in peers {
+        let addr = p.addr.as_bytes();
+        let len = addr.len().min(u8::MAX as usize);
+        msg.extend_from_slice(&p.id.0.to_le_bytes());
+        msg.push(len as u8);
+        msg.extend_from_slice(&addr[..len]);
+    }
+    msg
 }
 
 /// Decodes a peer-exchange message; anything malformed yields nothing.
@@ -176,7 +318,8 @@ pub fn decode_pex(msg: &[u8]) -> Option<Vec<PeerInfo>> {
         return None;
     }
     let (&count, mut rest) = rest.split_first()?;
-    let mut peers = Vec::with_capacity(count as usize);
+    let count = (count as usize).min(PEX_SAMPLE);
+    let mut peers = Vec::with_capacity(count);
     for _ in 0..count {
         let id = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
         let len = *rest.get(8)? as usize;
@@ -211,8 +354,18 @@ impl Overlay for Mesh {
         self.pending.remove(&peer.id);
         self.learn(std::slice::from_ref(peer));
         if self.neighbours.len() >= self.max_degree {
-            out.disconnect(peer.id);
-            return;
+            match self.make_room_for(peer.id) {
+                Some(victim) => {
+                    self.neighbours.remove(&victim);
+                    self.pex_from.remove(&victim);
+                    self.slots_reclaimed += 1;
+                    out.disconnect(victim);
+                }
+                _ => {
+                    out.disconnect(peer.id);
+                    return;
+                }
+            }
         }
         self.neighbours.insert(
             peer.id,
@@ -225,15 +378,32 @@ impl Overlay for Mesh {
 
     fn on_disconnected(&mut self, now_us: u64, peer: PeerId, out: &mut OverlayOut<'_>) {
         self.pending.remove(&peer);
+        self.pex_from.remove(&peer);
         if self.neighbours.remove(&peer).is_some() || !self.is_source {
+            if self.shunned.len() >= self.max_known {
+                self.shunned.clear();
+            }
             self.shunned.insert(peer);
         }
         self.fill(now_us, out);
     }
 
-    fn on_message(&mut self, now_us: u64, _peer: PeerId, payload: &[u8], out: &mut OverlayOut<'_>) {
+    fn on_message(&mut self, now_us: u64, peer: PeerId, payload: &[u8], out: &mut OverlayOut<'_>) {
+        // Only neighbours exchange peers, each at most once per quarter
+        // interval (it sends one exchange per interval to a random
+        // neighbour): a flood costs a lookup per message, never a scan.
+        let min_gap = self.pex_every_us / 4;
+        let too_soon = self
+            .pex_from
+            .get(&peer)
+            .is_some_and(|&t| now_us < t.saturating_add(min_gap));
+        if !self.neighbours.contains_key(&peer) || too_soon {
+            self.pex_dropped += 1;
+            return;
+        }
         if let Some(peers) = decode_pex(payload) {
-            self.learn(&peers);
+            self.pex_from.insert(peer, now_us);
+            self.hear(&peers);
             self.fill(now_us, out);
         }
     }
@@ -281,6 +451,7 @@ impl Overlay for Mesh {
                 .map(|(&id, _)| id);
             if let (true, Some(id)) = (anyone_useful, useless) {
                 self.neighbours.remove(&id);
+                self.pex_from.remove(&id);
                 self.shunned.insert(id);
                 out.disconnect(id);
             }
@@ -432,5 +603,107 @@ mod tests {
             peer: PeerId(first[0])
         }));
         assert_eq!(connects(&actions).len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+    use p2ner_plugin_api::abi_stable::std_types::{RNone, RVec};
+
+    fn at(id: u64, host: &str) -> PeerInfo {
+        PeerInfo {
+            id: PeerId(id),
+            addr: format!("{host}:{}", 10_000 + id).into(),
+        }
+    }
+
+    fn started(is_source: bool, params: Params) -> (Mesh, RVec<OverlayAction>) {
+        let mut mesh = Mesh::new(&params).unwrap();
+        let mut actions = RVec::new();
+        let ctx = OverlayContext {
+            local: at(0, "127.0.0.1"),
+            is_source,
+            seed: 3,
+            source: RNone,
+        };
+        mesh.on_start(0, &ctx, &mut OverlayOut::new(&mut actions));
+        (mesh, actions)
+    }
+
+    fn pex(ids: std::ops::Range<u64>) -> Vec<u8> {
+        let mut msg = vec![PEX, ids.clone().count().min(255) as u8];
+        for id in ids.take(255) {
+            let addr = format!("10.0.0.1:{id}");
+            msg.extend_from_slice(&id.to_le_bytes());
+            msg.push(addr.len() as u8);
+            msg.extend_from_slice(addr.as_bytes());
+        }
+        msg
+    }
+
+    #[test]
+    fn a_pex_flood_is_bounded_in_book_and_work() {
+        let (mut mesh, mut actions) = started(false, Params::new().with("max_known", "64"));
+        let honest: Vec<PeerInfo> = (1..=20).map(|i| at(i, "127.0.0.1")).collect();
+        mesh.on_candidates(0, &honest, &mut OverlayOut::new(&mut actions));
+        let attacker = at(99, "127.0.0.2");
+        mesh.on_connected(0, &attacker, &mut OverlayOut::new(&mut actions));
+        // 10,000 exchanges of 255 claimed peers each, 1 ms apart.
+        for i in 0..10_000u64 {
+            let msg = pex(1000 + i * 255..1000 + (i + 1) * 255);
+            mesh.on_message(
+                i * 1000,
+                attacker.id,
+                &msg,
+                &mut OverlayOut::new(&mut actions),
+            );
+            actions.clear();
+        }
+        assert!(mesh.known.len() <= 64, "{}", mesh.known.len());
+        // Proven peers (the server's) stay; at most one exchange per 250 ms.
+        assert!(honest.iter().all(|p| mesh.known.contains_key(&p.id)));
+        assert!(mesh.pex_dropped >= 10_000 - 41, "{}", mesh.pex_dropped);
+        // Non-neighbours are not heard at all.
+        let before = mesh.pex_dropped;
+        mesh.on_message(
+            20_000_000,
+            PeerId(5),
+            &pex(1..9),
+            &mut OverlayOut::new(&mut actions),
+        );
+        assert_eq!(mesh.pex_dropped, before + 1);
+        assert_eq!(decode_pex(&pex(0..255)).unwrap().len(), PEX_SAMPLE);
+    }
+
+    #[test]
+    fn fake_neighbours_from_one_host_do_not_take_every_slot() {
+        let (mut mesh, mut actions) = started(true, Params::new().with("max_degree", "24"));
+        for i in 1..=30 {
+            mesh.on_connected(
+                i,
+                &at(100 + i, "127.0.0.2"),
+                &mut OverlayOut::new(&mut actions),
+            );
+        }
+        assert_eq!(mesh.neighbours.len(), 24);
+        actions.clear();
+        // Real subscribers from another host get in, each evicting a fake.
+        for i in 1..=6 {
+            let real = at(i, "127.0.0.1");
+            mesh.on_connected(100, &real, &mut OverlayOut::new(&mut actions));
+            assert!(mesh.neighbours.contains_key(&real.id));
+        }
+        assert_eq!(mesh.neighbours.len(), 24);
+        assert_eq!(mesh.slots_reclaimed, 6);
+        // More fakes are refused, never evicting the real ones.
+        for i in 31..=60 {
+            mesh.on_connected(
+                200,
+                &at(100 + i, "127.0.0.2"),
+                &mut OverlayOut::new(&mut actions),
+            );
+        }
+        assert!((1..=6).all(|i| mesh.neighbours.contains_key(&PeerId(i))));
     }
 }

@@ -230,14 +230,22 @@ impl Pull {
         ((in_time / chunk_bits.max(1)) as usize).clamp(1, self.max_requests)
     }
 
+    /// How far beyond the newest chunk held a neighbour's claim is
+    /// believed: a quarter window, so that the window (and the work per
+    /// tick) cannot be moved past what is held by a forged HAVE, and chunks
+    /// still missing behind the newest held stay in the window.
+    fn reach(&self) -> Option<u64> {
+        // Anchored on chunks held (verified by the engine) before claims,
+        // so that forged claims cannot build on each other.
+        self.have
+            .last()
+            .copied()
+            .or(self.newest_known)
+            .map(|n| n.saturating_add((self.window() / 4).max(1)))
+    }
+
     fn learn_newest(&mut self, seq: u64) {
-        // A neighbour's claim moves the window only within reach of what is
-        // known, so a forged HAVE cannot make the window (and the work per
-        // tick) arbitrarily large.
-        let reach = match self.newest_known.or(self.have.last().copied()) {
-            Some(n) => n.saturating_add(self.window()),
-            None => seq,
-        };
+        let reach = self.reach().unwrap_or(seq);
         let seq = seq.min(reach);
         self.newest_known = Some(self.newest_known.map_or(seq, |n| n.max(seq)));
     }
@@ -562,6 +570,15 @@ impl Scheduler for Pull {
 
     fn on_chunk(&mut self, now_us: u64, seq: u64, from: Option<PeerId>, out: &mut SchedOut<'_>) {
         let fresh = self.have.insert(seq);
+        // A verified chunk re-anchors what is believed: a position claimed
+        // before any chunk arrived (a joiner's first, possibly forged, HAVE)
+        // that no chunk backs is dropped.
+        if self
+            .newest_known
+            .is_some_and(|n| n > seq.saturating_add(self.window()))
+        {
+            self.newest_known = Some(seq);
+        }
         self.learn_newest(seq);
         self.forget_request(seq);
         if let Some(n) = from.and_then(|p| self.neighbours.get_mut(&p)) {
@@ -585,14 +602,11 @@ impl Scheduler for Pull {
         }
         match message {
             Message::Have(advert, seqs) | Message::Map(advert, seqs) => {
-                let known = self.newest_known;
+                // Claims far beyond what is held are not recorded.
+                let reach = self.reach().unwrap_or(u64::MAX);
                 if let Some(&max) = seqs.iter().max() {
                     self.learn_newest(max);
                 }
-                // Claims far beyond what is known are not recorded.
-                let reach = known
-                    .or(self.have.last().copied())
-                    .map_or(u64::MAX, |k| k.saturating_add(self.window()));
                 let n = self.neighbours.get_mut(&peer).expect("checked");
                 if advert.is_some() {
                     n.advert = advert;

@@ -314,3 +314,63 @@ fn the_publishers_state_stays_bounded_over_a_simulated_hour() {
         "the map covers the newest window"
     );
 }
+
+#[test]
+fn forged_claims_do_not_move_the_window_past_held_chunks() {
+    let mut pull = Pull::new(&Params::new()).unwrap();
+    // A joiner's first word is a forged HAVE at 2^62; a real chunk follows.
+    step(&mut pull, |p, o| {
+        p.on_start(0, &ctx(false), o);
+        p.on_neighbour_up(0, PeerId(1), Link::BOTH, o);
+        p.on_neighbour_up(0, PeerId(2), Link::BOTH, o);
+        p.on_message(0, PeerId(2), &wire::have(advert(1000, 0), &[1 << 62]), o);
+        p.on_chunk(1000, 500, Some(PeerId(1)), o);
+    });
+    assert!(
+        pull.newest_known.unwrap() <= 500 + 25,
+        "{:?}",
+        pull.newest_known
+    );
+    // Repeated claims a little ahead each cannot build on each other.
+    for i in 0..100u64 {
+        step(&mut pull, |p, o| {
+            let claim = pull_newest(p) + 20;
+            p.on_message(
+                2000 + i,
+                PeerId(2),
+                &wire::have(advert(1000, 0), &[claim]),
+                o,
+            );
+        });
+    }
+    assert!(
+        pull.newest_known.unwrap() <= 500 + 25,
+        "{:?}",
+        pull.newest_known
+    );
+    // Once playing, chunks behind the newest held are still asked for.
+    step(&mut pull, |p, o| {
+        let playout = Playout {
+            next_seq: 495,
+            next_deadline_us: 500_000,
+            oldest_seq: 495,
+            newest_seq: 500,
+        };
+        p.on_playout(3000, playout, o);
+        p.on_message(
+            3000,
+            PeerId(1),
+            &wire::have(advert(1000, 0), &[495, 499]),
+            o,
+        )
+    });
+    let asked = requests(&step(&mut pull, |p, o| p.on_tick(10_000, o)));
+    assert!(
+        asked.iter().any(|(peer, s)| *peer == 1 && s.contains(&499)),
+        "{asked:?}"
+    );
+}
+
+fn pull_newest(p: &Pull) -> u64 {
+    p.newest_known.unwrap_or(0)
+}

@@ -13,6 +13,7 @@ use p2ner_proto::server::StreamId;
 use p2ner_server::client::ServerClient;
 use tokio::sync::mpsc;
 
+use super::liveness::{Answer, Gone, Liveness, Step};
 use super::{Report, Reporter};
 use crate::stream::{Session, SessionOutput, Summary, UplinkModel, DATAGRAM_OVERHEAD};
 
@@ -31,6 +32,14 @@ pub const TICK: Duration = Duration::from_millis(20);
 /// How long a chunk handed to the data channel may wait there before it
 /// leaves; past that it is dropped (and counted), never sent late.
 const CHUNK_LEAVES_WITHIN: Duration = Duration::from_millis(500);
+
+/// A publisher heartbeats this often: servers take it offline after a few
+/// missed ones (`p2ner server --publisher-ttl`, 4 s), so that a dead
+/// publisher is noticed within seconds. One signed datagram a second.
+const PUBLISHER_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Peers heartbeat less often: a stale peer entry costs a joiner one
+/// failed connection attempt, not the stream.
+const PEER_HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// The stream's id on the wire: a hash of its catalogue id.
 pub fn wire_id(stream: &StreamId) -> u64 {
@@ -79,6 +88,13 @@ pub struct Driver {
     /// Set when the endpoint carries other streams too (`p2ner run`): a
     /// stop signal, and neighbours kept while another stream uses them.
     pub shared: Option<super::engine::Shared>,
+    /// A subscription's watch on its publisher (`None` for a publisher).
+    pub liveness: Option<Liveness>,
+    /// The endpoint's count of messages its router kept out (a one-stream
+    /// engine's own, so it joins the summary's `refused.rate_limited`).
+    pub router_limited: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Chunks played and missed at the last second's line.
+    pub played_at_last_second: (u64, u64),
 }
 
 /// Why a run ended.
@@ -94,6 +110,25 @@ pub enum End {
     Failed(String),
     /// Asked to stop (`p2ner run`: a frontend's `stop`).
     Stopped,
+    /// A subscription's publisher is gone, by the server's word (state
+    /// `ended`): the subscriber was not asked to stop, so the CLI exits
+    /// non-zero. Silence alone ends it as [`End::Failed`].
+    PublisherGone(String),
+}
+
+impl End {
+    /// The session state (`ended` or `failed`) and the reason, as frontends
+    /// and the final stats line show them.
+    pub fn state(&self) -> (&'static str, String) {
+        match self {
+            End::Failed(why) => ("failed", why.clone()),
+            End::PublisherGone(why) => ("ended", why.clone()),
+            End::InputEnded => ("ended", "the input ended".into()),
+            End::Time => ("ended", "time is up".into()),
+            End::Interrupted => ("ended", "interrupted".into()),
+            End::Stopped => ("ended", "stopped".into()),
+        }
+    }
 }
 
 impl Driver {
@@ -105,8 +140,14 @@ impl Driver {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let (unreachable_tx, mut unreachable) = mpsc::unbounded_channel::<SocketAddr>();
         let (peers_tx, mut candidates) = mpsc::unbounded_channel::<Vec<PeerInfo>>();
+        let (answer_tx, mut answers) = mpsc::unbounded_channel::<Answer>();
         let mut next_second = now_us() + 1_000_000;
-        let mut next_heartbeat = tokio::time::Instant::now() + Duration::from_secs(5);
+        let heartbeat_every = match self.heartbeat {
+            Heartbeat::Publisher { .. } => PUBLISHER_HEARTBEAT,
+            Heartbeat::Peer { .. } => PEER_HEARTBEAT,
+        };
+        let mut next_heartbeat = tokio::time::Instant::now() + heartbeat_every;
+        let mut gone: Option<Step> = None;
         let mut refused = 0u64;
         let cap_bps = self.endpoint.config().upload_kbps.map(|k| k * 1000);
         let mut uplink = UplinkModel::new(cap_bps);
@@ -143,6 +184,13 @@ impl Driver {
                 Some(peers) = candidates.recv() => {
                     self.session.on_candidates(now_us(), &peers);
                 }
+                Some(answer) = answers.recv() => {
+                    if let Some(l) = &mut self.liveness {
+                        if let step @ Step::Gone(_) = l.server_said(now_us(), answer) {
+                            gone = Some(step);
+                        }
+                    }
+                }
                 _ = tick.tick() => {
                     let now = now_us();
                     uplink.observed(now, self.endpoint.upload().queued_bytes);
@@ -159,12 +207,20 @@ impl Driver {
                         });
                     }
                     self.session.tick(now);
+                    if let Some(l) = &mut self.liveness {
+                        l.chunks(now, self.session.stats().chunks_received);
+                        match l.poll(now) {
+                            Step::AskServer => self.ask_server(&answer_tx),
+                            Step::Nothing => {}
+                            step => gone = gone.or(Some(step)),
+                        }
+                    }
                     if now >= next_second {
                         next_second += 1_000_000;
                         self.second(now);
                     }
                     if tokio::time::Instant::now() >= next_heartbeat {
-                        next_heartbeat += Duration::from_secs(5);
+                        next_heartbeat += heartbeat_every;
                         self.send_heartbeats();
                     }
                     if let Some(e) = self.session.failed() {
@@ -175,6 +231,11 @@ impl Driver {
                     }
                     if self.run_for.is_some_and(|d| started.elapsed() >= d) {
                         break End::Time;
+                    }
+                    match gone.take() {
+                        Some(Step::Gone(Gone::Ended(why))) => break End::PublisherGone(why),
+                        Some(Step::Gone(Gone::Failed(why))) => break End::Failed(why),
+                        _ => {}
                     }
                 }
                 _ = &mut ctrl_c => break End::Interrupted,
@@ -191,10 +252,16 @@ impl Driver {
             tracing::info!(refused, "chunks the data channel refused (no capacity)");
         }
         let mut summary = self.session.stats().summary(self.stream.as_str());
+        let (state, reason) = end.state();
+        summary.state = state.to_owned();
+        summary.reason = reason;
         // Whole datagrams, framing and acknowledgements included.
         // (On a shared endpoint those are every stream's: keep the stream's own.)
         let net = self.endpoint.stats();
         let t = &net.total;
+        if let Some(limited) = &self.router_limited {
+            summary.refused.rate_limited += limited.load(std::sync::atomic::Ordering::Relaxed);
+        }
         if self.shared.is_none() {
             summary.bytes_down = t.control.bytes_recv + t.data.bytes_recv;
             summary.bytes_up = t.control.bytes_sent + t.data.bytes_sent;
@@ -204,6 +271,11 @@ impl Driver {
                 / summary.media_bytes as f64;
         }
         if let Some(out) = &mut self.stats {
+            // The last second as it ended: nothing plays any more.
+            let mut last = self.session.snapshot(now);
+            last.playing = false;
+            let _ = serde_json::to_writer(&mut *out, &last);
+            let _ = writeln!(out);
             let _ = serde_json::to_writer(&mut *out, &summary);
             let _ = writeln!(out);
             let _ = out.flush();
@@ -289,8 +361,40 @@ impl Driver {
         refused
     }
 
+    /// Asks the subscription's server about the stream, answering into
+    /// `answers` (an unanswered question says nothing).
+    fn ask_server(&self, answers: &mpsc::UnboundedSender<Answer>) {
+        let Some(server) = self.servers.first().cloned() else {
+            let _ = answers.send(Answer::Unknown);
+            return;
+        };
+        let (stream, answers) = (self.stream.clone(), answers.clone());
+        tokio::spawn(async move {
+            use p2ner_proto::server::{ErrorCode, Liveness as Live};
+            let asked = tokio::time::timeout(Duration::from_secs(2), server.info(&stream));
+            let answer = match asked.await {
+                Ok(Ok(info)) if info.liveness == Live::Offline => Answer::Offline,
+                Ok(Ok(_)) => Answer::Online,
+                Ok(Err(e)) if e.code() == Some(ErrorCode::NotFound) => Answer::NotFound,
+                _ => Answer::Unknown,
+            };
+            let _ = answers.send(answer);
+        });
+    }
+
     fn second(&mut self, now: u64) {
-        let snap = self.session.snapshot(now);
+        let mut snap = self.session.snapshot(now);
+        // Playing means chunks are played now, not that play-out once
+        // started: a second that missed chunks and played none is not
+        // playing (a subscription whose publisher died, once its buffer ran
+        // dry).
+        if !self.session.is_publisher() {
+            let (played, missed) = self.played_at_last_second;
+            if snap.chunks_played == played && snap.chunks_missed > missed {
+                snap.playing = false;
+            }
+            self.played_at_last_second = (snap.chunks_played, snap.chunks_missed);
+        }
         if let Some(out) = &mut self.stats {
             let _ = serde_json::to_writer(&mut *out, &snap);
             let _ = writeln!(out);

@@ -23,23 +23,55 @@ use bytes::Bytes;
 use p2ner_net::{Endpoint, Event, Events};
 use p2ner_plugin_api::{ControlError, ControlEvent, Group, Params, SessionInfo};
 use p2ner_proto::peer as wire;
-use p2ner_proto::server::{ErrorCode, Liveness, StreamId};
-use p2ner_server::client::ServerClient;
+use p2ner_proto::server::StreamId;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use super::driver::{now_us, End};
+use super::driver::now_us;
 use super::{Choice, NetOptions, PublishOptions, Report, Reporter, SubscribeOptions};
 use crate::plugins::Registry;
 
 /// What a stream's events queue holds before the newest are dropped.
 const ROUTE_CAPACITY: usize = 4096;
+/// Control messages stop being queued when the queue has less room than
+/// this: the rest is kept for chunks, so that a message flood delays
+/// nothing the stream plays.
+const ROOM_FOR_CHUNKS: usize = ROUTE_CAPACITY / 4;
+/// Control messages a second one source address may queue (burst twice
+/// that): the session's own limit per neighbour, applied before the
+/// message is decoded, so that a flood costs a lookup per datagram.
+const MESSAGES_PER_SOURCE: f64 = crate::stream::NEIGHBOUR_RATE;
+/// Source addresses whose message rate is tracked at once.
+const SOURCES_TRACKED: usize = 4096;
 /// Events frontends can still read back.
 const EVENTS_KEPT: usize = 1024;
-/// How often a subscription asks its server whether the stream still exists.
-const PUBLISHER_CHECK: Duration = Duration::from_secs(2);
-/// A publisher that stopped heartbeating for this long is gone.
-const PUBLISHER_OFFLINE_FOR: Duration = Duration::from_secs(10);
+
+/// Per-source token buckets of control messages, bounded: when full, the
+/// table starts over (a flood from many addresses is the network layer's
+/// to bound; here it only costs the flooders their burst).
+#[derive(Default)]
+struct Sources {
+    buckets: HashMap<SocketAddr, (f64, std::time::Instant)>,
+}
+
+impl Sources {
+    fn allow(&mut self, from: SocketAddr, now: std::time::Instant) -> bool {
+        if self.buckets.len() >= SOURCES_TRACKED && !self.buckets.contains_key(&from) {
+            self.buckets.clear();
+        }
+        let burst = 2.0 * MESSAGES_PER_SOURCE;
+        let (tokens, at) = self.buckets.entry(from).or_insert((burst, now));
+        let dt = now.saturating_duration_since(*at).as_secs_f64();
+        *at = now;
+        *tokens = (*tokens + dt * MESSAGES_PER_SOURCE).min(burst);
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// The endpoint's events, routed to the stream they belong to.
 #[derive(Clone)]
@@ -49,6 +81,9 @@ pub struct Mux {
     /// Events for no stream carried here, and events a slow stream missed.
     unrouted: Arc<AtomicU64>,
     overflowed: Arc<AtomicU64>,
+    /// Control messages kept out of the queues (a source over its rate, or
+    /// a queue whose room is left for chunks).
+    limited: Arc<AtomicU64>,
 }
 
 impl Mux {
@@ -59,12 +94,14 @@ impl Mux {
             routes: Arc::default(),
             unrouted: Arc::default(),
             overflowed: Arc::default(),
+            limited: Arc::default(),
         };
         let m = mux.clone();
         tokio::spawn(async move {
+            let mut sources = Sources::default();
             while let Some(ev) = events.recv().await {
                 let stream = match &ev {
-                    Event::Message { payload, .. } => wire::decode(payload).map(|env| env.stream),
+                    Event::Message { payload, .. } => wire::peek(payload).map(|(stream, _)| stream),
                     Event::Chunk { stream, .. } => Some(*stream),
                     Event::Request { from, id, .. } => {
                         // Peers do not serve requests; say so instead of
@@ -76,6 +113,13 @@ impl Mux {
                 let route = stream.and_then(|s| m.routes.lock().unwrap().get(&s).cloned());
                 match route {
                     Some(tx) => {
+                        if let Event::Message { from, .. } = &ev {
+                            let now = std::time::Instant::now();
+                            if tx.capacity() < ROOM_FOR_CHUNKS || !sources.allow(*from, now) {
+                                m.limited.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                        }
                         if tx.try_send(ev).is_err() {
                             m.overflowed.fetch_add(1, Ordering::Relaxed);
                         }
@@ -123,6 +167,16 @@ impl Mux {
     /// Events dropped because a stream's queue was full.
     pub fn overflowed(&self) -> u64 {
         self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Control messages kept out of the queues by the per-source rate or
+    /// to leave room for chunks.
+    pub fn limited(&self) -> u64 {
+        self.limited.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn limited_counter(&self) -> Arc<AtomicU64> {
+        self.limited.clone()
     }
 }
 
@@ -474,6 +528,7 @@ impl Engine {
                     "streams_routed": self.inner.mux.streams(),
                     "events_unrouted": self.inner.mux.unrouted(),
                     "events_overflowed": self.inner.mux.overflowed(),
+                    "messages_limited": self.inner.mux.limited(),
                     "bytes_down": t.control.bytes_recv + t.data.bytes_recv,
                     "bytes_up": t.control.bytes_sent + t.data.bytes_sent,
                     "neighbours": net.peers.len(),
@@ -633,7 +688,7 @@ impl Engine {
     /// Runs a built driver to its end on its own thread (a stream's plugins
     /// are not `Sync`, and a slow one holds up only its stream), then keeps
     /// the summary and the reason.
-    fn spawn(&self, id: String, wire: u64, driver: super::driver::Driver, watch: Option<Watch>) {
+    fn spawn(&self, id: String, wire: u64, driver: super::driver::Driver) {
         let engine = self.clone();
         let name = format!("p2ner-{id}");
         let run = move || {
@@ -651,7 +706,7 @@ impl Engine {
                     return;
                 }
             };
-            let drive = engine.clone().drive(id.clone(), wire, driver, watch);
+            let drive = engine.clone().drive(id.clone(), wire, driver);
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(drive)));
             if ran.is_err() {
                 engine.inner.mux.unroute(wire);
@@ -668,48 +723,15 @@ impl Engine {
         }
     }
 
-    async fn drive(
-        self,
-        id: String,
-        wire: u64,
-        driver: super::driver::Driver,
-        watch: Option<Watch>,
-    ) {
+    async fn drive(self, id: String, wire: u64, driver: super::driver::Driver) {
         let engine = self;
         {
-            let stop = {
-                let st = engine.inner.state.lock().unwrap();
-                st.sessions
-                    .iter()
-                    .find(|e| e.id == id)
-                    .map(|e| e.stop.clone())
-            };
-            let watcher = watch.zip(stop).map(|(w, stop)| {
-                let (engine, id) = (engine.clone(), id.clone());
-                tokio::spawn(async move {
-                    let reason = w.publisher_gone().await;
-                    engine.update(&id, |e| {
-                        e.reason = reason;
-                        None
-                    });
-                    stop.send_replace(true);
-                })
-            });
             let (end, summary) = driver.run().await;
-            if let Some(w) = watcher {
-                w.abort();
-            }
             engine.inner.mux.unroute(wire);
             engine.inner.peers.drop_stream(wire);
             engine.update(&id, |e| {
                 e.latest = serde_json::to_value(&summary).ok();
-                let (state, reason) = match end {
-                    End::Failed(why) => ("failed", why),
-                    End::InputEnded => ("ended", "the input ended".into()),
-                    End::Time => ("ended", "time is up".into()),
-                    End::Interrupted => ("ended", "interrupted".into()),
-                    End::Stopped => ("ended", "stopped".into()),
-                };
+                let (state, reason) = end.state();
                 e.state = state;
                 if e.reason.is_empty() {
                     e.reason = reason;
@@ -736,7 +758,7 @@ impl Engine {
         .await
         {
             Ok((wire, driver)) => {
-                self.spawn(id.clone(), wire, driver, None);
+                self.spawn(id.clone(), wire, driver);
                 Ok(id)
             }
             Err(e) => {
@@ -792,11 +814,7 @@ impl Engine {
                     e.title = title;
                     None
                 });
-                let watch = Watch {
-                    server: ServerClient::new(self.inner.mux.endpoint().clone(), server),
-                    stream: StreamId(stream),
-                };
-                self.spawn(id.clone(), wire, driver, Some(watch));
+                self.spawn(id.clone(), wire, driver);
                 Ok(id)
             }
             Err(e) => {
@@ -875,6 +893,7 @@ impl Engine {
             bitrate_kbps: num("bitrate_kbps")?.unwrap_or(1000),
             chunk_ms: num("chunk_ms")?.unwrap_or(100),
             buffer_ms: num("buffer_ms")?.unwrap_or(1000),
+            silence_ms: num("silence_ms")?.unwrap_or(0),
             width: num("width")?,
             height: num("height")?,
             fps: num("fps")?,
@@ -954,34 +973,6 @@ fn counters_json(counters: &BTreeMap<String, u64>) -> Value {
         entry[what] = json!(n);
     }
     Value::Object(out)
-}
-
-/// A subscription's look at its catalogue entry: the publisher removed it,
-/// or stopped heartbeating.
-struct Watch {
-    server: ServerClient,
-    stream: StreamId,
-}
-
-impl Watch {
-    async fn publisher_gone(self) -> String {
-        let mut offline_since: Option<tokio::time::Instant> = None;
-        loop {
-            tokio::time::sleep(PUBLISHER_CHECK).await;
-            match self.server.info(&self.stream).await {
-                Err(e) if e.code() == Some(ErrorCode::NotFound) => {
-                    return "the publisher ended the stream".into();
-                }
-                Ok(info) if info.liveness == Liveness::Offline => {
-                    let since = *offline_since.get_or_insert_with(tokio::time::Instant::now);
-                    if since.elapsed() >= PUBLISHER_OFFLINE_FOR {
-                        return "the publisher is gone (no heartbeat)".into();
-                    }
-                }
-                _ => offline_since = None,
-            }
-        }
-    }
 }
 
 /// The error a user sees for an engine that could not start.

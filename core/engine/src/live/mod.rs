@@ -10,6 +10,7 @@
 pub mod control;
 pub mod driver;
 pub mod engine;
+pub mod liveness;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -145,6 +146,9 @@ pub struct PublishOptions {
     pub chunk_ms: u32,
     /// The subscribers' play-out buffer; 0: the default.
     pub buffer_ms: u32,
+    /// Silence after which subscribers take the publisher for gone (0: the
+    /// default, see [`liveness::default_silence_us`]).
+    pub silence_ms: u32,
     /// Video size and rate, for inputs that transcode.
     pub width: Option<u32>,
     /// See `width`.
@@ -304,6 +308,7 @@ pub async fn start_publish(
         overlay: overlay_ref,
         input: format!("{} ({})", input.name, format.description),
         container: format.container.to_string(),
+        silence_ms: opts.silence_ms,
     };
     let servers: Vec<ServerClient> = opts
         .servers
@@ -340,6 +345,7 @@ pub async fn start_publish(
         local: endpoint.local_addr(),
         servers: registered.iter().map(ServerClient::server).collect(),
     });
+    let router_limited = shared.is_none().then(|| mux.limited_counter());
     let driver = Driver {
         endpoint,
         events,
@@ -354,6 +360,9 @@ pub async fn start_publish(
         stats: open_stats(opts.stats.as_ref())?,
         report,
         shared,
+        liveness: None,
+        played_at_last_second: (0, 0),
+        router_limited,
     };
     std::mem::forget(routed);
     Ok((wire, driver))
@@ -467,12 +476,23 @@ pub async fn start_subscribe(
         .start(now_us(), Some(format))
         .map_err(anyhow::Error::msg)?;
     session.on_candidates(now_us(), &driver::peer_infos(&joined.peers));
+    let silence_us = match p.silence_ms {
+        0 => liveness::default_silence_us(p.buffer_ms, p.chunk_ms),
+        ms => ms as u64 * 1000,
+    };
+    let mut watch = liveness::Liveness::new(now_us(), silence_us, p.chunk_ms as u64 * 1000);
+    if info.liveness == p2ner_proto::server::Liveness::Offline {
+        // Joined an offline stream: it ends unless chunks come soon.
+        tracing::warn!(stream = %stream, "the server says the publisher is offline");
+        watch.server_said(now_us(), liveness::Answer::Offline);
+    }
     report(Report::Subscribed {
         stream: &stream,
         params: p,
         local: endpoint.local_addr(),
     });
     let title = p.title.clone();
+    let router_limited = shared.is_none().then(|| mux.limited_counter());
     let driver = Driver {
         endpoint,
         events,
@@ -485,6 +505,9 @@ pub async fn start_subscribe(
         stats: open_stats(opts.stats.as_ref())?,
         report,
         shared,
+        liveness: Some(watch),
+        played_at_last_second: (0, 0),
+        router_limited,
     };
     std::mem::forget(routed);
     Ok((wire, title, driver))

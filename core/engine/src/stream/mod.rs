@@ -16,8 +16,11 @@ mod uplink;
 
 pub use buffer::{ChunkBuffer, Insert};
 pub use playout::{PlayEvent, PlayoutClock, PlayoutConfig};
-pub use session::{Role, Session, SessionConfig, SessionOutput};
-pub use stats::{percentile, Snapshot, StreamStats, Summary};
+pub use session::{
+    Role, Session, SessionConfig, SessionOutput, MAX_BANNED, MAX_BOOK, MAX_PLUGIN_MESSAGE,
+    MAX_SENDS_PER_CHUNK, NEIGHBOUR_RATE, STRANGER_RATE,
+};
+pub use stats::{percentile, Refused, Snapshot, StreamStats, Summary};
 pub use uplink::{UplinkModel, DATAGRAM_OVERHEAD, QUEUE_TARGET_US};
 
 use bytes::Bytes;

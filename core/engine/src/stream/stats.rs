@@ -22,8 +22,23 @@ pub struct StreamStats {
     pub duplicate_chunks: u64,
     /// Chunks whose signature did not verify (nothing of them was used).
     pub forged_chunks: u64,
-    /// Neighbours dropped for sending forged chunks.
+    /// Links (addresses) banned for sending forged chunks.
     pub peers_banned: u64,
+    /// Messages dropped: from a banned address.
+    pub messages_from_banned: u64,
+    /// Messages dropped: naming a neighbour from another address, or a
+    /// second peer id from a neighbour's address.
+    pub wrong_address: u64,
+    /// Plugin messages dropped for their size.
+    pub messages_oversized: u64,
+    /// Messages dropped by the per-neighbour (or strangers') rate limit.
+    pub messages_rate_limited: u64,
+    /// Chunks dropped unverified: more than a window from the stream's position.
+    pub chunks_out_of_window: u64,
+    /// Address-book entries evicted to stay within its bound.
+    pub book_evicted: u64,
+    /// Chunk sends refused: that neighbour had that chunk twice already.
+    pub chunks_resend_refused: u64,
     /// Everything this stream's peers sent and received through the
     /// session: envelopes and sealed chunks.
     pub bytes_down: u64,
@@ -80,10 +95,21 @@ impl StreamStats {
             duplicate_chunks: self.duplicate_chunks,
             forged_chunks: self.forged_chunks,
             peers_banned: self.peers_banned,
+            refused: Refused {
+                from_banned: self.messages_from_banned,
+                wrong_address: self.wrong_address,
+                oversized: self.messages_oversized,
+                rate_limited: self.messages_rate_limited,
+                chunks_out_of_window: self.chunks_out_of_window,
+                book_evicted: self.book_evicted,
+                chunks_resend_refused: self.chunks_resend_refused,
+            },
             bytes_down: self.bytes_down,
             bytes_up: self.bytes_up,
             media_bytes: self.media_bytes,
             overhead: self.overhead(),
+            state: String::new(),
+            reason: String::new(),
         }
     }
 }
@@ -116,8 +142,11 @@ pub struct Summary {
     pub duplicate_chunks: u64,
     /// Chunks whose signature did not verify.
     pub forged_chunks: u64,
-    /// Neighbours dropped for forged chunks.
+    /// Links (addresses) banned for forged chunks.
     pub peers_banned: u64,
+    /// What the session dropped or refused from peers, by reason.
+    #[serde(default)]
+    pub refused: Refused,
     /// Everything received.
     pub bytes_down: u64,
     /// Everything sent.
@@ -126,6 +155,35 @@ pub struct Summary {
     pub media_bytes: u64,
     /// Bytes moved per media byte, minus one: what the protocol costs.
     pub overhead: f64,
+    /// How the run ended, as `p2ner run`'s sessions say it: `ended` or
+    /// `failed`.
+    #[serde(default)]
+    pub state: String,
+    /// Why (`time is up`, `the publisher is offline ...`).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// What a session dropped or refused from its peers, by reason (see
+/// `stream::session`'s guard for the bounds).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Refused {
+    /// Messages from an address banned for forged chunks.
+    pub from_banned: u64,
+    /// Messages naming a neighbour from another address, or a second peer
+    /// id from a neighbour's address.
+    pub wrong_address: u64,
+    /// Plugin messages over the size bound.
+    pub oversized: u64,
+    /// Messages over a neighbour's (or the strangers', or one source
+    /// address's) rate.
+    pub rate_limited: u64,
+    /// Chunks more than a window from the stream's position.
+    pub chunks_out_of_window: u64,
+    /// Address-book entries evicted to stay within its bound.
+    pub book_evicted: u64,
+    /// Chunk sends refused: that neighbour had that chunk twice already.
+    pub chunks_resend_refused: u64,
 }
 
 /// One `--stats` line per second.

@@ -41,6 +41,15 @@ impl Session {
                         self.stats.chunks_refused += 1;
                         continue;
                     }
+                    // However often a neighbour asks, it draws a chunk at
+                    // most twice: no amplification beyond one stream copy
+                    // (and a repair) per neighbour.
+                    let sends = n.sent.entry(*seq).or_insert(0);
+                    if *sends >= super::MAX_SENDS_PER_CHUNK {
+                        self.stats.chunks_resend_refused += 1;
+                        continue;
+                    }
+                    *sends += 1;
                     let len = chunk.sealed.len() as u64;
                     n.capacity.can_send_bytes = n.capacity.can_send_bytes.saturating_sub(len);
                     if let Some(left) = &mut self.upload_left {
@@ -86,7 +95,7 @@ impl Session {
                     return;
                 }
                 let addr = match peer.addr.parse::<SocketAddr>() {
-                    Ok(addr) if !self.banned.contains(&peer.id) => addr,
+                    Ok(addr) if !self.is_banned(&addr) && !self.other_at(addr, peer.id) => addr,
                     _ => {
                         let r = self.overlay.on_disconnected(
                             now_us,
@@ -99,7 +108,7 @@ impl Session {
                         return;
                     }
                 };
-                self.book.insert(peer.id, addr);
+                self.remember(peer.id, addr);
                 self.add_neighbour(now_us, peer.id, addr, link, LinkState::Connecting(now_us));
                 self.neighbours.get_mut(&peer.id).expect("just added").info = peer.clone();
                 self.send(addr, env_msg(&self.cfg, PeerMsg::hello(link)), true, now_us);

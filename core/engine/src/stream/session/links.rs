@@ -2,11 +2,13 @@
 //! keepalives and timeouts, bans, and the per-neighbour reports the overlay
 //! bases its choices on.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use p2ner_plugin_api::{Capacity, Link, NeighbourReport, PeerId, PeerInfo};
 use p2ner_proto::peer::{self as wire, Envelope, PeerMsg};
 
+use super::guard::{Bucket, MAX_PLUGIN_MESSAGE, NEIGHBOUR_RATE};
 use super::{env_msg, Session, SessionOutput};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,21 +35,47 @@ pub(super) struct Neighbour {
     pub(super) report_duplicates: u64,
     pub(super) report_in: u64,
     pub(super) report_out: u64,
+    /// What it may still send (messages).
+    pub(super) bucket: Bucket,
+    /// Times each buffered chunk was sent to it (pruned with the buffer).
+    pub(super) sent: BTreeMap<u64, u8>,
 }
 
 impl Session {
     /// A control message for this stream (the carrier checked `env.stream`).
     pub fn on_message(&mut self, now_us: u64, from: SocketAddr, env: Envelope, len: usize) {
         let peer = PeerId(env.from);
-        if self.failed.is_some() || self.banned.contains(&peer) || peer == self.cfg.local.id {
+        if self.failed.is_some() || peer == self.cfg.local.id {
+            return;
+        }
+        if self.is_banned(&from) {
+            self.stats.messages_from_banned += 1;
+            return;
+        }
+        // A neighbour is its link's address: a message naming it from
+        // elsewhere changes nothing, and an address holds one neighbour.
+        let wrong_address = match self.neighbours.get(&peer) {
+            Some(n) => n.addr != from,
+            None => self.other_at(from, peer),
+        };
+        if wrong_address {
+            self.stats.wrong_address += 1;
+            return;
+        }
+        if let PeerMsg::Overlay(p) | PeerMsg::Scheduler(p) = &env.msg {
+            if p.len() > MAX_PLUGIN_MESSAGE {
+                self.stats.messages_oversized += 1;
+                return;
+            }
+        }
+        if !self.admit(now_us, peer) {
             return;
         }
         self.stats.bytes_down += len as u64;
-        self.book.insert(peer, from);
+        self.remember(peer, from);
         if let Some(n) = self.neighbours.get_mut(&peer) {
             n.last_heard_us = now_us;
             n.bytes_in += len as u64;
-            n.addr = from;
         }
         match env.msg {
             PeerMsg::Hello { up, down } => {
@@ -113,6 +141,11 @@ impl Session {
     pub(super) fn report(&mut self, now_us: u64) {
         let secs = (now_us + self.cfg.report_every_us - self.next_report_us) as f64 / 1e6;
         self.next_report_us = now_us + self.cfg.report_every_us;
+        if let Some(oldest) = self.buffer.oldest() {
+            for n in self.neighbours.values_mut() {
+                n.sent = n.sent.split_off(&oldest);
+            }
+        }
         let reports: Vec<(PeerId, NeighbourReport)> = self
             .neighbours
             .iter_mut()
@@ -202,6 +235,8 @@ impl Session {
                 report_duplicates: 0,
                 report_in: 0,
                 report_out: 0,
+                bucket: Bucket::new(NEIGHBOUR_RATE, now_us),
+                sent: BTreeMap::new(),
             },
         );
     }
@@ -280,9 +315,11 @@ impl Session {
         }
     }
 
+    /// Drops the neighbour `peer` and bans the address its link is at: the
+    /// link is what proved false, not the id it claimed.
     pub(super) fn ban(&mut self, now_us: u64, peer: PeerId) {
-        if self.banned.insert(peer) {
-            self.stats.peers_banned += 1;
+        if let Some(addr) = self.neighbours.get(&peer).map(|n| n.addr) {
+            self.ban_addr(addr);
         }
         self.link_down(now_us, peer, true, true);
     }

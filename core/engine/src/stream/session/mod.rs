@@ -6,6 +6,8 @@
 //!
 //! - this module: the public API the carrier drives (events in, outputs out)
 //!   and the tick that orchestrates the rest;
+//! - [`guard`]: the bounds on what reaches the plugins and what is kept
+//!   about strangers (sizes, rates, address binding, bans, windows);
 //! - [`links`]: neighbour links and trust (the Hello/Welcome/Bye/SetLink
 //!   handshake, keepalives, timeouts, bans, per-neighbour reports);
 //! - [`dispatch`]: calls into the scheduler and overlay and the actions they
@@ -15,13 +17,14 @@
 //!   out against its clock.
 
 mod dispatch;
+mod guard;
 mod links;
 mod sink;
 mod source;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -36,6 +39,9 @@ use p2ner_proto::peer::{self as wire, Envelope, PeerMsg};
 use super::buffer::ChunkBuffer;
 use super::playout::{PlayEvent, PlayoutClock, PlayoutConfig};
 use super::stats::{Snapshot, StreamStats};
+pub use guard::{
+    MAX_BANNED, MAX_BOOK, MAX_PLUGIN_MESSAGE, MAX_SENDS_PER_CHUNK, NEIGHBOUR_RATE, STRANGER_RATE,
+};
 use links::{LinkState, Neighbour};
 
 /// Which end of the stream this peer is. (Not `Source`/`Sink`: those are
@@ -168,7 +174,11 @@ pub struct Session {
     neighbours: BTreeMap<PeerId, Neighbour>,
     /// Every peer heard of: candidates, connections, senders.
     book: BTreeMap<PeerId, SocketAddr>,
-    banned: BTreeSet<PeerId>,
+    /// Links (addresses) banned for forged chunks, and their order.
+    banned: BTreeSet<SocketAddr>,
+    banned_order: VecDeque<SocketAddr>,
+    /// The message budget all non-neighbours share.
+    strangers: guard::Bucket,
     out: Vec<SessionOutput>,
     stats: StreamStats,
     failed: Option<String>,
@@ -221,6 +231,8 @@ impl Session {
             neighbours: BTreeMap::new(),
             book: BTreeMap::new(),
             banned: BTreeSet::new(),
+            banned_order: VecDeque::new(),
+            strangers: guard::Bucket::new(STRANGER_RATE, now_us),
             out: Vec::new(),
             stats: StreamStats::default(),
             failed: None,
@@ -279,7 +291,7 @@ impl Session {
         };
         if let Some(source) = &self.cfg.source {
             if let Ok(addr) = source.addr.parse() {
-                self.book.insert(source.id, addr);
+                self.remember(source.id, addr);
             }
         }
         let r = self
@@ -336,12 +348,17 @@ impl Session {
     pub fn on_candidates(&mut self, now_us: u64, peers: &[PeerInfo]) {
         let peers: Vec<PeerInfo> = peers
             .iter()
-            .filter(|p| p.id != self.cfg.local.id && !self.banned.contains(&p.id))
+            .filter(|p| {
+                p.id != self.cfg.local.id
+                    && p.addr
+                        .parse::<SocketAddr>()
+                        .is_ok_and(|a| !self.is_banned(&a))
+            })
             .cloned()
             .collect();
         for p in &peers {
             if let Ok(addr) = p.addr.parse() {
-                self.book.insert(p.id, addr);
+                self.remember(p.id, addr);
             }
         }
         let r =

@@ -27,6 +27,15 @@ impl Session {
         else {
             return true;
         };
+        if !matches!(self.role, Role::Subscriber { .. }) {
+            return true;
+        }
+        // Far from the stream's position: not worth a signature check (and
+        // never handed to the scheduler).
+        if !self.seq_in_window(seq) {
+            self.stats.chunks_out_of_window += 1;
+            return true;
+        }
         let Role::Subscriber { key, .. } = &self.role else {
             return true;
         };
