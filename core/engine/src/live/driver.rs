@@ -344,7 +344,11 @@ impl Carrier for LiveCarrier<'_> {
     }
 
     fn forget(&mut self, addr: SocketAddr) {
-        if self.shared.as_ref().is_none_or(|s| s.release(self.wire, addr)) {
+        if self
+            .shared
+            .as_ref()
+            .is_none_or(|s| s.release(self.wire, addr))
+        {
             self.endpoint.forget(addr)
         }
     }
