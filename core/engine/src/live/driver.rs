@@ -330,7 +330,8 @@ impl Carrier for LiveCarrier<'_> {
     }
 
     fn want_peers(&mut self, _count: u32) {
-        for server in self.servers.iter().cloned() {
+        for server in self.servers {
+            let server = server.clone();
             let (stream, peer_id, peers) = (self.stream.clone(), self.peer_id, self.peers.clone());
             tokio::spawn(async move {
                 match server.peers(&stream, peer_id).await {
