@@ -16,7 +16,7 @@ use p2ner_net::{Event, NetStats, SendError};
 use p2ner_plugin_api::Capacity;
 use p2ner_proto::peer as wire;
 
-use crate::stream::{Session, Summary, Transmit, UplinkModel, DATAGRAM_OVERHEAD};
+use crate::stream::{Session, SessionOutput, Summary, UplinkModel, DATAGRAM_OVERHEAD};
 
 /// How long a chunk handed to the data channel may wait there before it
 /// leaves (µs); past that it is dropped (and counted), never sent late.
@@ -36,6 +36,8 @@ pub trait Carrier {
     fn max_payload(&self) -> usize;
     /// A critical control message; its failure ends in `on_unreachable`.
     fn send_reliable(&mut self, to: SocketAddr, payload: Bytes);
+    /// A fire-and-forget control message (announcements, which the next one
+    /// replaces).
     fn send_unreliable(&mut self, to: SocketAddr, payload: Bytes) -> Result<(), SendError>;
     /// A chunk that must leave within `within_us` or not at all.
     fn send_chunk_by(
@@ -91,7 +93,7 @@ pub fn flush(
     let max_payload = net.max_payload().max(1) as u64;
     for t in session.drain() {
         match t {
-            Transmit::Message {
+            SessionOutput::SendMessage {
                 to,
                 bytes,
                 reliable,
@@ -103,7 +105,7 @@ pub fn flush(
                     tracing::debug!(%to, "message not sent: {e}");
                 }
             }
-            Transmit::Chunk { to, seq, data } => {
+            SessionOutput::SendChunk { to, seq, data } => {
                 let len = data.len() as u64;
                 uplink.sent(now, len + len.div_ceil(max_payload) * DATAGRAM_OVERHEAD);
                 match net.send_chunk_by(to, stream, seq, data, CHUNK_LEAVES_WITHIN_US) {
@@ -112,8 +114,8 @@ pub fn flush(
                     Err(e) => tracing::debug!(%to, seq, "chunk not sent: {e}"),
                 }
             }
-            Transmit::WantPeers { count } => net.want_peers(count),
-            Transmit::Forget { addr } => net.forget(addr),
+            SessionOutput::WantPeers { count } => net.want_peers(count),
+            SessionOutput::ForgetPeer { addr } => net.forget(addr),
         }
     }
     refused

@@ -28,7 +28,9 @@ use crate::stream::{Role, Session, SessionConfig, Summary, UplinkModel};
 /// One experiment.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
+    /// How many subscribers join.
     pub subscribers: usize,
+    /// Simulated time the experiment runs.
     pub duration_us: u64,
     /// Subscribers join spread over this long from the start.
     pub join_spread_us: u64,
@@ -39,21 +41,29 @@ pub struct SimConfig {
     /// would on a real path: reliable messages and chunk fragments are
     /// retransmitted, unreliable messages are lost.
     pub loss: f64,
+    /// The publisher's upload.
     pub source_upload_kbps: u64,
     /// Every subscriber's upload, unless `peer_uploads_kbps` says otherwise.
     pub peer_upload_kbps: u64,
     /// Subscriber `i` uploads `peer_uploads_kbps[i % len]`: heterogeneous
     /// swarms (empty: all `peer_upload_kbps`).
     pub peer_uploads_kbps: Vec<u64>,
+    /// The stream's bitrate.
     pub bitrate_kbps: u32,
+    /// Media per chunk.
     pub chunk_ms: u32,
     /// The play-out buffer (and start lead), as `--buffer-ms` sets it;
     /// 0: the engine's default.
     pub buffer_ms: u32,
+    /// Candidate peers a server hands out per request.
     pub sample: usize,
+    /// The scheduler every peer runs, with its parameters.
     pub scheduler: (String, Params),
+    /// The overlay every peer runs, with its parameters.
     pub overlay: (String, Params),
+    /// Seeds the plugins, the loss and the join times: the same seed, the same run.
     pub seed: u64,
+    /// How often every session ticks (the live engine ticks every 20 ms).
     pub tick_us: u64,
     /// Largest datagram, the network layer's `max_payload`.
     pub datagram_payload: usize,
@@ -101,7 +111,9 @@ impl Default for SimConfig {
 pub struct SimResult {
     /// One summary per subscriber, in join order.
     pub subscribers: Vec<Summary>,
+    /// What the publisher uploaded (whole datagrams).
     pub source_bytes_up: u64,
+    /// What all subscribers uploaded (whole datagrams).
     pub peers_bytes_up: u64,
     /// What the simulated wire did, over all uplinks.
     pub links: LinkStats,
@@ -122,7 +134,9 @@ impl SimResult {
 /// Counters of the simulated uplinks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkStats {
+    /// Datagrams offered to the uplinks.
     pub datagrams: u64,
+    /// Bytes the uplinks carried.
     pub bytes: u64,
     /// Dropped because the bottleneck queue was full.
     pub queue_drops: u64,
@@ -295,6 +309,8 @@ impl Queue {
 /// each other forever (each round needs new output to start another).
 const MAX_ROUNDS: usize = 1000;
 
+/// Runs experiment `cfg` on simulated time and network, with the real plugins
+/// and network layer, and the plugin libraries from `registry`.
 pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
     let stream = 0x5157_u64;
     let key = Identity::from_secret([cfg.seed as u8; 32]);
@@ -372,12 +388,12 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
             let params = Params::new()
                 .with("bitrate_kbps", cfg.bitrate_kbps.to_string())
                 .with("chunk_ms", cfg.chunk_ms.to_string());
-            Role::Source {
+            Role::Publisher {
                 input: registry.new_input("synthetic", None, &params)?,
                 key: key.clone(),
             }
         } else {
-            Role::Sink {
+            Role::Subscriber {
                 output: registry.new_output("null", None, &Params::new())?,
                 key: key.public_key(),
             }
