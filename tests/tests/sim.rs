@@ -156,20 +156,26 @@ fn a_publisher_with_1_5x_the_bitrate_is_enough() {
 // 0.9; push x tree reaches a 0.999 mean (min 0.97) at load 0.5 and a 0.93
 // mean at 0.8, and collapses at 0.9 (mean about 0.3 in the capacity
 // benchmark): these tests hold the levels reached; the gap is open.
+// Since the simulator runs the real network layer (fragments, LEDBAT, the
+// cap's token bucket, acks) these levels are lower: 0.986 (min 0.94) at
+// 0.5, 0.947 at 0.8, 0.987 with a 1.5x publisher; and the overhead is
+// counted in whole datagrams as a real run counts it (about 12.5%;
+// duplicates 2.3% at 0.5, 0.6% at 0.8), so the bounds follow.
 
 #[test]
 fn push_over_tree_plays_a_capped_swarm_at_load_0_5() {
     let r = run(&capped("push", "tree", 0.5, 50));
     eprintln!("push x tree at load 0.5: {}", report(&r));
-    assert!(mean_continuity(&r) >= 0.998, "{}", report(&r));
+    assert!(mean_continuity(&r) >= 0.98, "{}", report(&r));
     assert!(
-        r.subscribers.iter().all(|s| s.continuity >= 0.96),
+        r.subscribers.iter().all(|s| s.continuity >= 0.93),
         "{}",
         report(&r)
     );
+    assert!(duplicate_share(&r) <= 0.03, "{}", report(&r));
     let overhead =
         r.subscribers.iter().map(|s| s.overhead).sum::<f64>() / r.subscribers.len() as f64;
-    assert!(overhead <= 0.05, "{}", report(&r));
+    assert!(overhead <= 0.14, "{}", report(&r));
 }
 
 #[test]
@@ -179,7 +185,7 @@ fn push_over_tree_plays_a_capped_swarm_at_load_0_8_on_average() {
     assert!(mean_continuity(&r) >= 0.92, "{}", report(&r));
     let overhead =
         r.subscribers.iter().map(|s| s.overhead).sum::<f64>() / r.subscribers.len() as f64;
-    assert!(overhead <= 0.08, "{}", report(&r));
+    assert!(overhead <= 0.14, "{}", report(&r));
 }
 
 #[test]
@@ -191,5 +197,5 @@ fn push_over_tree_with_a_publisher_of_1_5x_the_bitrate() {
     };
     let r = run(&cfg);
     eprintln!("push x tree, publisher 1.5x, load 0.5: {}", report(&r));
-    assert!(mean_continuity(&r) >= 0.99, "{}", report(&r));
+    assert!(mean_continuity(&r) >= 0.98, "{}", report(&r));
 }
