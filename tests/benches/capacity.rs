@@ -13,7 +13,8 @@
 //! Knobs (environment): `P2NER_BENCH_SUBSCRIBERS` (50), `P2NER_BENCH_SECS`
 //! (30), `P2NER_BENCH_LOADS` ("0.5,0.7,0.8,0.9,0.95"), `P2NER_BENCH_PAIRS`
 //! ("pull:mesh,push:mesh,pull:tree,push:tree"), `P2NER_BENCH_REAL` (1; 0:
-//! the simulator only). Run with `cargo bench -p p2ner-tests --bench capacity`.
+//! the simulator only), `P2NER_BENCH_SIM_LATENCY_MS` (10: the simulated
+//! one-way delay; loopback's is far below a millisecond). Run with `cargo bench -p p2ner-tests --bench capacity`.
 
 use std::time::Duration;
 
@@ -70,6 +71,10 @@ fn simulated(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> 
         bitrate_kbps: BITRATE_KBPS as u32,
         scheduler: (scheduler.into(), Params::new()),
         overlay: (overlay.into(), capped_overlay_params(overlay)),
+        latency_us: env("P2NER_BENCH_SIM_LATENCY_MS", "10")
+            .parse::<u64>()
+            .expect("milliseconds")
+            * 1000,
         ..SimConfig::default()
     };
     let r = sim::run(&sim_registry(), &cfg).unwrap_or_else(|e| panic!("{e}"));

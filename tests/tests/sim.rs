@@ -76,12 +76,21 @@ fn report(r: &SimResult) -> String {
     let overhead =
         r.subscribers.iter().map(|s| s.overhead).sum::<f64>() / r.subscribers.len().max(1) as f64;
     format!(
-        "mean {:.4} min {:.4} p10 {:.4} overhead {:.1}%",
+        "mean {:.4} min {:.4} p10 {:.4} overhead {:.1}% duplicates {:.2}%",
         mean_continuity(r),
         c[0],
         c[c.len() / 10],
-        100.0 * overhead
+        100.0 * overhead,
+        100.0 * duplicate_share(r)
     )
+}
+
+/// Duplicate chunks received per chunk played: the upload a scheduler
+/// wasted, apart from what the network layer spends on framing and acks.
+fn duplicate_share(r: &SimResult) -> f64 {
+    let dup: u64 = r.subscribers.iter().map(|s| s.duplicate_chunks).sum();
+    let played: u64 = r.subscribers.iter().map(|s| s.chunks_played).sum();
+    dup as f64 / played.max(1) as f64
 }
 
 // Capped, heterogeneous swarms near the fluid bound: 50 subscribers whose
@@ -99,9 +108,16 @@ fn pull_over_mesh_plays_a_capped_swarm_at_load_0_7() {
         "{}",
         report(&r)
     );
+    // The scheduler wastes next to nothing on duplicates...
+    assert!(duplicate_share(&r) <= 0.005, "{}", report(&r));
+    // ...and the whole-datagram overhead is what the network layer costs: a
+    // 51-byte header per 1200-byte fragment (4.4%), a data ack per fragment
+    // the peer forwards (about 2.3%), control messages and their acks. The
+    // simulator counts it as a real run does since it runs the network
+    // layer (10.8% here; a real run at load 0.5 measured 11.8%).
     let overhead =
         r.subscribers.iter().map(|s| s.overhead).sum::<f64>() / r.subscribers.len() as f64;
-    assert!(overhead <= 0.04, "{}", report(&r));
+    assert!(overhead <= 0.12, "{}", report(&r));
 }
 
 #[test]
@@ -109,7 +125,7 @@ fn pull_over_tree_plays_a_capped_swarm_at_load_0_7() {
     let r = run(&capped("pull", "tree", 0.7, 50));
     eprintln!("pull x tree at load 0.7: {}", report(&r));
     assert!(mean_continuity(&r) >= 0.98, "{}", report(&r));
-    // One peer in fifty still plays poorly (0.6): a tree repairs slowly.
+    // A tree repairs slowly: the worst peers play worse than a mesh's.
     let good = r
         .subscribers
         .iter()
@@ -140,20 +156,26 @@ fn a_publisher_with_1_5x_the_bitrate_is_enough() {
 // 0.9; push x tree reaches a 0.999 mean (min 0.97) at load 0.5 and a 0.93
 // mean at 0.8, and collapses at 0.9 (mean about 0.3 in the capacity
 // benchmark): these tests hold the levels reached; the gap is open.
+// Since the simulator runs the real network layer (fragments, LEDBAT, the
+// cap's token bucket, acks) these levels are lower: 0.986 (min 0.94) at
+// 0.5, 0.947 at 0.8, 0.987 with a 1.5x publisher; and the overhead is
+// counted in whole datagrams as a real run counts it (about 12.5%;
+// duplicates 2.3% at 0.5, 0.6% at 0.8), so the bounds follow.
 
 #[test]
 fn push_over_tree_plays_a_capped_swarm_at_load_0_5() {
     let r = run(&capped("push", "tree", 0.5, 50));
     eprintln!("push x tree at load 0.5: {}", report(&r));
-    assert!(mean_continuity(&r) >= 0.998, "{}", report(&r));
+    assert!(mean_continuity(&r) >= 0.98, "{}", report(&r));
     assert!(
-        r.subscribers.iter().all(|s| s.continuity >= 0.96),
+        r.subscribers.iter().all(|s| s.continuity >= 0.93),
         "{}",
         report(&r)
     );
+    assert!(duplicate_share(&r) <= 0.03, "{}", report(&r));
     let overhead =
         r.subscribers.iter().map(|s| s.overhead).sum::<f64>() / r.subscribers.len() as f64;
-    assert!(overhead <= 0.05, "{}", report(&r));
+    assert!(overhead <= 0.14, "{}", report(&r));
 }
 
 #[test]
@@ -163,7 +185,7 @@ fn push_over_tree_plays_a_capped_swarm_at_load_0_8_on_average() {
     assert!(mean_continuity(&r) >= 0.92, "{}", report(&r));
     let overhead =
         r.subscribers.iter().map(|s| s.overhead).sum::<f64>() / r.subscribers.len() as f64;
-    assert!(overhead <= 0.08, "{}", report(&r));
+    assert!(overhead <= 0.14, "{}", report(&r));
 }
 
 #[test]
@@ -175,5 +197,5 @@ fn push_over_tree_with_a_publisher_of_1_5x_the_bitrate() {
     };
     let r = run(&cfg);
     eprintln!("push x tree, publisher 1.5x, load 0.5: {}", report(&r));
-    assert!(mean_continuity(&r) >= 0.99, "{}", report(&r));
+    assert!(mean_continuity(&r) >= 0.98, "{}", report(&r));
 }

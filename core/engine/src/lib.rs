@@ -17,6 +17,7 @@
 // Printing is the binary's business.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod carrier;
 pub mod live;
 pub mod plugins;
 pub mod sim;

@@ -6,16 +6,16 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use p2ner_net::{Endpoint, Event, Events, SendError};
-use p2ner_plugin_api::{Capacity, PeerId, PeerInfo};
-use p2ner_proto::peer as wire;
+use p2ner_net::{Endpoint, Events, SendError};
+use p2ner_plugin_api::{PeerId, PeerInfo};
 use p2ner_proto::server::StreamId;
 use p2ner_server::client::ServerClient;
 use tokio::sync::mpsc;
 
 use super::liveness::{Answer, Gone, Liveness, Step};
 use super::{Report, Reporter};
-use crate::stream::{Session, SessionOutput, Summary, UplinkModel, DATAGRAM_OVERHEAD};
+use crate::carrier::{self, Carrier};
+use crate::stream::{Session, Summary, UplinkModel};
 
 /// Engine time: microseconds since the Unix epoch, so that capture times
 /// stamped by a publisher mean the same on every peer of this machine (and,
@@ -28,10 +28,6 @@ pub fn now_us() -> u64 {
 
 /// How often the session's clock advances; bounds play-out jitter.
 pub const TICK: Duration = Duration::from_millis(20);
-
-/// How long a chunk handed to the data channel may wait there before it
-/// leaves; past that it is dropped (and counted), never sent late.
-const CHUNK_LEAVES_WITHIN: Duration = Duration::from_millis(500);
 
 /// A publisher heartbeats this often: servers take it offline after a few
 /// missed ones (`p2ner server --publisher-ttl`, 4 s), so that a dead
@@ -158,25 +154,8 @@ impl Driver {
                 ev = self.events.recv() => {
                     let Some(ev) = ev else { break End::Failed("network endpoint closed".into()) };
                     let now = now_us();
-                    match ev {
-                        Event::Message { from, payload } => {
-                            if let Some(env) = wire::decode(&payload) {
-                                if env.stream == wire {
-                                    self.session.on_message(now, from, env, payload.len());
-                                }
-                            }
-                        }
-                        Event::Chunk { from, stream, seq, data } => {
-                            if stream == wire {
-                                self.session.on_chunk(now, from, seq, data);
-                            }
-                        }
-                        Event::Request { from, id, .. } => {
-                            // Peers do not serve requests; say so instead of
-                            // letting the asker time out.
-                            self.endpoint.respond(from, id, Bytes::new());
-                        }
-                    }
+                    let (session, mut net) = self.parts(wire, &unreachable_tx, &peers_tx);
+                    carrier::deliver(session, wire, now, ev, &mut net);
                 }
                 Some(addr) = unreachable.recv() => {
                     self.session.on_unreachable(now_us(), addr);
@@ -193,19 +172,11 @@ impl Driver {
                 }
                 _ = tick.tick() => {
                     let now = now_us();
-                    uplink.observed(now, self.endpoint.upload().queued_bytes);
-                    self.session.set_upload(uplink.upload(now));
                     if let Some(shared) = &self.shared {
                         shared.hold(wire, self.session.neighbour_addrs());
                     }
-                    for addr in self.session.neighbour_addrs() {
-                        let c = self.endpoint.capacity(addr);
-                        self.session.set_capacity(addr, Capacity {
-                            can_send_bytes: c.can_send_bytes,
-                            rate_bps: c.rate_bps,
-                            rtt_us: c.rtt_us,
-                        });
-                    }
+                    let (session, mut net) = self.parts(wire, &unreachable_tx, &peers_tx);
+                    carrier::before_tick(session, &mut uplink, &mut net, now);
                     self.session.tick(now);
                     if let Some(l) = &mut self.liveness {
                         l.chunks(now, self.session.stats().chunks_received);
@@ -257,19 +228,11 @@ impl Driver {
         summary.reason = reason;
         // Whole datagrams, framing and acknowledgements included.
         // (On a shared endpoint those are every stream's: keep the stream's own.)
-        let net = self.endpoint.stats();
-        let t = &net.total;
         if let Some(limited) = &self.router_limited {
             summary.refused.rate_limited += limited.load(std::sync::atomic::Ordering::Relaxed);
         }
-        if self.shared.is_none() {
-            summary.bytes_down = t.control.bytes_recv + t.data.bytes_recv;
-            summary.bytes_up = t.control.bytes_sent + t.data.bytes_sent;
-        }
-        if summary.media_bytes > 0 {
-            summary.overhead = summary.bytes_down.saturating_sub(summary.media_bytes) as f64
-                / summary.media_bytes as f64;
-        }
+        let net = self.shared.is_none().then(|| self.endpoint.stats());
+        carrier::finish_summary(&mut summary, net.as_ref());
         if let Some(out) = &mut self.stats {
             // The last second as it ended: nothing plays any more.
             let mut last = self.session.snapshot(now);
@@ -293,72 +256,30 @@ impl Driver {
         peers: &mpsc::UnboundedSender<Vec<PeerInfo>>,
         uplink: &mut UplinkModel,
     ) -> u64 {
-        let mut refused = 0;
-        let now = now_us();
-        let max_payload = self.endpoint.config().max_payload.max(1) as u64;
-        for t in self.session.drain() {
-            match &t {
-                SessionOutput::SendMessage { bytes, .. } => {
-                    uplink.sent(now, bytes.len() as u64 + DATAGRAM_OVERHEAD)
-                }
-                SessionOutput::SendChunk { data, .. } => {
-                    let len = data.len() as u64;
-                    uplink.sent(now, len + len.div_ceil(max_payload) * DATAGRAM_OVERHEAD)
-                }
-                _ => {}
-            }
-            match t {
-                SessionOutput::SendMessage {
-                    to,
-                    bytes,
-                    reliable: true,
-                } => {
-                    let endpoint = self.endpoint.clone();
-                    let unreachable = unreachable.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = endpoint.send_reliable(to, Bytes::from(bytes)).await {
-                            tracing::debug!(%to, "reliable message failed: {e}");
-                            let _ = unreachable.send(to);
-                        }
-                    });
-                }
-                SessionOutput::SendMessage { to, bytes, .. } => {
-                    if let Err(e) = self.endpoint.send_unreliable(to, Bytes::from(bytes)) {
-                        tracing::debug!(%to, "message not sent: {e}");
-                    }
-                }
-                SessionOutput::SendChunk { to, seq, data } => {
-                    // A chunk that cannot leave soon is dropped by the data
-                    // channel rather than sent too late to be played.
-                    let deadline = std::time::Instant::now() + CHUNK_LEAVES_WITHIN;
-                    match self.endpoint.send_chunk_by(to, wire, seq, data, deadline) {
-                        Ok(()) => {}
-                        Err(SendError::WouldBlock) => refused += 1,
-                        Err(e) => tracing::debug!(%to, seq, "chunk not sent: {e}"),
-                    }
-                }
-                SessionOutput::WantPeers { .. } => {
-                    for server in self.servers.clone() {
-                        let (stream, peer_id, peers) =
-                            (self.stream.clone(), self.peer_id, peers.clone());
-                        tokio::spawn(async move {
-                            match server.peers(&stream, peer_id).await {
-                                Ok(found) => {
-                                    let _ = peers.send(peer_infos(&found));
-                                }
-                                Err(e) => tracing::debug!("asking for peers: {e}"),
-                            }
-                        });
-                    }
-                }
-                SessionOutput::ForgetPeer { addr } => {
-                    if self.shared.as_ref().is_none_or(|s| s.release(wire, addr)) {
-                        self.endpoint.forget(addr)
-                    }
-                }
-            }
-        }
-        refused
+        let (session, mut net) = self.parts(wire, unreachable, peers);
+        carrier::flush(session, uplink, &mut net, wire, now_us())
+    }
+
+    /// The session and, beside it, the endpoint as a [`Carrier`].
+    fn parts<'a>(
+        &'a mut self,
+        wire: u64,
+        unreachable: &'a mpsc::UnboundedSender<SocketAddr>,
+        peers: &'a mpsc::UnboundedSender<Vec<PeerInfo>>,
+    ) -> (&'a mut Session, LiveCarrier<'a>) {
+        (
+            &mut self.session,
+            LiveCarrier {
+                endpoint: &self.endpoint,
+                unreachable,
+                peers,
+                servers: &self.servers,
+                stream: &self.stream,
+                peer_id: self.peer_id,
+                shared: &self.shared,
+                wire,
+            },
+        )
     }
 
     /// Asks the subscription's server about the stream, answering into
@@ -469,4 +390,88 @@ pub fn peer_infos(entries: &[p2ner_proto::server::PeerEntry]) -> Vec<PeerInfo> {
             addr: e.addr.to_string().into(),
         })
         .collect()
+}
+
+/// The endpoint of a live session as the shared glue sees it: reliable
+/// messages and peer queries run as tasks of their own and report back
+/// through the driver's channels.
+struct LiveCarrier<'a> {
+    endpoint: &'a Endpoint,
+    unreachable: &'a mpsc::UnboundedSender<SocketAddr>,
+    peers: &'a mpsc::UnboundedSender<Vec<PeerInfo>>,
+    servers: &'a [ServerClient],
+    stream: &'a StreamId,
+    peer_id: u64,
+    shared: &'a Option<super::engine::Shared>,
+    wire: u64,
+}
+
+impl Carrier for LiveCarrier<'_> {
+    fn capacity(&mut self, to: SocketAddr) -> p2ner_net::Capacity {
+        self.endpoint.capacity(to)
+    }
+
+    fn upload(&mut self) -> p2ner_net::Upload {
+        self.endpoint.upload()
+    }
+
+    fn max_payload(&self) -> usize {
+        self.endpoint.config().max_payload
+    }
+
+    fn send_reliable(&mut self, to: SocketAddr, payload: Bytes) {
+        let endpoint = self.endpoint.clone();
+        let unreachable = self.unreachable.clone();
+        tokio::spawn(async move {
+            if let Err(e) = endpoint.send_reliable(to, payload).await {
+                tracing::debug!(%to, "reliable message failed: {e}");
+                let _ = unreachable.send(to);
+            }
+        });
+    }
+
+    fn send_unreliable(&mut self, to: SocketAddr, payload: Bytes) -> Result<(), SendError> {
+        self.endpoint.send_unreliable(to, payload)
+    }
+
+    fn send_chunk_by(
+        &mut self,
+        to: SocketAddr,
+        stream: u64,
+        seq: u64,
+        data: Bytes,
+        within_us: u64,
+    ) -> Result<(), SendError> {
+        let deadline = std::time::Instant::now() + Duration::from_micros(within_us);
+        self.endpoint.send_chunk_by(to, stream, seq, data, deadline)
+    }
+
+    fn respond(&mut self, to: SocketAddr, id: u64, payload: Bytes) {
+        self.endpoint.respond(to, id, payload);
+    }
+
+    fn want_peers(&mut self, _count: u32) {
+        for server in self.servers {
+            let server = server.clone();
+            let (stream, peer_id, peers) = (self.stream.clone(), self.peer_id, self.peers.clone());
+            tokio::spawn(async move {
+                match server.peers(&stream, peer_id).await {
+                    Ok(found) => {
+                        let _ = peers.send(peer_infos(&found));
+                    }
+                    Err(e) => tracing::debug!("asking for peers: {e}"),
+                }
+            });
+        }
+    }
+
+    fn forget(&mut self, addr: SocketAddr) {
+        if self
+            .shared
+            .as_ref()
+            .is_none_or(|s| s.release(self.wire, addr))
+        {
+            self.endpoint.forget(addr)
+        }
+    }
 }

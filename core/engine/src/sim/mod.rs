@@ -1,26 +1,29 @@
-//! A discrete-event simulator that runs the real plugins on a simulated
-//! clock and network.
+//! A discrete-event simulator that runs the real plugins and the real
+//! network layer on a simulated clock and network.
 //!
 //! Every peer is a real [`Session`] with scheduler and overlay instantiated
-//! from the same plugin libraries a real swarm loads; only the carrier is
-//! simulated: messages and chunks are delivered after a latency, through a
-//! per-peer upload link of fixed capacity, and lost at a given rate. Runs are
-//! deterministic for a seed, so a researcher can compare schedulers on the
-//! same swarm and replay a surprising run.
+//! from the same plugin libraries a real swarm loads, fed through the same
+//! glue as the live driver ([`crate::carrier`]), over its own
+//! [`p2ner_net::NetState`]: the state machine inside every real endpoint,
+//! with its reliable control channel, fragmentation, LEDBAT, pacing and
+//! upload cap. Only the wire is simulated: each peer's datagrams leave
+//! through an uplink of the peer's upload rate with a bounded drop-tail
+//! queue, travel a fixed one-way delay and are lost at a given rate. Runs
+//! are deterministic for a seed, so a researcher can compare schedulers on
+//! the same swarm and replay a surprising run.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use bytes::Bytes;
-use p2ner_plugin_api::{Capacity, Params, PeerId, PeerInfo, Rng};
+use p2ner_net::{Datagrams, NetConfig, NetEvent, NetState, SendError, SendId};
+use p2ner_plugin_api::{Params, PeerId, PeerInfo, Rng};
 use p2ner_proto::identity::Identity;
-use p2ner_proto::peer as wire;
 
+use crate::carrier::{self, Carrier};
 use crate::plugins::Registry;
-use crate::stream::{
-    Role, Session, SessionConfig, SessionOutput, Summary, UplinkModel, DATAGRAM_OVERHEAD,
-};
+use crate::stream::{Role, Session, SessionConfig, Summary, UplinkModel};
 
 /// One experiment.
 #[derive(Debug, Clone)]
@@ -31,11 +34,12 @@ pub struct SimConfig {
     pub duration_us: u64,
     /// Subscribers join spread over this long from the start.
     pub join_spread_us: u64,
-    /// One-way latency between any two peers.
+    /// One-way delay of every datagram, after it has left the sender's
+    /// uplink.
     pub latency_us: u64,
-    /// Share of datagrams lost. Reliable messages are delivered anyway and
-    /// lost chunk fragments arrive a round trip late, as the network layer's
-    /// retransmissions would have it; unreliable messages are lost.
+    /// Share of datagrams lost on the way. The network layer recovers as it
+    /// would on a real path: reliable messages and chunk fragments are
+    /// retransmitted, unreliable messages are lost.
     pub loss: f64,
     /// The publisher's upload.
     pub source_upload_kbps: u64,
@@ -61,8 +65,18 @@ pub struct SimConfig {
     pub seed: u64,
     /// How often every session ticks (the live engine ticks every 20 ms).
     pub tick_us: u64,
-    /// Payload bytes per datagram, for the per-datagram overhead.
+    /// Largest datagram, the network layer's `max_payload`.
     pub datagram_payload: usize,
+    /// The bottleneck queue in front of each uplink, in time at the
+    /// uplink's rate: a datagram that would wait longer is dropped.
+    pub queue_us: u64,
+    /// Whether each peer's network layer enforces its upload as a cap
+    /// (`--upload-kbps`), as the capped real swarms do. Without it only the
+    /// simulated uplink limits the rate and LEDBAT finds it by the delay.
+    pub cap_uploads: bool,
+    /// The network layer's other knobs, for every peer (`upload_kbps`,
+    /// `max_payload` and `seed` are set per peer from the fields above).
+    pub net: NetConfig,
 }
 
 impl Default for SimConfig {
@@ -85,6 +99,9 @@ impl Default for SimConfig {
             seed: 1,
             tick_us: 20_000,
             datagram_payload: 1200,
+            queue_us: 100_000,
+            cap_uploads: true,
+            net: NetConfig::default(),
         }
     }
 }
@@ -94,10 +111,12 @@ impl Default for SimConfig {
 pub struct SimResult {
     /// One summary per subscriber, in join order.
     pub subscribers: Vec<Summary>,
-    /// What the publisher uploaded.
+    /// What the publisher uploaded (whole datagrams).
     pub source_bytes_up: u64,
-    /// What all subscribers uploaded.
+    /// What all subscribers uploaded (whole datagrams).
     pub peers_bytes_up: u64,
+    /// What the simulated wire did, over all uplinks.
+    pub links: LinkStats,
 }
 
 impl SimResult {
@@ -112,36 +131,193 @@ impl SimResult {
     }
 }
 
+/// Counters of the simulated uplinks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Datagrams offered to the uplinks.
+    pub datagrams: u64,
+    /// Bytes the uplinks carried.
+    pub bytes: u64,
+    /// Dropped because the bottleneck queue was full.
+    pub queue_drops: u64,
+    /// Lost on the way (`SimConfig::loss`).
+    pub lost: u64,
+}
+
 enum Event {
     Join(usize),
     Tick(usize),
-    Message {
+    /// The network layer's timer of a node, armed for this time.
+    Wake(usize, u64),
+    Datagram {
         to: usize,
         from: SocketAddr,
         bytes: Vec<u8>,
     },
-    Chunk {
-        to: usize,
-        from: SocketAddr,
-        seq: u64,
-        data: Bytes,
-    },
+}
+
+/// One direction out of a peer: its upload link, a serialising bottleneck
+/// with a bounded queue in front. What it carries is counted in UDP payload
+/// bytes, the unit of the network layer's upload cap, so that a link at the
+/// cap's rate and the cap agree.
+struct Uplink {
+    rate_bps: u64,
+    queue_us: u64,
+    /// When the bottleneck has serialised everything it accepted.
+    free_at: u64,
+}
+
+impl Uplink {
+    /// When a datagram of `len` bytes handed over at `now` has left, or
+    /// `None` if the queue is full.
+    fn send(&mut self, now: u64, len: usize) -> Option<u64> {
+        let start = self.free_at.max(now);
+        if start - now > self.queue_us {
+            return None;
+        }
+        self.free_at = start + (len as u64 * 8 * 1_000_000).div_ceil(self.rate_bps).max(1);
+        Some(self.free_at)
+    }
 }
 
 struct Node {
     session: Option<Session>,
+    net: NetState,
     addr: SocketAddr,
-    upload_bps: u64,
-    /// The upload link: it drains at `upload_bps`, and what it holds is
-    /// what the session is told (the same model the real engine uses).
+    link: Uplink,
+    /// The engine's model of the uplink, as the live driver keeps it.
     uplink: UplinkModel,
+    /// Reliable sends in flight, for `on_unreachable` when one fails.
+    reliable: HashMap<SendId, SocketAddr>,
+    /// The earliest `Wake` queued for this node.
+    armed: Option<u64>,
 }
 
-/// Runs experiment `cfg` on simulated time and network, with the real plugins from `registry`.
+/// A node's network state as the shared glue sees it, at one instant.
+struct SimCarrier<'a> {
+    net: &'a mut NetState,
+    now: u64,
+    reliable: &'a mut HashMap<SendId, SocketAddr>,
+    /// Reliable sends refused at once (the live driver's task fails at once
+    /// too): the session hears `on_unreachable` after the flush.
+    failed: &'a mut Vec<SocketAddr>,
+    want_peers: &'a mut Option<u32>,
+}
+
+impl Carrier for SimCarrier<'_> {
+    fn capacity(&mut self, to: SocketAddr) -> p2ner_net::Capacity {
+        self.net.capacity(self.now, to)
+    }
+
+    fn upload(&mut self) -> p2ner_net::Upload {
+        self.net.upload(self.now)
+    }
+
+    fn max_payload(&self) -> usize {
+        self.net.config().max_payload
+    }
+
+    fn send_reliable(&mut self, to: SocketAddr, payload: Bytes) {
+        match self.net.send_reliable(self.now, to, payload) {
+            Ok(id) => {
+                self.reliable.insert(id, to);
+            }
+            Err(_) => self.failed.push(to),
+        }
+    }
+
+    fn send_unreliable(&mut self, to: SocketAddr, payload: Bytes) -> Result<(), SendError> {
+        self.net.send_unreliable(self.now, to, &payload)
+    }
+
+    fn send_chunk_by(
+        &mut self,
+        to: SocketAddr,
+        stream: u64,
+        seq: u64,
+        data: Bytes,
+        within_us: u64,
+    ) -> Result<(), SendError> {
+        self.net
+            .send_chunk_by(self.now, to, stream, seq, data, self.now + within_us)
+    }
+
+    fn respond(&mut self, to: SocketAddr, id: u64, payload: Bytes) {
+        if let Err(e) = self.net.respond(self.now, to, id, payload) {
+            tracing::debug!(%to, id, "response failed: {e}");
+        }
+    }
+
+    fn want_peers(&mut self, count: u32) {
+        *self.want_peers = Some(self.want_peers.unwrap_or(0).max(count));
+    }
+
+    fn forget(&mut self, addr: SocketAddr) {
+        self.net.forget(addr);
+    }
+}
+
+/// The simulation's event queue, ordered by (time, insertion order) so that
+/// runs are deterministic.
+#[derive(Default)]
+struct Queue {
+    heap: BinaryHeap<Reverse<Queued>>,
+    next: u64,
+}
+
+struct Queued {
+    at: u64,
+    order: u64,
+    ev: Event,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.order) == (o.at, o.order)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.order).cmp(&(o.at, o.order))
+    }
+}
+
+impl Queue {
+    fn push(&mut self, at: u64, ev: Event) {
+        self.next += 1;
+        self.heap.push(Reverse(Queued {
+            at,
+            order: self.next,
+            ev,
+        }));
+    }
+
+    fn pop(&mut self) -> Option<(u64, Event)> {
+        let Reverse(q) = self.heap.pop()?;
+        Some((q.at, q.ev))
+    }
+}
+
+/// Rounds of session output and network events handled for one node at one
+/// instant at most: a guard against a plugin and the network layer feeding
+/// each other forever (each round needs new output to start another).
+const MAX_ROUNDS: usize = 1000;
+
+/// Runs experiment `cfg` on simulated time and network, with the real plugins
+/// and network layer, and the plugin libraries from `registry`.
 pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
     let stream = 0x5157_u64;
     let key = Identity::from_secret([cfg.seed as u8; 32]);
     let mut rng = Rng::new(cfg.seed);
+    // The wire's own randomness, so that loss does not shift the plugins'
+    // draws (and the other way round).
+    let mut wire_rng = Rng::new(cfg.seed ^ 0x6c6f_7373_6c6f_7373);
     let addr_of = |i: usize| {
         SocketAddr::V4(SocketAddrV4::new(
             Ipv4Addr::new(10, 0, (i >> 8) as u8, i as u8),
@@ -152,8 +328,15 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
         id: PeerId(1000 + i as u64),
         addr: addr_of(i).to_string().into(),
     };
-    let by_addr: HashMap<SocketAddr, usize> =
-        (0..=cfg.subscribers).map(|i| (addr_of(i), i)).collect();
+    // The inverse of `addr_of`.
+    let index_of = |a: &SocketAddr| match a {
+        SocketAddr::V4(v4) if v4.port() == 7000 => {
+            let [net, sub, hi, lo] = v4.ip().octets();
+            let i = (hi as usize) << 8 | lo as usize;
+            ((net, sub) == (10, 0) && i <= cfg.subscribers).then_some(i)
+        }
+        _ => None,
+    };
     let mut nodes: Vec<Node> = (0..=cfg.subscribers)
         .map(|i| {
             let kbps = if i == 0 {
@@ -162,31 +345,36 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
                 cfg.peer_upload_kbps
             } else {
                 cfg.peer_uploads_kbps[(i - 1) % cfg.peer_uploads_kbps.len()]
+            }
+            .max(1);
+            let upload_bps = 1000 * kbps;
+            let net_cfg = NetConfig {
+                upload_kbps: cfg.cap_uploads.then_some(kbps),
+                max_payload: cfg.datagram_payload,
+                seed: cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64,
+                ..cfg.net.clone()
             };
-            let upload_bps = 1000 * kbps.max(1);
+            let session = (cfg.seed as u32).wrapping_mul(0x0100_0193) ^ (0xA000_0000 | i as u32);
             Node {
                 session: None,
+                net: NetState::new(net_cfg, session, 0),
                 addr: addr_of(i),
-                upload_bps,
-                uplink: UplinkModel::new(Some(upload_bps)),
+                link: Uplink {
+                    rate_bps: upload_bps,
+                    queue_us: cfg.queue_us,
+                    free_at: 0,
+                },
+                uplink: UplinkModel::new(cfg.cap_uploads.then_some(upload_bps)),
+                reliable: HashMap::new(),
+                armed: None,
             }
         })
         .collect();
-    let mut queue: BinaryHeap<Reverse<(u64, u64, usize)>> = BinaryHeap::new();
-    let mut events: HashMap<usize, Event> = HashMap::new();
-    let mut next_id = 0usize;
-    let mut push = |queue: &mut BinaryHeap<Reverse<(u64, u64, usize)>>,
-                    events: &mut HashMap<usize, Event>,
-                    at: u64,
-                    ev: Event| {
-        next_id += 1;
-        events.insert(next_id, ev);
-        queue.push(Reverse((at, next_id as u64, next_id)));
-    };
-    push(&mut queue, &mut events, 0, Event::Join(0));
+    let mut queue = Queue::default();
+    queue.push(0, Event::Join(0));
     for i in 1..=cfg.subscribers {
         let at = 500_000 + rng.below(cfg.join_spread_us.max(1));
-        push(&mut queue, &mut events, at, Event::Join(i));
+        queue.push(at, Event::Join(i));
     }
     let new_session = |i: usize, now: u64| -> anyhow::Result<Session> {
         let mut scfg =
@@ -217,11 +405,12 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
         Ok(s)
     };
     let mut joined: Vec<usize> = Vec::new();
-    while let Some(Reverse((now, _, id))) = queue.pop() {
+    let mut links = LinkStats::default();
+    let mut out = Datagrams::default();
+    while let Some((now, ev)) = queue.pop() {
         if now > cfg.duration_us {
             break;
         }
-        let ev = events.remove(&id).expect("queued events exist");
         let i = match ev {
             Event::Join(i) => {
                 let mut s = new_session(i, now)?;
@@ -232,107 +421,141 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
                 }
                 nodes[i].session = Some(s);
                 joined.push(i);
-                push(&mut queue, &mut events, now + cfg.tick_us, Event::Tick(i));
+                queue.push(now + cfg.tick_us, Event::Tick(i));
                 i
             }
             Event::Tick(i) => {
                 let node = &mut nodes[i];
-                // One upload link, shared by all neighbours, described as
-                // the real engine describes its capped uplink.
-                let upload = node.uplink.upload(now);
                 let s = node.session.as_mut().expect("ticking nodes joined");
-                s.set_upload(upload);
-                for addr in s.neighbour_addrs() {
-                    s.set_capacity(
-                        addr,
-                        Capacity {
-                            can_send_bytes: upload.budget_bytes,
-                            rate_bps: node.upload_bps,
-                            rtt_us: 2 * cfg.latency_us,
-                        },
-                    );
-                }
+                let mut net = SimCarrier {
+                    net: &mut node.net,
+                    now,
+                    reliable: &mut node.reliable,
+                    failed: &mut Vec::new(),
+                    want_peers: &mut None,
+                };
+                carrier::before_tick(s, &mut node.uplink, &mut net, now);
                 s.tick(now);
-                push(&mut queue, &mut events, now + cfg.tick_us, Event::Tick(i));
+                queue.push(now + cfg.tick_us, Event::Tick(i));
                 i
             }
-            Event::Message { to, from, bytes } => {
-                if let (Some(s), Some(env)) = (nodes[to].session.as_mut(), wire::decode(&bytes)) {
-                    s.on_message(now, from, env, bytes.len());
+            Event::Wake(i, at) => {
+                let node = &mut nodes[i];
+                if node.armed != Some(at) {
+                    // Superseded by an earlier wake, which ran already.
+                    continue;
                 }
-                to
+                node.armed = None;
+                if node.net.poll_timeout().is_some_and(|t| t <= now) {
+                    node.net.handle_timeout(now);
+                }
+                i
             }
-            Event::Chunk {
-                to,
-                from,
-                seq,
-                data,
-            } => {
-                if let Some(s) = nodes[to].session.as_mut() {
-                    s.on_chunk(now, from, seq, data);
+            Event::Datagram { to, from, bytes } => {
+                let node = &mut nodes[to];
+                if node.session.is_none() {
+                    // Not started yet: nothing listens at that address.
+                    continue;
                 }
+                node.net.handle_datagram(now, from, &bytes);
+                // One datagram at a time, as a socket that runs dry after
+                // each: the real driver acknowledges then too.
+                node.net.flush_acks(now);
                 to
             }
         };
-        // Carry what the session wants sent.
+        // Session output into the network layer, its datagrams onto the
+        // uplink, its events into the session, until all is quiet.
         let node = &mut nodes[i];
-        let from = node.addr;
-        let out: Vec<SessionOutput> = match node.session.as_mut() {
-            Some(s) => s.drain().collect(),
-            None => continue,
-        };
-        for t in out {
-            match t {
-                SessionOutput::SendMessage {
-                    to,
-                    bytes,
-                    reliable,
-                } => {
-                    let Some(&j) = by_addr.get(&to) else { continue };
-                    if !reliable && rng.unit() < cfg.loss {
+        let session = node.session.as_mut().expect("only joined nodes get here");
+        for _ in 0..MAX_ROUNDS {
+            let mut failed = Vec::new();
+            let mut want = None;
+            let mut net = SimCarrier {
+                net: &mut node.net,
+                now,
+                reliable: &mut node.reliable,
+                failed: &mut failed,
+                want_peers: &mut want,
+            };
+            carrier::flush(session, &mut node.uplink, &mut net, stream, now);
+            loop {
+                let more = node.net.poll_transmits(now, 64, &mut out);
+                for t in out.iter() {
+                    let Some(j) = index_of(&t.to) else {
+                        continue;
+                    };
+                    links.datagrams += 1;
+                    let Some(left) = node.link.send(now, t.bytes.len()) else {
+                        links.queue_drops += 1;
+                        continue;
+                    };
+                    links.bytes += t.bytes.len() as u64;
+                    if cfg.loss > 0.0 && wire_rng.unit() < cfg.loss {
+                        links.lost += 1;
                         continue;
                     }
-                    let len = bytes.len() + DATAGRAM_OVERHEAD as usize;
-                    let at = send_at(node, now, len, cfg.latency_us);
-                    push(
-                        &mut queue,
-                        &mut events,
-                        at,
-                        Event::Message { to: j, from, bytes },
-                    );
-                }
-                SessionOutput::SendChunk { to, seq, data } => {
-                    let Some(&j) = by_addr.get(&to) else { continue };
-                    let frags = data.len().div_ceil(cfg.datagram_payload).max(1);
-                    let len = data.len() + frags * DATAGRAM_OVERHEAD as usize;
-                    let mut at = send_at(node, now, len, cfg.latency_us);
-                    // The data channel retransmits a lost fragment once its
-                    // loss is detected, about a round trip later.
-                    let lost = (0..frags).filter(|_| rng.unit() < cfg.loss).count() as u64;
-                    at += lost * (2 * cfg.latency_us + 20_000);
-                    push(
-                        &mut queue,
-                        &mut events,
-                        at,
-                        Event::Chunk {
+                    queue.push(
+                        left + cfg.latency_us,
+                        Event::Datagram {
                             to: j,
-                            from,
-                            seq,
-                            data,
+                            from: node.addr,
+                            bytes: t.bytes.to_vec(),
                         },
                     );
                 }
-                SessionOutput::WantPeers { count } => {
-                    let peers: Vec<PeerInfo> = sample(&joined, count as usize, &mut rng)
-                        .into_iter()
-                        .filter(|&j| j != i)
-                        .map(info_of)
-                        .collect();
-                    if let Some(s) = node.session.as_mut() {
-                        s.on_candidates(now, &peers);
-                    }
+                out.clear();
+                if !more {
+                    break;
                 }
-                SessionOutput::ForgetPeer { .. } => {}
+            }
+            let mut busy = !failed.is_empty();
+            for addr in failed {
+                session.on_unreachable(now, addr);
+            }
+            while let Some(ev) = node.net.poll_event() {
+                match ev {
+                    NetEvent::Deliver(ev) => {
+                        busy = true;
+                        let mut net = SimCarrier {
+                            net: &mut node.net,
+                            now,
+                            reliable: &mut node.reliable,
+                            failed: &mut Vec::new(),
+                            want_peers: &mut want,
+                        };
+                        carrier::deliver(session, stream, now, ev, &mut net);
+                    }
+                    NetEvent::Acked(id) => {
+                        node.reliable.remove(&id);
+                    }
+                    NetEvent::Failed(id, _) => {
+                        if let Some(addr) = node.reliable.remove(&id) {
+                            busy = true;
+                            session.on_unreachable(now, addr);
+                        }
+                    }
+                    NetEvent::Response { .. } | NetEvent::CapacityChanged => {}
+                }
+            }
+            if let Some(count) = want {
+                busy = true;
+                let peers: Vec<PeerInfo> = sample(&joined, count as usize, &mut rng)
+                    .into_iter()
+                    .filter(|&j| j != i)
+                    .map(info_of)
+                    .collect();
+                session.on_candidates(now, &peers);
+            }
+            if !busy {
+                break;
+            }
+        }
+        if let Some(t) = node.net.poll_timeout() {
+            let t = t.max(now + 1);
+            if node.armed.is_none_or(|a| t < a) {
+                node.armed = Some(t);
+                queue.push(t, Event::Wake(i, t));
             }
         }
     }
@@ -340,6 +563,7 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
         subscribers: Vec::new(),
         source_bytes_up: 0,
         peers_bytes_up: 0,
+        links,
     };
     for (i, node) in nodes.iter_mut().enumerate() {
         let Some(s) = node.session.as_mut() else {
@@ -348,21 +572,16 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
         if let Some(e) = s.failed() {
             anyhow::bail!("peer {i}: {e}");
         }
+        let mut summary = s.stats().summary("sim");
+        carrier::finish_summary(&mut summary, Some(&node.net.stats()));
         if i == 0 {
-            result.source_bytes_up = s.stats().bytes_up;
+            result.source_bytes_up = summary.bytes_up;
         } else {
-            result.peers_bytes_up += s.stats().bytes_up;
-            result.subscribers.push(s.stats().summary("sim"));
+            result.peers_bytes_up += summary.bytes_up;
+            result.subscribers.push(summary);
         }
     }
     Ok(result)
-}
-
-/// The time a transmission of `len` bytes arrives, after the sender's
-/// upload link has drained what was queued before it.
-fn send_at(node: &mut Node, now: u64, len: usize, latency_us: u64) -> u64 {
-    node.uplink.sent(now, len as u64);
-    now + node.uplink.upload(now).queued_us + latency_us
 }
 
 fn sample(from: &[usize], n: usize, rng: &mut Rng) -> Vec<usize> {
