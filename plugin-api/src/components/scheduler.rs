@@ -7,7 +7,7 @@ use abi_stable::{
 };
 
 use super::Guarded;
-use crate::{Link, PeerId, PluginError, Upload};
+use crate::{ChunkInfo, Link, Metric, Metrics, PeerId, PluginError, Refusal, Setup, Upload, View};
 
 /// What a scheduler learns once, when its stream starts.
 #[repr(C)]
@@ -91,6 +91,23 @@ impl<'a> SchedOut<'a> {
     pub fn push(&mut self, action: SchedAction) {
         self.0.push(action);
     }
+
+    /// The actions collected so far, in the order the engine carries them
+    /// out: what a test inspects after each event.
+    pub fn actions(&self) -> &[SchedAction] {
+        self.0.as_slice()
+    }
+
+    /// Takes the actions collected so far, leaving none: a multi-step test
+    /// looks at each event's actions on their own.
+    pub fn take(&mut self) -> Vec<SchedAction> {
+        std::mem::take(self.0).into_vec()
+    }
+
+    /// Forgets the actions collected so far.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
 }
 
 /// A scheduler, as a plugin author writes it: a sans-IO state machine.
@@ -145,6 +162,21 @@ pub trait Scheduler: Send + 'static {
     /// This peer's shared uplink, every tick before the tick's
     /// [`Scheduler::on_capacity`] calls (appended to the first release).
     fn on_upload(&mut self, _now_us: u64, _upload: Upload, _out: &mut SchedOut<'_>) {}
+    /// How the engine is set up (tick interval, largest message, play-out
+    /// target): once, right after [`Scheduler::on_start`].
+    fn on_setup(&mut self, _now_us: u64, _setup: &Setup, _out: &mut SchedOut<'_>) {}
+    /// Every neighbour both ways and play-out, every tick after
+    /// [`Scheduler::on_upload`] and before the tick's `on_capacity` calls.
+    fn on_view(&mut self, _now_us: u64, _view: &View, _out: &mut SchedOut<'_>) {}
+    /// A chunk entered the buffer, with its keyframe flag and size: just
+    /// before the same chunk's [`Scheduler::on_chunk`].
+    fn on_chunk_info(&mut self, _now_us: u64, _chunk: ChunkInfo, _out: &mut SchedOut<'_>) {}
+    /// The engine refused one of this scheduler's actions: right after the
+    /// event that returned it, one call per refused action, in order.
+    fn on_refused(&mut self, _now_us: u64, _refusal: Refusal, _out: &mut SchedOut<'_>) {}
+    /// This scheduler's own counters and gauges, asked about once a second
+    /// (each `--stats` line) and when the stream ends (the summary).
+    fn metrics(&mut self, _metrics: &mut Metrics<'_>) {}
 }
 
 /// The boundary face of [`Scheduler`].
@@ -207,6 +239,46 @@ pub trait SchedulerAbi: Send {
         _upload: Upload,
         _out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
+    /// Appended (with the four below) after `on_upload`; defaults do nothing.
+    fn on_setup(
+        &mut self,
+        _now_us: u64,
+        _setup: &Setup,
+        _out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
+    /// Appended after `on_upload`.
+    fn on_view(
+        &mut self,
+        _now_us: u64,
+        _view: &View,
+        _out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
+    /// Appended after `on_upload`.
+    fn on_chunk_info(
+        &mut self,
+        _now_us: u64,
+        _chunk: ChunkInfo,
+        _out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
+    /// Appended after `on_upload`.
+    fn on_refused(
+        &mut self,
+        _now_us: u64,
+        _refusal: Refusal,
+        _out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
+    /// Appended after `on_upload`; a library built before reports nothing.
+    fn metrics(&mut self, _out: &mut RVec<Metric>) -> RResult<(), PluginError> {
         RResult::ROk(())
     }
 }
@@ -282,5 +354,40 @@ impl<T: Scheduler> SchedulerAbi for Guarded<T> {
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError> {
         self.event(|s| s.on_upload(now_us, upload, &mut SchedOut(out)))
+    }
+    fn on_setup(
+        &mut self,
+        now_us: u64,
+        setup: &Setup,
+        out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        self.event(|s| s.on_setup(now_us, setup, &mut SchedOut(out)))
+    }
+    fn on_view(
+        &mut self,
+        now_us: u64,
+        view: &View,
+        out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        self.event(|s| s.on_view(now_us, view, &mut SchedOut(out)))
+    }
+    fn on_chunk_info(
+        &mut self,
+        now_us: u64,
+        chunk: ChunkInfo,
+        out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        self.event(|s| s.on_chunk_info(now_us, chunk, &mut SchedOut(out)))
+    }
+    fn on_refused(
+        &mut self,
+        now_us: u64,
+        refusal: Refusal,
+        out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        self.event(|s| s.on_refused(now_us, refusal, &mut SchedOut(out)))
+    }
+    fn metrics(&mut self, out: &mut RVec<Metric>) -> RResult<(), PluginError> {
+        self.event(|s| s.metrics(&mut Metrics::new(out)))
     }
 }
