@@ -127,6 +127,11 @@ pub fn setup() -> Setup {
 /// datagram, minus the envelope).
 pub const MAX_MESSAGE_BYTES: u32 = 1100;
 
+/// How much a [`Swarm`] peer's uplink queues at most, µs: a chunk handed over
+/// beyond that is refused (`CHUNK_NO_ROOM`), like the engine's data channel
+/// refuses what would only queue.
+pub const QUEUE_TARGET_US: u64 = 100_000;
+
 /// Drives one scheduler through scripted events on a clock the test sets.
 ///
 /// Each event method calls the scheduler once (`chunk` twice:
@@ -455,8 +460,8 @@ struct Node<S> {
     heard: BTreeMap<usize, (Option<u64>, u64, u64)>,
     /// Play-out: the next chunk and when it is due, once playing.
     playing: Option<(u64, u64)>,
+    /// When the uplink has sent everything handed to it.
     busy_until_us: u64,
-    left_bytes: u64,
     result: PeerResult,
 }
 
@@ -467,10 +472,10 @@ struct Node<S> {
 /// Each tick, in the engine's order: the publisher produces what is due
 /// (`on_chunk_info`, `on_chunk`), subscribers play what is due
 /// (`on_playout` once playing), then every peer gets `on_upload`,
-/// `on_view`, `on_capacity` per neighbour and `on_tick`. A chunk costs
-/// `chunk_bytes` of the sender's per-tick upload budget and arrives after
-/// its serialisation time plus the latency; a message arrives after the
-/// latency. Refused actions come back through `on_refused` as the engine
+/// `on_view`, `on_capacity` per neighbour and `on_tick`. A chunk queues on
+/// the sender's uplink (refused when that queue holds more than
+/// [`QUEUE_TARGET_US`]) and arrives after its serialisation time plus the
+/// latency; a message arrives after the latency. Refused actions come back through `on_refused` as the engine
 /// does it.
 pub struct Swarm<S> {
     cfg: SwarmConfig,
@@ -495,7 +500,6 @@ impl<S: Scheduler> Swarm<S> {
                 heard: BTreeMap::new(),
                 playing: None,
                 busy_until_us: 0,
-                left_bytes: 0,
                 result: PeerResult {
                     peer: PeerId(i as u64 + 1),
                     ..PeerResult::default()
@@ -654,10 +658,8 @@ impl<S: Scheduler> Swarm<S> {
         }
         for i in 0..self.nodes.len() {
             let upload_bps = self.upload_bps(i);
-            let budget = upload_bps * self.cfg.tick_us / 8_000_000;
-            let node = &mut self.nodes[i];
-            node.left_bytes = budget;
-            let queued_us = node.busy_until_us.saturating_sub(now);
+            let budget = self.room(i);
+            let queued_us = self.nodes[i].busy_until_us.saturating_sub(now);
             let upload = Upload {
                 capacity_bps: upload_bps,
                 capped: true,
@@ -672,7 +674,7 @@ impl<S: Scheduler> Swarm<S> {
             self.call(i, |s, now, out| s.on_view(now, &view, out));
             for j in (0..self.nodes.len()).filter(|&j| j != i) {
                 let cap = Capacity {
-                    can_send_bytes: self.nodes[i].left_bytes,
+                    can_send_bytes: self.room(i),
                     rate_bps: upload_bps,
                     rtt_us: 2 * self.cfg.latency_us,
                 };
@@ -681,6 +683,13 @@ impl<S: Scheduler> Swarm<S> {
             }
             self.call(i, |s, now, out| s.on_tick(now, out));
         }
+    }
+
+    /// What peer `i`'s uplink takes now without queueing past
+    /// [`QUEUE_TARGET_US`], bytes.
+    fn room(&self, i: usize) -> u64 {
+        let queued_us = self.nodes[i].busy_until_us.saturating_sub(self.now_us);
+        QUEUE_TARGET_US.saturating_sub(queued_us) * self.upload_bps(i) / 8_000_000
     }
 
     fn upload_bps(&self, i: usize) -> u64 {
@@ -704,7 +713,7 @@ impl<S: Scheduler> Swarm<S> {
                     up_bps: 0,
                     down_bps: 0,
                     send_rate_bps: self.upload_bps(i),
-                    can_send_bytes: node.left_bytes,
+                    can_send_bytes: self.room(i),
                     newest_seq: newest.into(),
                     useful_chunks: useful,
                     duplicate_chunks: dup,
@@ -741,10 +750,14 @@ impl<S: Scheduler> Swarm<S> {
         let chunk_us = self.cfg.chunk_us;
         let node = &mut self.nodes[i];
         if node.playing.is_none() {
-            let Some(&first) = node.held.first() else {
-                return;
-            };
-            if (first..first + lead).all(|s| node.held.contains(&s)) {
+            // The oldest run of `lead` contiguous chunks, as the engine's
+            // play-out starts (it also gives up waiting after a timeout,
+            // which the kit leaves out).
+            let start = node
+                .held
+                .iter()
+                .find(|&&first| (first..first + lead).all(|s| node.held.contains(&s)));
+            if let Some(&first) = start {
                 node.playing = Some((first, now));
             }
         }
@@ -820,15 +833,13 @@ impl<S: Scheduler> Swarm<S> {
                         ..refusal(RefusalKind::CHUNK_NOT_BUFFERED, 0)
                     });
                 }
-                let left = self.nodes[i].left_bytes;
-                if left == 0 {
+                // The last chunk may overdraw, as the engine's does.
+                if self.room(i) == 0 {
                     return Err(refusal(RefusalKind::CHUNK_NO_ROOM, 0));
                 }
                 let bytes = self.cfg.chunk_bytes;
                 let upload_bps = self.upload_bps(i).max(1);
                 let node = &mut self.nodes[i];
-                // The last chunk may overdraw, as the engine's does.
-                node.left_bytes = left.saturating_sub(bytes);
                 node.busy_until_us = node.busy_until_us.max(now) + bytes * 8_000_000 / upload_bps;
                 node.result.chunks_sent += 1;
                 let at = node.busy_until_us + self.cfg.latency_us;
@@ -939,7 +950,8 @@ mod tests {
 
     #[test]
     fn a_starved_swarm_misses_and_refusals_come_back() {
-        // The publisher can send one chunk per tick and a flood wants three.
+        // The publisher can send about one copy of the stream and a flood
+        // wants three.
         let mut swarm = Swarm::new(
             SwarmConfig {
                 peers: 3,
