@@ -1,7 +1,13 @@
 //! What a stream measures, in the terms of the `--stats` lines
 //! (docs/architecture.md, "Stats lines").
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
+
+/// Plugins' own metrics, by plugin (`"scheduler.NAME"`, `"overlay.NAME"`)
+/// and then by the plugin's metric name: what `metrics` last reported.
+pub type PluginMetrics = BTreeMap<String, BTreeMap<String, f64>>;
 
 /// Running counters of one stream on one peer.
 #[derive(Debug, Default, Clone)]
@@ -29,6 +35,11 @@ pub struct StreamStats {
     pub startup_us: Option<u64>,
     /// Capture at the publisher to playback here, per played chunk.
     pub lag_us: Vec<u64>,
+    /// Plugin actions the session refused, by reason
+    /// (`RefusalKind::name`: `chunk_no_room`, `message_too_large`, ...).
+    pub refused: BTreeMap<String, u64>,
+    /// The plugins' own counters and gauges, as last asked.
+    pub plugins: PluginMetrics,
 }
 
 impl StreamStats {
@@ -74,6 +85,8 @@ impl StreamStats {
             bytes_up: self.bytes_up,
             media_bytes: self.media_bytes,
             overhead: self.overhead(),
+            refused: self.refused.clone(),
+            plugins: self.plugins.clone(),
         }
     }
 }
@@ -99,6 +112,13 @@ pub struct Summary {
     pub bytes_up: u64,
     pub media_bytes: u64,
     pub overhead: f64,
+    /// Refused plugin actions by reason; absent when none were.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refused: BTreeMap<String, u64>,
+    /// Plugins' own metrics (`{"scheduler.edf": {"requests": 12}}`); absent
+    /// when no plugin reports any.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plugins: PluginMetrics,
 }
 
 /// One `--stats` line per second.
@@ -114,6 +134,12 @@ pub struct Snapshot {
     pub chunks_played: u64,
     pub chunks_missed: u64,
     pub playing: bool,
+    /// Refused plugin actions by reason, since the stream started.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refused: BTreeMap<String, u64>,
+    /// Plugins' own metrics, asked for this line.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plugins: PluginMetrics,
 }
 
 /// Nearest-rank percentile; `None` for no samples.
