@@ -14,7 +14,7 @@ use p2ner_server::client::ServerClient;
 use tokio::sync::mpsc;
 
 use super::{Report, Reporter};
-use crate::stream::{Session, Summary, Transmit, UplinkModel, DATAGRAM_OVERHEAD};
+use crate::stream::{Session, SessionOutput, Summary, UplinkModel, DATAGRAM_OVERHEAD};
 
 /// Engine time: microseconds since the Unix epoch, so that capture times
 /// stamped by a publisher mean the same on every peer of this machine (and,
@@ -209,17 +209,17 @@ impl Driver {
         let max_payload = self.endpoint.config().max_payload.max(1) as u64;
         for t in self.session.drain() {
             match &t {
-                Transmit::Message { bytes, .. } => {
+                SessionOutput::SendMessage { bytes, .. } => {
                     uplink.sent(now, bytes.len() as u64 + DATAGRAM_OVERHEAD)
                 }
-                Transmit::Chunk { data, .. } => {
+                SessionOutput::SendChunk { data, .. } => {
                     let len = data.len() as u64;
                     uplink.sent(now, len + len.div_ceil(max_payload) * DATAGRAM_OVERHEAD)
                 }
                 _ => {}
             }
             match t {
-                Transmit::Message {
+                SessionOutput::SendMessage {
                     to,
                     bytes,
                     reliable: true,
@@ -233,12 +233,12 @@ impl Driver {
                         }
                     });
                 }
-                Transmit::Message { to, bytes, .. } => {
+                SessionOutput::SendMessage { to, bytes, .. } => {
                     if let Err(e) = self.endpoint.send_unreliable(to, Bytes::from(bytes)) {
                         tracing::debug!(%to, "message not sent: {e}");
                     }
                 }
-                Transmit::Chunk { to, seq, data } => {
+                SessionOutput::SendChunk { to, seq, data } => {
                     // A chunk that cannot leave soon is dropped by the data
                     // channel rather than sent too late to be played.
                     let deadline = std::time::Instant::now() + CHUNK_LEAVES_WITHIN;
@@ -248,7 +248,7 @@ impl Driver {
                         Err(e) => tracing::debug!(%to, seq, "chunk not sent: {e}"),
                     }
                 }
-                Transmit::WantPeers { .. } => {
+                SessionOutput::WantPeers { .. } => {
                     for server in self.servers.clone() {
                         let (stream, peer_id, peers) =
                             (self.stream.clone(), self.peer_id, peers.clone());
@@ -262,7 +262,7 @@ impl Driver {
                         });
                     }
                 }
-                Transmit::Forget { addr } => {
+                SessionOutput::ForgetPeer { addr } => {
                     if self.shared.as_ref().is_none_or(|s| s.release(wire, addr)) {
                         self.endpoint.forget(addr)
                     }
@@ -282,7 +282,7 @@ impl Driver {
         (self.report)(Report::Second {
             snapshot: &snap,
             stats: self.session.stats(),
-            source: self.session.is_source(),
+            source: self.session.is_publisher(),
         });
     }
 

@@ -246,7 +246,7 @@ pub async fn start_publish(
     cfg.seed = rand_seed();
     let mut session = Session::new(
         cfg,
-        Role::Source {
+        Role::Publisher {
             input: input_box,
             key: identity.clone(),
         },
@@ -413,7 +413,7 @@ pub async fn start_subscribe(
     });
     let mut session = Session::new(
         cfg,
-        Role::Sink {
+        Role::Subscriber {
             output,
             key: info.publisher,
         },

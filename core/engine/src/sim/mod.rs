@@ -19,7 +19,7 @@ use p2ner_proto::peer as wire;
 
 use crate::plugins::Registry;
 use crate::stream::{
-    Role, Session, SessionConfig, Summary, Transmit, UplinkModel, DATAGRAM_OVERHEAD,
+    Role, Session, SessionConfig, SessionOutput, Summary, UplinkModel, DATAGRAM_OVERHEAD,
 };
 
 /// One experiment.
@@ -185,12 +185,12 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
             let params = Params::new()
                 .with("bitrate_kbps", cfg.bitrate_kbps.to_string())
                 .with("chunk_ms", cfg.chunk_ms.to_string());
-            Role::Source {
+            Role::Publisher {
                 input: registry.new_input("synthetic", None, &params)?,
                 key: key.clone(),
             }
         } else {
-            Role::Sink {
+            Role::Subscriber {
                 output: registry.new_output("null", None, &Params::new())?,
                 key: key.public_key(),
             }
@@ -262,13 +262,13 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
         // Carry what the session wants sent.
         let node = &mut nodes[i];
         let from = node.addr;
-        let out: Vec<Transmit> = match node.session.as_mut() {
+        let out: Vec<SessionOutput> = match node.session.as_mut() {
             Some(s) => s.drain().collect(),
             None => continue,
         };
         for t in out {
             match t {
-                Transmit::Message {
+                SessionOutput::SendMessage {
                     to,
                     bytes,
                     reliable,
@@ -286,7 +286,7 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
                         Event::Message { to: j, from, bytes },
                     );
                 }
-                Transmit::Chunk { to, seq, data } => {
+                SessionOutput::SendChunk { to, seq, data } => {
                     let Some(&j) = by_addr.get(&to) else { continue };
                     let frags = data.len().div_ceil(cfg.datagram_payload).max(1);
                     let len = data.len() + frags * DATAGRAM_OVERHEAD as usize;
@@ -307,7 +307,7 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
                         },
                     );
                 }
-                Transmit::WantPeers { count } => {
+                SessionOutput::WantPeers { count } => {
                     let peers: Vec<PeerInfo> = sample(&joined, count as usize, &mut rng)
                         .into_iter()
                         .filter(|&j| j != i)
@@ -317,7 +317,7 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
                         s.on_candidates(now, &peers);
                     }
                 }
-                Transmit::Forget { .. } => {}
+                SessionOutput::ForgetPeer { .. } => {}
             }
         }
     }

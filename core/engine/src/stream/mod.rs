@@ -4,7 +4,7 @@
 //! overlay), its chunk buffer and play-out clock, its neighbours and its
 //! statistics. It is driven by events that carry the current time (a tick,
 //! a message or chunk from a peer, a peer found unreachable) and answers with
-//! [`Transmit`]s. The engine ([`crate::live`]) connects it to the network
+//! [`SessionOutput`]s. The engine ([`crate::live`]) connects it to the network
 //! layer; nothing in here reads a clock or touches a socket, so the same
 //! plugin code can be driven by a simulated clock and network just as well.
 
@@ -16,7 +16,7 @@ mod uplink;
 
 pub use buffer::{ChunkBuffer, Insert};
 pub use playout::{PlayEvent, PlayoutClock, PlayoutConfig};
-pub use session::{Role, Session, SessionConfig, Transmit};
+pub use session::{Role, Session, SessionConfig, SessionOutput};
 pub use stats::{percentile, Snapshot, StreamStats, Summary};
 pub use uplink::{UplinkModel, DATAGRAM_OVERHEAD, QUEUE_TARGET_US};
 
