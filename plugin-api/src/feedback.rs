@@ -29,11 +29,10 @@ impl RefusalKind {
     /// `SendChunk` or `SendMessage` to a peer that is not a neighbour whose
     /// link is up.
     pub const NOT_NEIGHBOUR: RefusalKind = RefusalKind(3);
-    /// `SendChunk` on a link whose `downstream` is false: the overlay did
-    /// not let media flow that way.
-    pub const CHUNK_NOT_DOWNSTREAM: RefusalKind = RefusalKind(4);
     /// `SendMessage` with a payload over [`crate::Setup::max_message_bytes`].
     pub const MESSAGE_TOO_LARGE: RefusalKind = RefusalKind(5);
+    // 4 is kept free: it was meant for a chunk on a link that is not
+    // `downstream`, which the engine does not refuse today.
 
     /// The name used in stats (`"refused"` in `--stats` lines and the summary).
     pub fn name(self) -> &'static str {
@@ -41,7 +40,6 @@ impl RefusalKind {
             Self::CHUNK_NO_ROOM => "chunk_no_room",
             Self::CHUNK_NOT_BUFFERED => "chunk_not_buffered",
             Self::NOT_NEIGHBOUR => "not_neighbour",
-            Self::CHUNK_NOT_DOWNSTREAM => "chunk_not_downstream",
             Self::MESSAGE_TOO_LARGE => "message_too_large",
             _ => "other",
         }

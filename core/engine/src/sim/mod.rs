@@ -177,6 +177,13 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
         let mut scfg =
             SessionConfig::new(stream, "sim", info_of(i), cfg.bitrate_kbps, cfg.chunk_ms);
         scfg.seed = cfg.seed;
+        scfg.tick_us = cfg.tick_us;
+        scfg.simulated = true;
+        scfg.control_payload = cfg
+            .datagram_payload
+            .saturating_sub(p2ner_net::wire::RELIABLE_OVERHEAD);
+        scfg.scheduler_key = format!("scheduler.{}", cfg.scheduler.0);
+        scfg.overlay_key = format!("overlay.{}", cfg.overlay.0);
         if cfg.buffer_ms > 0 {
             scfg.startup_chunks = (cfg.buffer_ms / cfg.chunk_ms.max(1)).max(1) as u64;
         }
@@ -337,6 +344,7 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
             result.source_bytes_up = s.stats().bytes_up;
         } else {
             result.peers_bytes_up += s.stats().bytes_up;
+            s.ask_metrics();
             result.subscribers.push(s.stats().summary("sim"));
         }
     }

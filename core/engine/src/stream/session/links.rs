@@ -33,6 +33,11 @@ pub(super) struct Neighbour {
     pub(super) report_duplicates: u64,
     pub(super) report_in: u64,
     pub(super) report_out: u64,
+    /// Rates over the last report interval, bit/s.
+    pub(super) down_bps: u64,
+    pub(super) up_bps: u64,
+    /// The newest chunk it sent us.
+    pub(super) newest_seq: Option<u64>,
 }
 
 impl Session {
@@ -126,6 +131,8 @@ impl Session {
                     duplicate_chunks: n.duplicates - n.report_duplicates,
                     loss_rate: 0.0,
                 };
+                n.down_bps = r.down_bps;
+                n.up_bps = r.up_bps;
                 n.report_in = n.bytes_in;
                 n.report_out = n.bytes_out;
                 n.report_useful = n.useful;
@@ -202,6 +209,9 @@ impl Session {
                 report_duplicates: 0,
                 report_in: 0,
                 report_out: 0,
+                down_bps: 0,
+                up_bps: 0,
+                newest_seq: None,
             },
         );
     }
