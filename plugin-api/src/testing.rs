@@ -125,7 +125,7 @@ pub fn setup() -> Setup {
 
 /// The message limit the kit applies, close to the real engine's (one
 /// datagram, minus the envelope).
-pub const MAX_MESSAGE_BYTES: u32 = 1100;
+pub const MAX_MESSAGE_BYTES: u32 = 1137;
 
 /// How much a [`Swarm`] peer's uplink queues at most, µs: a chunk handed over
 /// beyond that is refused (`CHUNK_NO_ROOM`), like the engine's data channel

@@ -111,12 +111,19 @@ impl SessionConfig {
     }
 
     /// The largest scheduler or overlay message payload that fits one
-    /// control datagram with its envelope.
+    /// control datagram with its envelope, from any peer of the stream: the
+    /// same number at every peer, so a plugin's limit is the stream's.
     pub fn max_message_bytes(&self) -> usize {
         // The envelope's size for a payload of 128..16383 bytes (postcard's
-        // length prefix is two bytes there), measured rather than assumed.
+        // length prefix is two bytes there) and the longest sender id,
+        // measured rather than assumed.
         const PROBE: usize = 200;
-        let probe = env_msg(self, PeerMsg::Scheduler(vec![0; PROBE]));
+        let probe = wire::encode(&Envelope {
+            version: wire::VERSION,
+            stream: self.stream,
+            from: u64::MAX,
+            msg: PeerMsg::Scheduler(vec![0; PROBE]),
+        });
         self.control_payload
             .saturating_sub(probe.len() - PROBE)
             .min(16_383)
