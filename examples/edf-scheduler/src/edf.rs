@@ -130,7 +130,8 @@ impl Edf {
 
     /// When chunk `seq` is due here. Before playback starts the view's
     /// estimate is used: play-out will start near `next_seq` within the
-    /// buffer target.
+    /// buffer target. (Treating them as due at once instead, as if playback
+    /// started now, measured no better in `p2ner_engine::sim`.)
     fn deadline_us(&self, now_us: u64, seq: u64) -> u64 {
         let p = &self.playout;
         let base = if p.playing {
@@ -189,10 +190,11 @@ impl Edf {
             if self.held.contains(&seq) {
                 continue;
             }
-            if let Some(a) = self.asked.get(&seq) {
+            if let Some(a) = self.asked.get(&seq).copied() {
                 if now_us < a.retry_at_us {
                     continue;
                 }
+                self.asked.remove(&seq);
                 self.counters.retries += 1;
                 let bytes = self.chunk_bytes();
                 if let Some(n) = self.neighbours.get_mut(&a.peer) {
@@ -227,8 +229,8 @@ impl Edf {
                 .get_mut(&peer)
                 .expect("chosen from neighbours");
             n.outstanding_bytes += bytes;
-            // Retry once the expected delivery is well overdue.
-            let retry_at_us = now_us + 2 * eta + self.setup.tick_us;
+            // Retry once the expected delivery is overdue by a round trip.
+            let retry_at_us = now_us + eta + n.rtt_us.max(10_000) + 2 * self.setup.tick_us;
             self.asked.insert(seq, Asked { peer, retry_at_us });
             self.counters.requests += 1;
         }
