@@ -215,7 +215,7 @@ impl<S: Scheduler> SchedDriver<S> {
         let info = ChunkInfo {
             seq,
             from: from.into(),
-            keyframe: seq % 10 == 0,
+            keyframe: seq.is_multiple_of(10),
             bytes: self.ctx.chunk_bytes as u64,
             pts_us: seq * self.ctx.chunk_us as u64,
             duration_us: self.ctx.chunk_us,
@@ -635,7 +635,7 @@ impl<S: Scheduler> Swarm<S> {
         ChunkInfo {
             seq,
             from: from.into(),
-            keyframe: seq % 10 == 0,
+            keyframe: seq.is_multiple_of(10),
             bytes: self.cfg.chunk_bytes,
             pts_us: seq * self.cfg.chunk_us,
             duration_us: self.cfg.chunk_us as u32,
