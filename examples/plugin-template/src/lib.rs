@@ -95,7 +95,8 @@ mod tests {
     use p2ner_plugin_api::testing::{SchedDriver, Swarm, SwarmConfig};
 
     fn driver(fanout: &str) -> SchedDriver<RoundRobin> {
-        let mut d = SchedDriver::new(RoundRobin::new(&Params::new().with("fanout", fanout)).unwrap());
+        let mut d =
+            SchedDriver::new(RoundRobin::new(&Params::new().with("fanout", fanout)).unwrap());
         d.start();
         d
     }
@@ -112,8 +113,14 @@ mod tests {
             downstream: false,
         };
         d.neighbour_up(PeerId(9), parent);
-        assert_eq!(d.chunk(0, None).chunks(), vec![(PeerId(1), 0), (PeerId(2), 0)]);
-        assert_eq!(d.chunk(1, None).chunks(), vec![(PeerId(3), 1), (PeerId(1), 1)]);
+        assert_eq!(
+            d.chunk(0, None).chunks(),
+            vec![(PeerId(1), 0), (PeerId(2), 0)]
+        );
+        assert_eq!(
+            d.chunk(1, None).chunks(),
+            vec![(PeerId(3), 1), (PeerId(1), 1)]
+        );
         // Never back to where it came from.
         assert_eq!(
             d.chunk(2, Some(PeerId(2))).chunks(),
