@@ -732,14 +732,24 @@ impl<S: Scheduler> Swarm<S> {
                 oldest_seq: oldest,
                 newest_seq: newest,
             },
-            (_, None) => PlayoutView {
-                playing: false,
-                next_seq: oldest,
-                next_deadline_us: u64::MAX,
-                buffered_chunks: (oldest..).take_while(|s| node.held.contains(s)).count() as u64,
-                oldest_seq: oldest,
-                newest_seq: newest,
-            },
+            (_, None) => {
+                // The engine's estimates: a start lead behind the newest
+                // chunk held, starting within a buffer's time.
+                let lead = self.cfg.start_lead_chunks as u64;
+                let next = if node.held.is_empty() {
+                    0
+                } else {
+                    (newest + 1).saturating_sub(lead)
+                };
+                PlayoutView {
+                    playing: false,
+                    next_seq: next,
+                    next_deadline_us: self.now_us + lead * self.cfg.chunk_us,
+                    buffered_chunks: (next..).take_while(|s| node.held.contains(s)).count() as u64,
+                    oldest_seq: oldest,
+                    newest_seq: newest,
+                }
+            }
         };
         View { playout, links }
     }
@@ -927,6 +937,55 @@ mod tests {
         assert_eq!(d.chunk(1, Some(PeerId(3))).chunks(), vec![(PeerId(2), 1)]);
         d.refused(Refusal::default());
         assert_eq!(d.metric("refused"), Some(1.0));
+    }
+
+    /// Connects to every candidate and counts what was refused.
+    #[derive(Default)]
+    struct Greedy(u64);
+
+    impl Overlay for Greedy {
+        fn on_candidates(&mut self, _: u64, peers: &[PeerInfo], out: &mut OverlayOut<'_>) {
+            for p in peers {
+                out.connect(p.clone(), Link::BOTH);
+            }
+        }
+        fn on_refused(&mut self, _: u64, _: Refusal, _: &mut OverlayOut<'_>) {
+            self.0 += 1;
+        }
+        fn metrics(&mut self, m: &mut Metrics<'_>) {
+            m.counter("refused", self.0);
+        }
+    }
+
+    #[test]
+    fn the_overlay_driver_hands_back_each_events_actions_alone() {
+        let mut d = OverlayDriver::new(Greedy::default());
+        let local = PeerInfo {
+            id: PeerId(1),
+            addr: "127.0.0.1:1".into(),
+        };
+        let ctx = OverlayContext {
+            local,
+            is_source: false,
+            seed: 1,
+            source: None.into(),
+        };
+        assert!(d.start(&ctx).is_empty());
+        let peer = PeerInfo {
+            id: PeerId(2),
+            addr: "127.0.0.1:2".into(),
+        };
+        let actions = d.at(5).candidates(std::slice::from_ref(&peer));
+        assert_eq!(
+            actions,
+            vec![OverlayAction::Connect {
+                peer,
+                link: Link::BOTH
+            }]
+        );
+        assert!(d.tick().is_empty());
+        d.refused(Refusal::default());
+        assert_eq!(d.metrics()[0].value, 1.0);
     }
 
     #[test]
