@@ -110,9 +110,6 @@ pub mod seqmap;
 pub mod source;
 pub mod synthetic;
 pub mod testing;
-// Shared with the scheduler and overlay interfaces, and reworked with them
-// (see components/mod.rs).
-#[allow(missing_docs)]
 mod types;
 mod view;
 

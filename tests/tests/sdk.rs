@@ -66,7 +66,11 @@ fn cargo_test(manifest: &Path) {
         .args(["test", "--quiet", "--manifest-path"])
         .arg(manifest)
         .env("CARGO_TARGET_DIR", out_of_tree_target().join("sdk-target")));
-    assert!(ok, "{}: cargo test failed:\n{stdout}\n{stderr}", manifest.display());
+    assert!(
+        ok,
+        "{}: cargo test failed:\n{stdout}\n{stderr}",
+        manifest.display()
+    );
     assert!(stdout.contains("test result: ok"), "{stdout}");
 }
 
@@ -163,12 +167,8 @@ fn probe_dir() -> tempfile::TempDir {
 fn real_swarm(dir: &Path, scheduler: &str, n: usize, secs: u32) -> Vec<(Value, Vec<Value>)> {
     let mut s = Swarm::start(None);
     s.plugin_dirs.push(dir.to_owned());
-    let (_publisher, stream) = s.publish(&[
-        "--scheduler",
-        scheduler,
-        "--for",
-        &(secs + 15).to_string(),
-    ]);
+    let (_publisher, stream) =
+        s.publish(&["--scheduler", scheduler, "--for", &(secs + 15).to_string()]);
     let mut subs: Vec<_> = (0..n)
         .map(|i| s.subscribe(&format!("sub{i}"), &stream, secs, &[]))
         .collect();

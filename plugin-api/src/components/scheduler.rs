@@ -225,12 +225,14 @@ pub trait Scheduler: Send + 'static {
 /// The boundary face of [`Scheduler`].
 #[sabi_trait]
 pub trait SchedulerAbi: Send {
+    /// [`Scheduler::on_start`].
     fn on_start(
         &mut self,
         now_us: u64,
         ctx: &SchedContext,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Scheduler::on_neighbour_up`].
     fn on_neighbour_up(
         &mut self,
         now_us: u64,
@@ -238,12 +240,14 @@ pub trait SchedulerAbi: Send {
         link: Link,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Scheduler::on_neighbour_down`].
     fn on_neighbour_down(
         &mut self,
         now_us: u64,
         peer: PeerId,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Scheduler::on_chunk`].
     fn on_chunk(
         &mut self,
         now_us: u64,
@@ -251,6 +255,7 @@ pub trait SchedulerAbi: Send {
         from: ROption<PeerId>,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Scheduler::on_message`].
     fn on_message(
         &mut self,
         now_us: u64,
@@ -258,6 +263,7 @@ pub trait SchedulerAbi: Send {
         payload: RSlice<'_, u8>,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Scheduler::on_capacity`].
     fn on_capacity(
         &mut self,
         now_us: u64,
@@ -265,12 +271,14 @@ pub trait SchedulerAbi: Send {
         capacity: Capacity,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Scheduler::on_playout`].
     fn on_playout(
         &mut self,
         now_us: u64,
         playout: Playout,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Scheduler::on_tick`]; the last method of the first release.
     #[sabi(last_prefix_field)]
     fn on_tick(&mut self, now_us: u64, out: &mut RVec<SchedAction>) -> RResult<(), PluginError>;
     /// Appended to the first release. A library built before lacks it; the

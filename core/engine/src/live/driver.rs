@@ -42,21 +42,33 @@ pub fn wire_id(stream: &StreamId) -> u64 {
 
 /// What keeps a stream registered at its servers.
 pub enum Heartbeat {
+    /// The publisher re-announces the stream, signed.
     Publisher {
+        /// The key the announcements are signed with.
         identity: Box<p2ner_proto::identity::Identity>,
     },
+    /// A subscriber renews its place in the swarm.
     Peer {
+        /// The id it joined with.
         peer_id: u64,
     },
 }
 
+/// Runs one session on the network: the thin I/O shell around the sans-IO [`Session`].
 pub struct Driver {
+    /// The network layer the session's outputs go to.
     pub endpoint: Endpoint,
+    /// What the network layer delivers for this stream.
     pub events: Events,
+    /// The stream's state machine.
     pub session: Session,
+    /// The stream's catalogue id.
     pub stream: StreamId,
+    /// The servers the stream is registered at.
     pub servers: Vec<ServerClient>,
+    /// What keeps the registration alive.
     pub heartbeat: Heartbeat,
+    /// This peer's id in the swarm.
     pub peer_id: u64,
     /// Stop after this long.
     pub run_for: Option<Duration>,
@@ -72,15 +84,20 @@ pub struct Driver {
 /// Why a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
+    /// `run_for` passed.
     Time,
+    /// Ctrl-C.
     Interrupted,
+    /// The publisher's input ended (a file without looping).
     InputEnded,
+    /// A plugin failed; the message says which and why.
     Failed(String),
     /// Asked to stop (`p2ner run`: a frontend's `stop`).
     Stopped,
 }
 
 impl Driver {
+    /// Runs the stream until it ends; returns why, and the final summary.
     pub async fn run(mut self) -> (End, Summary) {
         let wire = wire_id(&self.stream);
         let started = tokio::time::Instant::now();

@@ -26,10 +26,13 @@ use bytes::Bytes;
 /// forwarding never re-signs or copies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
+    /// The chunk's place in the stream, as the publisher numbered it.
     pub seq: u64,
     /// Media time since the input started.
     pub pts_us: u64,
+    /// Media the chunk holds; the play-out clock advances by it.
     pub duration_us: u32,
+    /// A decoder can start here, so playback (and resync) may begin here.
     pub keyframe: bool,
     /// When the publisher captured it, on the publisher's clock; the
     /// source-to-playback lag is measured against it.
@@ -41,6 +44,7 @@ pub struct Chunk {
 }
 
 impl Chunk {
+    /// The media bytes, without the header and signature they travel with.
     pub fn media(&self) -> &[u8] {
         &self.sealed[self.media_at..]
     }

@@ -18,6 +18,8 @@ mod dispatch;
 mod links;
 mod sink;
 mod source;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -41,31 +43,54 @@ use links::{LinkState, Neighbour};
 /// the SDK's input and output traits, which the roles hold.)
 pub enum Role {
     /// Publishes the stream: reads the input and signs what it produces.
-    Publisher { input: InputBox, key: Identity },
+    Publisher {
+        /// Where the media comes from.
+        input: InputBox,
+        /// Signs every chunk, so subscribers can refuse forged ones.
+        key: Identity,
+    },
     /// Subscribes to the stream: verifies chunks against the publisher's key
     /// and plays them out.
-    Subscriber { output: OutputBox, key: PublicKey },
+    Subscriber {
+        /// Where the media goes.
+        output: OutputBox,
+        /// The publisher's key, from the catalogue: what chunks must verify against.
+        key: PublicKey,
+    },
 }
 
+/// How one stream runs on one peer; [`SessionConfig::new`] derives the defaults from the bitrate and chunk length.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// The stream's id on the wire.
     pub stream: u64,
     /// The stream's id as users see it, for stats.
     pub name: String,
+    /// This peer, as its neighbours know it.
     pub local: PeerInfo,
+    /// The publisher, when known: subscribers start by connecting to it.
     pub source: Option<PeerInfo>,
+    /// Seeds the plugins' random choices, so runs can be replayed.
     pub seed: u64,
+    /// Media per chunk.
     pub chunk_us: u64,
     /// Chunks kept for forwarding.
     pub window_chunks: u64,
+    /// Typical bytes per chunk, for schedulers that count capacity in chunks.
     pub chunk_bytes: u64,
+    /// Contiguous chunks needed before playback starts (also the lead kept behind the newest chunk).
     pub startup_chunks: u64,
+    /// Start with what is there after this long, rather than never.
     pub startup_timeout_us: u64,
+    /// Playback must begin on a keyframe (decoders that cannot start mid-GOP).
     pub need_keyframe: bool,
+    /// A link with nothing sent for this long gets a `Ping`.
     pub keepalive_us: u64,
+    /// A link with nothing heard for this long is dropped.
     pub neighbour_timeout_us: u64,
+    /// A `Hello` without a `Welcome` for this long counts as a failed connect.
     pub connect_timeout_us: u64,
+    /// How often the overlay gets each neighbour's report.
     pub report_every_us: u64,
     /// How often the carrier calls [`Session::tick`], µs: told to plugins
     /// (`Setup::tick_us`), not used for timing here.
@@ -79,6 +104,7 @@ pub struct SessionConfig {
     /// Keys the plugins' own metrics are shown under in stats:
     /// `scheduler.NAME`, `overlay.NAME`.
     pub scheduler_key: String,
+    /// The overlay's key, as `scheduler_key`.
     pub overlay_key: String,
 }
 
@@ -137,21 +163,33 @@ impl SessionConfig {
 pub enum SessionOutput {
     /// A control message for the control channel.
     SendMessage {
+        /// Where to.
         to: SocketAddr,
+        /// An encoded [`Envelope`].
         bytes: Vec<u8>,
+        /// Acknowledged and retransmitted by the network layer.
         reliable: bool,
     },
     /// A sealed chunk for the data channel.
     SendChunk {
+        /// Where to.
         to: SocketAddr,
+        /// The chunk's sequence number (the data channel frames it).
         seq: u64,
+        /// The chunk as sealed by the publisher; forwarded, never re-signed.
         data: Bytes,
     },
     /// More candidate peers from the servers, please.
-    WantPeers { count: u32 },
+    WantPeers {
+        /// At most this many.
+        count: u32,
+    },
     /// The neighbour at `addr` is gone: per-neighbour state of the carrier
     /// can go.
-    ForgetPeer { addr: SocketAddr },
+    ForgetPeer {
+        /// The neighbour's address.
+        addr: SocketAddr,
+    },
 }
 
 /// A stream as one peer runs it. Feed it events with the current time;
@@ -193,6 +231,7 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session at `now_us`; nothing is called on the plugins until [`Session::start`].
     pub fn new(
         cfg: SessionConfig,
         role: Role,
@@ -305,10 +344,12 @@ impl Session {
         self.failed.clone().map_or(Ok(()), Err)
     }
 
+    /// This peer publishes the stream.
     pub fn is_publisher(&self) -> bool {
         matches!(self.role, Role::Publisher { .. })
     }
 
+    /// The media format: the input's, or the one the catalogue announced.
     pub fn format(&self) -> Option<&StreamFormat> {
         self.format.as_ref()
     }
@@ -323,10 +364,12 @@ impl Session {
         self.ended
     }
 
+    /// The counters the `--stats` lines and the summary are made of.
     pub fn stats(&self) -> &StreamStats {
         &self.stats
     }
 
+    /// Links that are up (not those still waiting for a `Welcome`).
     pub fn neighbour_count(&self) -> usize {
         self.neighbours
             .values()
@@ -334,10 +377,12 @@ impl Session {
             .count()
     }
 
+    /// Every neighbour's address, up or connecting, so a shared endpoint keeps their state.
     pub fn neighbour_addrs(&self) -> Vec<SocketAddr> {
         self.neighbours.values().map(|n| n.addr).collect()
     }
 
+    /// Takes what the session asked its carrier to do since the last call.
     pub fn drain(&mut self) -> std::vec::Drain<'_, SessionOutput> {
         self.out.drain(..)
     }
