@@ -176,9 +176,12 @@ impl Tree {
         self.local.as_ref().map_or(PeerId(0), |l| l.id)
     }
 
-    /// Whether this peer forwards stripe `s` (takes children in it).
+    /// Whether this peer forwards stripe `s` (takes children in it): the
+    /// publisher all, a peer its own stripe, unless its capped uplink cannot
+    /// carry even one copy of it. Such a peer joins as a leaf, so it never
+    /// takes (or evicts a leaf from) an interior slot it cannot use.
     pub fn interior(&self, s: usize) -> bool {
-        self.is_source || s == self.own_stripe
+        self.is_source || (s == self.own_stripe && self.stripe_copies != Some(0))
     }
 
     /// This peer's parent in stripe `s`.
