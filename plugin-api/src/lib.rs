@@ -100,6 +100,7 @@ mod components;
 mod describe;
 mod error;
 mod export;
+mod feedback;
 mod guard;
 mod host;
 mod logging;
@@ -108,7 +109,9 @@ mod rng;
 pub mod seqmap;
 pub mod source;
 pub mod synthetic;
+pub mod testing;
 mod types;
+mod view;
 
 pub use abi::{
     FrontendBox, InputBox, OutputBox, OverlayBox, PluginLib, PluginLibRef, SchedulerBox,
@@ -130,10 +133,12 @@ pub use components::{FrontendAbi, InputAbi, OutputAbi, OverlayAbi, SchedulerAbi}
 pub use describe::{ComponentInfo, ComponentSpec, Group, LibraryInfo, ParamInfo};
 pub use error::PluginError;
 pub use export::Registrar;
+pub use feedback::{Metric, MetricKind, Metrics, Refusal, RefusalKind};
 pub use host::{HostServices, HostServicesRef, LogLevel};
 pub use params::{Param, ParamDef, Params};
 pub use rng::Rng;
 pub use types::{Link, MediaChunk, NeighbourReport, PeerId, PeerInfo, StreamFormat, Upload};
+pub use view::{ChunkInfo, LinkView, PlayoutView, Setup, View};
 
 /// Re-exported so that plugin code and generated code name one copy.
 pub use abi_stable;
@@ -142,10 +147,11 @@ pub use tracing;
 /// Everything a plugin author usually needs.
 pub mod prelude {
     pub use crate::{
-        ChunkRef, ComponentSpec, EngineControl, Frontend, Input, InputState, Link, MediaChunk,
-        NeighbourReport, Output, OutputReport, Overlay, OverlayAction, OverlayContext, OverlayOut,
-        ParamDef, Params, PeerId, PeerInfo, PluginError, Registrar, Rng, SchedAction, SchedContext,
-        SchedOut, Scheduler, StreamFormat, Upload,
+        Capacity, ChunkInfo, ChunkRef, ComponentSpec, EngineControl, Frontend, Input, InputState,
+        Link, LinkView, MediaChunk, Metrics, NeighbourReport, Output, OutputReport, Overlay,
+        OverlayAction, OverlayContext, OverlayOut, ParamDef, Params, PeerId, PeerInfo, Playout,
+        PlayoutView, PluginError, Refusal, RefusalKind, Registrar, Rng, SchedAction, SchedContext,
+        SchedOut, Scheduler, Setup, StreamFormat, Upload, View,
     };
     pub use abi_stable::std_types::{RSlice, RStr, RString, RVec};
 }

@@ -11,7 +11,7 @@ use abi_stable::{
 /// carried in every message, so it stays the same when the peer's address
 /// changes and is the same in a real swarm and in the simulator.
 #[repr(transparent)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct PeerId(pub u64);
 
 impl std::fmt::Display for PeerId {

@@ -366,11 +366,15 @@ pub fn frontend_abi_1_0_library() -> PathBuf {
     library_file(&dir, "fixture-frontend-abi-1-0")
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies a folder recursively, leaving out `target` folders (build output).
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for entry in std::fs::read_dir(from).expect("read_dir") {
         let entry = entry.expect("entry");
         let target = to.join(entry.file_name());
+        if entry.file_name() == "target" {
+            continue;
+        }
         if entry.file_type().expect("type").is_dir() {
             copy_dir(&entry.path(), &target);
         } else {

@@ -88,56 +88,67 @@ p2ner_plugin_api::export_plugin!(
 
 #[cfg(test)]
 mod tests {
+    //! Written with plugin-api's test kit: `SchedDriver` feeds one event at a
+    //! time and hands back just that event's actions; `Swarm` runs a few
+    //! copies of the scheduler on simulated time.
     use super::*;
-    use p2ner_plugin_api::SchedAction;
+    use p2ner_plugin_api::testing::{SchedDriver, Swarm, SwarmConfig};
 
-    fn sent(actions: &RVec<SchedAction>) -> Vec<(u64, u64)> {
-        actions
-            .iter()
-            .map(|a| match a {
-                SchedAction::SendChunk { peer, seq } => (peer.0, *seq),
-                other => panic!("unexpected action {other:?}"),
-            })
-            .collect()
+    fn driver(fanout: &str) -> SchedDriver<RoundRobin> {
+        let mut d =
+            SchedDriver::new(RoundRobin::new(&Params::new().with("fanout", fanout)).unwrap());
+        d.start();
+        d
     }
 
     #[test]
     fn rotates_over_downstream_neighbours_and_skips_the_sender() {
-        let mut s = RoundRobin::new(&Params::new().with("fanout", "2")).unwrap();
-        let mut actions = RVec::new();
-        let mut out = SchedOut::new(&mut actions);
+        let mut d = driver("2");
         for id in 1..=3 {
-            s.on_neighbour_up(0, PeerId(id), Link::BOTH, &mut out);
+            assert!(d.neighbour_up(PeerId(id), Link::BOTH).is_empty());
         }
         // Upstream-only neighbours never get chunks.
-        s.on_neighbour_up(
-            0,
-            PeerId(9),
-            Link {
-                upstream: true,
-                downstream: false,
-            },
-            &mut out,
-        );
-        s.on_chunk(0, 0, None, &mut out);
-        s.on_chunk(0, 1, None, &mut out);
-        s.on_chunk(0, 2, Some(PeerId(2)), &mut out);
+        let parent = Link {
+            upstream: true,
+            downstream: false,
+        };
+        d.neighbour_up(PeerId(9), parent);
         assert_eq!(
-            sent(&actions),
-            vec![(1, 0), (2, 0), (3, 1), (1, 1), (3, 2), (1, 2)]
+            d.chunk(0, None).chunks(),
+            vec![(PeerId(1), 0), (PeerId(2), 0)]
+        );
+        assert_eq!(
+            d.chunk(1, None).chunks(),
+            vec![(PeerId(3), 1), (PeerId(1), 1)]
+        );
+        // Never back to where it came from.
+        assert_eq!(
+            d.chunk(2, Some(PeerId(2))).chunks(),
+            vec![(PeerId(3), 2), (PeerId(1), 2)]
         );
     }
 
     #[test]
     fn a_departed_neighbour_gets_nothing_more() {
-        let mut s = RoundRobin::new(&Params::new().with("fanout", "5")).unwrap();
-        let mut actions = RVec::new();
-        let mut out = SchedOut::new(&mut actions);
-        s.on_neighbour_up(0, PeerId(1), Link::BOTH, &mut out);
-        s.on_neighbour_up(0, PeerId(2), Link::BOTH, &mut out);
-        s.on_neighbour_down(0, PeerId(1), &mut out);
-        s.on_chunk(0, 7, None, &mut out);
-        assert_eq!(sent(&actions), vec![(2, 7)]);
+        let mut d = driver("5");
+        d.neighbour_up(PeerId(1), Link::BOTH);
+        d.neighbour_up(PeerId(2), Link::BOTH);
+        d.neighbour_down(PeerId(1));
+        assert_eq!(d.chunk(7, None).chunks(), vec![(PeerId(2), 7)]);
         assert!(RoundRobin::new(&Params::new().with("fanout", "0")).is_err());
+    }
+
+    #[test]
+    fn a_small_swarm_plays_the_stream() {
+        // Publisher and 4 subscribers, each able to upload 2.5 copies of the
+        // 800 kbit/s stream: fanout 2 reaches everyone.
+        let mut swarm = Swarm::new(SwarmConfig::default(), |_| {
+            RoundRobin::new(&Params::new().with("fanout", "2")).unwrap()
+        });
+        swarm.run_for(20_000_000);
+        for peer in swarm.results() {
+            assert!(peer.played > 150, "{peer:?}");
+            assert!(peer.continuity() > 0.95, "{peer:?}");
+        }
     }
 }

@@ -7,7 +7,10 @@ use abi_stable::{
 };
 
 use super::Guarded;
-use crate::{Link, NeighbourReport, PeerId, PeerInfo, PluginError, Upload};
+use crate::{
+    Link, Metric, Metrics, NeighbourReport, PeerId, PeerInfo, PluginError, Refusal, Setup, Upload,
+    View,
+};
 
 /// What an overlay learns once, when its stream starts.
 #[repr(C)]
@@ -96,6 +99,21 @@ impl<'a> OverlayOut<'a> {
     pub fn push(&mut self, action: OverlayAction) {
         self.0.push(action);
     }
+
+    /// The actions collected so far, in the order the engine carries them out.
+    pub fn actions(&self) -> &[OverlayAction] {
+        self.0.as_slice()
+    }
+
+    /// Takes the actions collected so far, leaving none.
+    pub fn take(&mut self) -> Vec<OverlayAction> {
+        std::mem::take(self.0).into_vec()
+    }
+
+    /// Forgets the actions collected so far.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
 }
 
 /// An overlay, as a plugin author writes it: a sans-IO state machine.
@@ -132,6 +150,18 @@ pub trait Overlay: Send + 'static {
     /// (appended to the first release): how many children or neighbours it
     /// can feed.
     fn on_upload(&mut self, _now_us: u64, _upload: Upload, _out: &mut OverlayOut<'_>) {}
+    /// How the engine is set up: once, right after [`Overlay::on_start`].
+    fn on_setup(&mut self, _now_us: u64, _setup: &Setup, _out: &mut OverlayOut<'_>) {}
+    /// Every neighbour both ways and play-out, every tick after
+    /// [`Overlay::on_upload`] and before [`Overlay::on_tick`].
+    fn on_view(&mut self, _now_us: u64, _view: &View, _out: &mut OverlayOut<'_>) {}
+    /// The engine refused one of this overlay's actions (a message over the
+    /// size limit, to a peer of unknown address): right after the event that
+    /// returned it.
+    fn on_refused(&mut self, _now_us: u64, _refusal: Refusal, _out: &mut OverlayOut<'_>) {}
+    /// This overlay's own counters and gauges, asked about once a second and
+    /// when the stream ends.
+    fn metrics(&mut self, _metrics: &mut Metrics<'_>) {}
 }
 
 /// The boundary face of [`Overlay`].
@@ -193,6 +223,37 @@ pub trait OverlayAbi: Send {
         _upload: Upload,
         _out: &mut RVec<OverlayAction>,
     ) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
+    /// Appended (with the three below) after `on_upload`; defaults do nothing.
+    fn on_setup(
+        &mut self,
+        _now_us: u64,
+        _setup: &Setup,
+        _out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
+    /// Appended after `on_upload`.
+    fn on_view(
+        &mut self,
+        _now_us: u64,
+        _view: &View,
+        _out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
+    /// Appended after `on_upload`.
+    fn on_refused(
+        &mut self,
+        _now_us: u64,
+        _refusal: Refusal,
+        _out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
+    /// Appended after `on_upload`; a library built before reports nothing.
+    fn metrics(&mut self, _out: &mut RVec<Metric>) -> RResult<(), PluginError> {
         RResult::ROk(())
     }
 }
@@ -258,5 +319,32 @@ impl<T: Overlay> OverlayAbi for Guarded<T> {
         out: &mut RVec<OverlayAction>,
     ) -> RResult<(), PluginError> {
         self.event(|o| o.on_upload(now_us, upload, &mut OverlayOut(out)))
+    }
+    fn on_setup(
+        &mut self,
+        now_us: u64,
+        setup: &Setup,
+        out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError> {
+        self.event(|o| o.on_setup(now_us, setup, &mut OverlayOut(out)))
+    }
+    fn on_view(
+        &mut self,
+        now_us: u64,
+        view: &View,
+        out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError> {
+        self.event(|o| o.on_view(now_us, view, &mut OverlayOut(out)))
+    }
+    fn on_refused(
+        &mut self,
+        now_us: u64,
+        refusal: Refusal,
+        out: &mut RVec<OverlayAction>,
+    ) -> RResult<(), PluginError> {
+        self.event(|o| o.on_refused(now_us, refusal, &mut OverlayOut(out)))
+    }
+    fn metrics(&mut self, out: &mut RVec<Metric>) -> RResult<(), PluginError> {
+        self.event(|o| o.metrics(&mut Metrics::new(out)))
     }
 }

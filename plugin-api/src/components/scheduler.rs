@@ -7,46 +7,55 @@ use abi_stable::{
 };
 
 use super::Guarded;
-use crate::{Link, PeerId, PluginError, Upload};
+use crate::{ChunkInfo, Link, Metric, Metrics, PeerId, PluginError, Refusal, Setup, Upload, View};
 
-/// What a scheduler learns once, when its stream starts.
+/// What a scheduler learns once, when its stream starts (`on_start`).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub struct SchedContext {
-    /// This peer.
+    /// This peer, as neighbours name it.
     pub local: PeerId,
     /// This peer is the publisher: chunks originate here.
     pub is_source: bool,
     /// Seed for [`crate::Rng`], so runs can be replayed.
     pub seed: u64,
-    /// Media per chunk.
+    /// Media per chunk, µs.
     pub chunk_us: u32,
     /// How many chunks the engine keeps; older ones cannot be sent.
     pub window_chunks: u32,
-    /// Typical size of one chunk (bitrate x duration), to turn the data
-    /// channel's byte capacity into chunks.
+    /// Typical size of one chunk (bitrate x duration), bytes, to turn the
+    /// data channel's byte capacity into chunks (`ChunkInfo::bytes` has each
+    /// chunk's real size).
     pub chunk_bytes: u32,
 }
 
-/// What the data channel can take towards one neighbour right now.
+/// What the data channel can take towards one neighbour right now
+/// (`on_capacity`, every tick, every link that is up).
+///
+/// This peer's *sending* side only; what a neighbour sends us is in
+/// [`crate::LinkView`] (`on_view`).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Capacity {
-    /// Bytes that can be handed to the data channel now without queueing.
+    /// Bytes that can be handed to the data channel now without queueing,
+    /// already clamped to what is left of the shared upload budget; 0 where
+    /// the link is not `downstream`.
     pub can_send_bytes: u64,
-    /// The congestion controller's current estimate of the link's rate.
+    /// The congestion controller's current estimate of the link's rate, bit/s.
     pub rate_bps: u64,
-    /// The link's smoothed round-trip time (0 before any sample).
+    /// Smoothed round-trip time, µs (0 before the first sample).
     pub rtt_us: u64,
 }
 
-/// Where local playback stands, so schedulers can tell urgent from not.
+/// Where local playback stands, so schedulers can tell urgent from not
+/// (`on_playout`, every tick once playing; [`crate::PlayoutView`] in
+/// `on_view` has it from the moment of joining).
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Playout {
     /// The next chunk the player needs.
     pub next_seq: u64,
-    /// When that chunk is due (engine time).
+    /// When that chunk is due, engine time µs.
     pub next_deadline_us: u64,
     /// The oldest chunk still in the buffer.
     pub oldest_seq: u64,
@@ -61,38 +70,44 @@ pub enum SchedAction {
     /// A message of the scheduler's own protocol (buffer map, request, ...),
     /// delivered to the same scheduler at `peer` through
     /// [`Scheduler::on_message`]. `reliable` ones are acked and retransmitted.
+    /// Refused (`on_refused`) when `peer` is not a neighbour or the payload
+    /// is over [`Setup::max_message_bytes`].
     SendMessage {
-        /// The scheduler at this peer gets it.
+        /// A neighbour (up or connecting).
         peer: PeerId,
-        /// The scheduler's own bytes; the engine does not look inside.
+        /// At most [`Setup::max_message_bytes`].
         payload: RVec<u8>,
-        /// Acknowledged and retransmitted; unreliable for what the next one replaces (buffer maps).
+        /// Acked and retransmitted; otherwise it may be lost.
         reliable: bool,
     },
-    /// Send chunk `seq` from the local buffer to `peer` on the data channel.
+    /// Send chunk `seq` from the local buffer to `peer` on the data channel,
+    /// drawing its size from the link's room and the shared budget. Refused
+    /// when `peer` is not a neighbour, `seq` is not held, or there is no
+    /// room left this tick.
     SendChunk {
-        /// The neighbour.
+        /// A neighbour.
         peer: PeerId,
-        /// The chunk; one no longer buffered is skipped.
+        /// A chunk in the local buffer.
         seq: u64,
     },
 }
 
-/// Collects a scheduler's actions for one event.
+/// Collects a scheduler's actions for one event; the engine carries them out
+/// in order when the event returns (docs/plugins.md, "Scheduler actions").
 pub struct SchedOut<'a>(&'a mut RVec<SchedAction>);
 
 impl<'a> SchedOut<'a> {
-    /// Collects into `actions` (the engine's buffer, reused between calls).
+    /// Collects into `actions` (the adapters and the test kit do this).
     pub fn new(actions: &'a mut RVec<SchedAction>) -> Self {
         SchedOut(actions)
     }
 
-    /// Sends chunk `seq` to `peer` (see [`SchedAction::SendChunk`]).
+    /// [`SchedAction::SendChunk`].
     pub fn send_chunk(&mut self, peer: PeerId, seq: u64) {
         self.0.push(SchedAction::SendChunk { peer, seq });
     }
 
-    /// Sends `payload` to the scheduler at `peer`.
+    /// [`SchedAction::SendMessage`].
     pub fn send_message(&mut self, peer: PeerId, payload: Vec<u8>, reliable: bool) {
         self.0.push(SchedAction::SendMessage {
             peer,
@@ -101,21 +116,44 @@ impl<'a> SchedOut<'a> {
         });
     }
 
-    /// Any action, as it is.
+    /// Any action.
     pub fn push(&mut self, action: SchedAction) {
         self.0.push(action);
+    }
+
+    /// The actions collected so far, in the order the engine carries them
+    /// out: what a test inspects after each event.
+    pub fn actions(&self) -> &[SchedAction] {
+        self.0.as_slice()
+    }
+
+    /// Takes the actions collected so far, leaving none: a multi-step test
+    /// looks at each event's actions on their own.
+    pub fn take(&mut self) -> Vec<SchedAction> {
+        std::mem::take(self.0).into_vec()
+    }
+
+    /// Forgets the actions collected so far.
+    pub fn clear(&mut self) {
+        self.0.clear();
     }
 }
 
 /// A scheduler, as a plugin author writes it: a sans-IO state machine.
 ///
-/// Every method gets the engine's current time and a place to put actions;
-/// none may read the clock, do I/O or block. Unused events have empty
-/// defaults.
+/// Every method gets the engine's current time (`now_us`, µs, monotonic,
+/// this engine's own) and a place to put actions; none may read the clock,
+/// do I/O or block. Unused events have empty defaults. When each fires and
+/// in what order is in docs/plugins.md ("Events, values and actions"); in
+/// short, `on_start` and `on_setup` first, chunks and messages as they
+/// arrive, and each tick `on_playout`, `on_upload`, `on_view`, the
+/// `on_capacity` calls and `on_tick`.
 pub trait Scheduler: Send + 'static {
-    /// The stream starts: who this peer is and the stream's shape.
+    /// Once, first, when the stream starts.
     fn on_start(&mut self, _now_us: u64, _ctx: &SchedContext, _out: &mut SchedOut<'_>) {}
-    /// The overlay made `peer` a neighbour; `link` says which way media may flow.
+    /// The overlay made `peer` a neighbour and the link is up; `link` says
+    /// which way media may flow. Also after `on_neighbour_down` when the
+    /// overlay changed the link's direction.
     fn on_neighbour_up(
         &mut self,
         _now_us: u64,
@@ -124,10 +162,12 @@ pub trait Scheduler: Send + 'static {
         _out: &mut SchedOut<'_>,
     ) {
     }
-    /// `peer` is no longer a neighbour: requests to it will not be answered.
+    /// A neighbour whose link was up is gone (closed, timed out, banned), or
+    /// is about to come back with another [`Link`].
     fn on_neighbour_down(&mut self, _now_us: u64, _peer: PeerId, _out: &mut SchedOut<'_>) {}
     /// A verified chunk entered the local buffer: from `from`, or produced
-    /// here by the input when `from` is `None`.
+    /// here by the input when `from` is `None`. First copies only, right
+    /// after the same chunk's [`Scheduler::on_chunk_info`].
     fn on_chunk(
         &mut self,
         _now_us: u64,
@@ -136,7 +176,8 @@ pub trait Scheduler: Send + 'static {
         _out: &mut SchedOut<'_>,
     ) {
     }
-    /// A [`SchedAction::SendMessage`] from the scheduler at `peer`.
+    /// A [`SchedAction::SendMessage`] from the scheduler at `peer`, as it
+    /// arrives (between ticks).
     fn on_message(
         &mut self,
         _now_us: u64,
@@ -145,7 +186,10 @@ pub trait Scheduler: Send + 'static {
         _out: &mut SchedOut<'_>,
     ) {
     }
-    /// The data channel towards `peer` can take more (or less).
+    /// What the data channel towards `peer` takes now: every tick, for every
+    /// link that is up, after `on_view` and before `on_tick`, starting from a
+    /// rotating neighbour. Sends in answer draw the room down for the
+    /// neighbours after it.
     fn on_capacity(
         &mut self,
         _now_us: u64,
@@ -154,13 +198,28 @@ pub trait Scheduler: Send + 'static {
         _out: &mut SchedOut<'_>,
     ) {
     }
-    /// Local playback moved.
+    /// Where playback stands: every tick once playing, subscribers only.
     fn on_playout(&mut self, _now_us: u64, _playout: Playout, _out: &mut SchedOut<'_>) {}
-    /// Called at the engine's tick rate (and by the simulator's clock).
+    /// Last in every tick ([`Setup::tick_us`] apart).
     fn on_tick(&mut self, _now_us: u64, _out: &mut SchedOut<'_>) {}
     /// This peer's shared uplink, every tick before the tick's
     /// [`Scheduler::on_capacity`] calls (appended to the first release).
     fn on_upload(&mut self, _now_us: u64, _upload: Upload, _out: &mut SchedOut<'_>) {}
+    /// How the engine is set up (tick interval, largest message, play-out
+    /// target): once, right after [`Scheduler::on_start`].
+    fn on_setup(&mut self, _now_us: u64, _setup: &Setup, _out: &mut SchedOut<'_>) {}
+    /// Every neighbour both ways and play-out, every tick after
+    /// [`Scheduler::on_upload`] and before the tick's `on_capacity` calls.
+    fn on_view(&mut self, _now_us: u64, _view: &View, _out: &mut SchedOut<'_>) {}
+    /// A chunk entered the buffer, with its keyframe flag and size: just
+    /// before the same chunk's [`Scheduler::on_chunk`].
+    fn on_chunk_info(&mut self, _now_us: u64, _chunk: ChunkInfo, _out: &mut SchedOut<'_>) {}
+    /// The engine refused one of this scheduler's actions: right after the
+    /// event that returned it, one call per refused action, in order.
+    fn on_refused(&mut self, _now_us: u64, _refusal: Refusal, _out: &mut SchedOut<'_>) {}
+    /// This scheduler's own counters and gauges, asked about once a second
+    /// (each `--stats` line) and when the stream ends (the summary).
+    fn metrics(&mut self, _metrics: &mut Metrics<'_>) {}
 }
 
 /// The boundary face of [`Scheduler`].
@@ -231,6 +290,46 @@ pub trait SchedulerAbi: Send {
         _upload: Upload,
         _out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
+    /// Appended (with the four below) after `on_upload`; defaults do nothing.
+    fn on_setup(
+        &mut self,
+        _now_us: u64,
+        _setup: &Setup,
+        _out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
+    /// Appended after `on_upload`.
+    fn on_view(
+        &mut self,
+        _now_us: u64,
+        _view: &View,
+        _out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
+    /// Appended after `on_upload`.
+    fn on_chunk_info(
+        &mut self,
+        _now_us: u64,
+        _chunk: ChunkInfo,
+        _out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
+    /// Appended after `on_upload`.
+    fn on_refused(
+        &mut self,
+        _now_us: u64,
+        _refusal: Refusal,
+        _out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
+    /// Appended after `on_upload`; a library built before reports nothing.
+    fn metrics(&mut self, _out: &mut RVec<Metric>) -> RResult<(), PluginError> {
         RResult::ROk(())
     }
 }
@@ -306,5 +405,40 @@ impl<T: Scheduler> SchedulerAbi for Guarded<T> {
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError> {
         self.event(|s| s.on_upload(now_us, upload, &mut SchedOut(out)))
+    }
+    fn on_setup(
+        &mut self,
+        now_us: u64,
+        setup: &Setup,
+        out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        self.event(|s| s.on_setup(now_us, setup, &mut SchedOut(out)))
+    }
+    fn on_view(
+        &mut self,
+        now_us: u64,
+        view: &View,
+        out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        self.event(|s| s.on_view(now_us, view, &mut SchedOut(out)))
+    }
+    fn on_chunk_info(
+        &mut self,
+        now_us: u64,
+        chunk: ChunkInfo,
+        out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        self.event(|s| s.on_chunk_info(now_us, chunk, &mut SchedOut(out)))
+    }
+    fn on_refused(
+        &mut self,
+        now_us: u64,
+        refusal: Refusal,
+        out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        self.event(|s| s.on_refused(now_us, refusal, &mut SchedOut(out)))
+    }
+    fn metrics(&mut self, out: &mut RVec<Metric>) -> RResult<(), PluginError> {
+        self.event(|s| s.metrics(&mut Metrics::new(out)))
     }
 }

@@ -284,6 +284,9 @@ pub async fn start_publish(
         opts.chunk_ms,
     );
     cfg.seed = rand_seed();
+    cfg.control_payload = endpoint.config().max_control_payload();
+    cfg.scheduler_key = format!("scheduler.{}", opts.scheduler.name);
+    cfg.overlay_key = format!("overlay.{}", opts.overlay.name);
     let mut session = Session::new(
         cfg,
         Role::Publisher {
@@ -449,6 +452,9 @@ pub async fn start_subscribe(
         p.chunk_ms,
     );
     cfg.seed = peer_id;
+    cfg.control_payload = endpoint.config().max_control_payload();
+    cfg.scheduler_key = format!("scheduler.{}", p.scheduler.name);
+    cfg.overlay_key = format!("overlay.{}", p.overlay.name);
     if p.buffer_ms > 0 {
         cfg.startup_chunks = (p.buffer_ms as u64 * 1000 / cfg.chunk_us).max(1);
     }

@@ -380,6 +380,13 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
         let mut scfg =
             SessionConfig::new(stream, "sim", info_of(i), cfg.bitrate_kbps, cfg.chunk_ms);
         scfg.seed = cfg.seed;
+        scfg.tick_us = cfg.tick_us;
+        scfg.simulated = true;
+        scfg.control_payload = cfg
+            .datagram_payload
+            .saturating_sub(p2ner_net::wire::RELIABLE_OVERHEAD);
+        scfg.scheduler_key = format!("scheduler.{}", cfg.scheduler.0);
+        scfg.overlay_key = format!("overlay.{}", cfg.overlay.0);
         if cfg.buffer_ms > 0 {
             scfg.startup_chunks = (cfg.buffer_ms / cfg.chunk_ms.max(1)).max(1) as u64;
         }
@@ -571,6 +578,10 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
         };
         if let Some(e) = s.failed() {
             anyhow::bail!("peer {i}: {e}");
+        }
+        if i != 0 {
+            // The plugins' own metrics, asked once at the end of the run.
+            s.ask_metrics();
         }
         let mut summary = s.stats().summary("sim");
         carrier::finish_summary(&mut summary, Some(&node.net.stats()));

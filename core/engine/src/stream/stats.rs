@@ -1,7 +1,13 @@
 //! What a stream measures, in the terms of the `--stats` lines
 //! (docs/architecture.md, "Stats lines").
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
+
+/// Plugins' own metrics, by plugin (`"scheduler.NAME"`, `"overlay.NAME"`)
+/// and then by the plugin's metric name: what `metrics` last reported.
+pub type PluginMetrics = BTreeMap<String, BTreeMap<String, f64>>;
 
 /// Running counters of one stream on one peer.
 #[derive(Debug, Default, Clone)]
@@ -52,6 +58,11 @@ pub struct StreamStats {
     pub startup_us: Option<u64>,
     /// Capture at the publisher to playback here, per played chunk.
     pub lag_us: Vec<u64>,
+    /// Plugin actions the session refused, by reason
+    /// (`RefusalKind::name`: `chunk_no_room`, `message_too_large`, ...).
+    pub refused_actions: BTreeMap<String, u64>,
+    /// The plugins' own counters and gauges, as last asked.
+    pub plugins: PluginMetrics,
 }
 
 impl StreamStats {
@@ -110,6 +121,8 @@ impl StreamStats {
             overhead: self.overhead(),
             state: String::new(),
             reason: String::new(),
+            refused_actions: self.refused_actions.clone(),
+            plugins: self.plugins.clone(),
         }
     }
 }
@@ -162,6 +175,13 @@ pub struct Summary {
     /// Why (`time is up`, `the publisher is offline ...`).
     #[serde(default)]
     pub reason: String,
+    /// Refused plugin actions by reason; absent when none were.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refused_actions: BTreeMap<String, u64>,
+    /// Plugins' own metrics (`{"scheduler.edf": {"requests": 12}}`); absent
+    /// when no plugin reports any.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plugins: PluginMetrics,
 }
 
 /// What a session dropped or refused from its peers, by reason (see
@@ -209,6 +229,12 @@ pub struct Snapshot {
     pub chunks_missed: u64,
     /// Playback has started.
     pub playing: bool,
+    /// Refused plugin actions by reason, since the stream started.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refused_actions: BTreeMap<String, u64>,
+    /// Plugins' own metrics, asked for this line.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plugins: PluginMetrics,
 }
 
 /// Nearest-rank percentile; `None` for no samples.

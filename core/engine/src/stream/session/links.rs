@@ -39,6 +39,11 @@ pub(super) struct Neighbour {
     pub(super) bucket: Bucket,
     /// Times each buffered chunk was sent to it (pruned with the buffer).
     pub(super) sent: BTreeMap<u64, u8>,
+    /// Rates over the last report interval, bit/s.
+    pub(super) down_bps: u64,
+    pub(super) up_bps: u64,
+    /// The newest chunk it sent us.
+    pub(super) newest_seq: Option<u64>,
 }
 
 impl Session {
@@ -159,6 +164,8 @@ impl Session {
                     duplicate_chunks: n.duplicates - n.report_duplicates,
                     loss_rate: 0.0,
                 };
+                n.down_bps = r.down_bps;
+                n.up_bps = r.up_bps;
                 n.report_in = n.bytes_in;
                 n.report_out = n.bytes_out;
                 n.report_useful = n.useful;
@@ -237,6 +244,9 @@ impl Session {
                 report_out: 0,
                 bucket: Bucket::new(NEIGHBOUR_RATE, now_us),
                 sent: BTreeMap::new(),
+                down_bps: 0,
+                up_bps: 0,
+                newest_seq: None,
             },
         );
     }

@@ -30,8 +30,9 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use p2ner_plugin_api::abi_stable::std_types::{ROption, RVec};
 use p2ner_plugin_api::{
-    Capacity, InputBox, OutputBox, OverlayAction, OverlayBox, OverlayContext, PeerId, PeerInfo,
-    SchedAction, SchedContext, SchedulerBox, StreamFormat, Upload,
+    Capacity, InputBox, LinkView, Metric, OutputBox, OverlayAction, OverlayBox, OverlayContext,
+    PeerId, PeerInfo, PlayoutView, Refusal, SchedAction, SchedContext, SchedulerBox, Setup,
+    StreamFormat, Upload, View,
 };
 use p2ner_proto::identity::{Identity, PublicKey};
 use p2ner_proto::peer::{self as wire, Envelope, PeerMsg};
@@ -97,6 +98,20 @@ pub struct SessionConfig {
     pub connect_timeout_us: u64,
     /// How often the overlay gets each neighbour's report.
     pub report_every_us: u64,
+    /// How often the carrier calls [`Session::tick`], µs: told to plugins
+    /// (`Setup::tick_us`), not used for timing here.
+    pub tick_us: u64,
+    /// The largest control payload the carrier's channel takes, bytes (one
+    /// datagram less the reliable header). Plugin messages are refused above
+    /// this less the envelope, so that none is dropped further down.
+    pub control_payload: usize,
+    /// The carrier is the simulator (`Setup::simulated`).
+    pub simulated: bool,
+    /// Keys the plugins' own metrics are shown under in stats:
+    /// `scheduler.NAME`, `overlay.NAME`.
+    pub scheduler_key: String,
+    /// The overlay's key, as `scheduler_key`.
+    pub overlay_key: String,
 }
 
 impl SessionConfig {
@@ -119,7 +134,31 @@ impl SessionConfig {
             neighbour_timeout_us: 5_000_000,
             connect_timeout_us: 3_000_000,
             report_every_us: 1_000_000,
+            tick_us: crate::live::driver::TICK.as_micros() as u64,
+            control_payload: p2ner_net::config::NetConfig::default().max_control_payload(),
+            simulated: false,
+            scheduler_key: "scheduler".into(),
+            overlay_key: "overlay".into(),
         }
+    }
+
+    /// The largest scheduler or overlay message payload that fits one
+    /// control datagram with its envelope, from any peer of the stream: the
+    /// same number at every peer, so a plugin's limit is the stream's.
+    pub fn max_message_bytes(&self) -> usize {
+        // The envelope's size for a payload of 128..16383 bytes (postcard's
+        // length prefix is two bytes there) and the longest sender id,
+        // measured rather than assumed.
+        const PROBE: usize = 200;
+        let probe = wire::encode(&Envelope {
+            version: wire::VERSION,
+            stream: self.stream,
+            from: u64::MAX,
+            msg: PeerMsg::Scheduler(vec![0; PROBE]),
+        });
+        self.control_payload
+            .saturating_sub(probe.len() - PROBE)
+            .min(16_383)
     }
 }
 
@@ -195,6 +234,10 @@ pub struct Session {
     upload: Upload,
     /// Rotates which neighbour is offered capacity first.
     turn: usize,
+    /// Refused actions waiting to be told to the plugin that asked.
+    sched_refusals: Vec<Refusal>,
+    overlay_refusals: Vec<Refusal>,
+    metrics: RVec<Metric>,
 }
 
 impl Session {
@@ -248,6 +291,9 @@ impl Session {
                 ..Upload::default()
             },
             turn: 0,
+            sched_refusals: Vec::new(),
+            overlay_refusals: Vec::new(),
+            metrics: RVec::new(),
         }
     }
 
@@ -280,6 +326,11 @@ impl Session {
             .scheduler
             .on_start(now_us, &ctx, &mut self.sched_actions);
         self.after_scheduler("on_start", r.into_result(), now_us);
+        let setup = self.setup();
+        let r = self
+            .scheduler
+            .on_setup(now_us, &setup, &mut self.sched_actions);
+        self.after_scheduler("on_setup", r.into_result(), now_us);
         let octx = OverlayContext {
             local: self.cfg.local.clone(),
             is_source,
@@ -298,6 +349,10 @@ impl Session {
             .overlay
             .on_start(now_us, &octx, &mut self.overlay_actions);
         self.after_overlay("on_start", r.into_result(), now_us);
+        let r = self
+            .overlay
+            .on_setup(now_us, &setup, &mut self.overlay_actions);
+        self.after_overlay("on_setup", r.into_result(), now_us);
         self.failed.clone().map_or(Ok(()), Err)
     }
 
@@ -401,10 +456,21 @@ impl Session {
             .overlay
             .on_upload(now_us, upload, &mut self.overlay_actions);
         self.after_overlay("on_upload", r.into_result(), now_us);
+        let view = self.view(now_us);
+        let r = self
+            .scheduler
+            .on_view(now_us, &view, &mut self.sched_actions);
+        self.after_scheduler("on_view", r.into_result(), now_us);
+        let r = self
+            .overlay
+            .on_view(now_us, &view, &mut self.overlay_actions);
+        self.after_overlay("on_view", r.into_result(), now_us);
+        // Every link that is up, so a tree child learns its parent's RTT
+        // too; where media may not flow (not `downstream`) there is no room.
         let mut peers: Vec<PeerId> = self
             .neighbours
             .iter()
-            .filter(|(_, n)| n.state == LinkState::Up && n.link.downstream)
+            .filter(|(_, n)| n.state == LinkState::Up)
             .map(|(&id, _)| id)
             .collect();
         if !peers.is_empty() {
@@ -421,7 +487,14 @@ impl Session {
             if let Some(left) = self.upload_left {
                 n.capacity.can_send_bytes = n.capacity.can_send_bytes.min(left);
             }
-            let cap = n.capacity;
+            let cap = Capacity {
+                can_send_bytes: if n.link.downstream {
+                    n.capacity.can_send_bytes
+                } else {
+                    0
+                },
+                ..n.capacity
+            };
             let r = self
                 .scheduler
                 .on_capacity(now_us, peer, cap, &mut self.sched_actions);
@@ -460,11 +533,127 @@ impl Session {
             chunks_played: self.stats.chunks_played,
             chunks_missed: self.stats.chunks_missed,
             playing: self.playout.as_ref().is_some_and(|p| p.started()),
+            refused_actions: self.stats.refused_actions.clone(),
+            plugins: {
+                self.ask_metrics();
+                self.stats.plugins.clone()
+            },
         }
     }
 
-    /// Says goodbye to every neighbour and stops the input or output.
+    /// How this engine runs the stream, for the plugins' `on_setup`.
+    fn setup(&self) -> Setup {
+        Setup {
+            tick_us: self.cfg.tick_us,
+            max_message_bytes: self.cfg.max_message_bytes() as u32,
+            start_lead_chunks: self.cfg.startup_chunks as u32,
+            buffer_us: self.cfg.startup_chunks * self.cfg.chunk_us,
+            startup_timeout_us: self.cfg.startup_timeout_us,
+            simulated: self.cfg.simulated,
+            uplink_shared: true,
+        }
+    }
+
+    /// Play-out and every neighbour that is up, for the plugins' `on_view`.
+    fn view(&self, now_us: u64) -> View {
+        let links = self
+            .neighbours
+            .iter()
+            .filter(|(_, n)| n.state == LinkState::Up)
+            .map(|(&peer, n)| LinkView {
+                peer,
+                link: n.link,
+                rtt_us: n.capacity.rtt_us,
+                up_bps: n.up_bps,
+                down_bps: n.down_bps,
+                send_rate_bps: n.capacity.rate_bps,
+                can_send_bytes: if n.link.downstream {
+                    match self.upload_left {
+                        Some(left) => n.capacity.can_send_bytes.min(left),
+                        None => n.capacity.can_send_bytes,
+                    }
+                } else {
+                    0
+                },
+                newest_seq: n.newest_seq.into(),
+                useful_chunks: n.useful,
+                duplicate_chunks: n.duplicates,
+            })
+            .collect();
+        View {
+            playout: self.playout_view(now_us),
+            links,
+        }
+    }
+
+    fn playout_view(&self, now_us: u64) -> PlayoutView {
+        let Some(clock) = &self.playout else {
+            return PlayoutView::default();
+        };
+        let contiguous = |from: u64| (from..).take_while(|s| self.buffer.contains(*s)).count();
+        let (playing, next_seq, next_deadline_us) = match clock.next() {
+            Some((next, deadline)) => (true, next, deadline),
+            // Not playing yet: where it would start (a start lead behind the
+            // newest chunk held) and the latest it starts (the timeout).
+            None => (
+                false,
+                self.buffer
+                    .newest()
+                    .map_or(0, |n| (n + 1).saturating_sub(self.cfg.startup_chunks)),
+                (self.started_us + self.cfg.startup_timeout_us).max(now_us),
+            ),
+        };
+        PlayoutView {
+            playing,
+            next_seq,
+            next_deadline_us,
+            buffered_chunks: contiguous(next_seq) as u64,
+            oldest_seq: self.buffer.oldest().unwrap_or(next_seq),
+            newest_seq: self.buffer.newest().unwrap_or(next_seq),
+        }
+    }
+
+    /// Asks both plugins for their own metrics and keeps them in the stats,
+    /// under the plugins' keys. A plugin that fails here fails the stream,
+    /// as in any other call.
+    pub fn ask_metrics(&mut self) {
+        for scheduler in [true, false] {
+            self.metrics.clear();
+            let r = if scheduler {
+                self.scheduler.metrics(&mut self.metrics)
+            } else {
+                self.overlay.metrics(&mut self.metrics)
+            };
+            if let Err(e) = r.into_result() {
+                let which = if scheduler { "scheduler" } else { "overlay" };
+                self.fail(format!("{which} metrics: {e}"));
+                continue;
+            }
+            if self.metrics.is_empty() {
+                continue;
+            }
+            let key = if scheduler {
+                self.cfg.scheduler_key.clone()
+            } else {
+                self.cfg.overlay_key.clone()
+            };
+            // Bounded: a plugin reports at most this many numbers.
+            let values = self
+                .metrics
+                .iter()
+                .take(MAX_METRICS)
+                .map(|m| (m.name.to_string(), m.value))
+                .collect();
+            self.stats.plugins.insert(key, values);
+        }
+    }
+
+    /// Says goodbye to every neighbour and stops the input or output; the
+    /// plugins' metrics are asked one last time, for the summary.
     pub fn close(&mut self, now_us: u64) -> Option<String> {
+        if self.failed.is_none() {
+            self.ask_metrics();
+        }
         let peers: Vec<PeerId> = self.neighbours.keys().copied().collect();
         for peer in peers {
             if let Some(n) = self.neighbours.get(&peer) {
@@ -493,6 +682,9 @@ impl Session {
         }
     }
 }
+
+/// Most metrics kept per plugin (more are ignored): stats lines stay bounded.
+const MAX_METRICS: usize = 64;
 
 pub(super) fn env_msg(cfg: &SessionConfig, msg: PeerMsg) -> Vec<u8> {
     wire::encode(&Envelope {

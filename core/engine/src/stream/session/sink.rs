@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use p2ner_plugin_api::abi_stable::std_types::ROption;
-use p2ner_plugin_api::{ChunkRef, Playout};
+use p2ner_plugin_api::{ChunkInfo, ChunkRef, Playout};
 use p2ner_proto::peer as wire;
 
 use super::super::buffer::Insert;
@@ -51,6 +51,15 @@ impl Session {
         let n = self.neighbours.get_mut(&peer).expect("looked up above");
         n.last_heard_us = now_us;
         n.bytes_in += data.len() as u64;
+        n.newest_seq = Some(n.newest_seq.map_or(seq, |s| s.max(seq)));
+        let info = ChunkInfo {
+            seq,
+            from: ROption::RSome(peer),
+            keyframe: header.keyframe,
+            bytes: data.len() as u64,
+            pts_us: header.pts_us,
+            duration_us: header.duration_us,
+        };
         let chunk = Chunk {
             seq,
             pts_us: header.pts_us,
@@ -76,6 +85,10 @@ impl Session {
                 n.useful += 1;
                 self.stats.chunks_received += 1;
                 self.stats.media_bytes += media_len;
+                let r = self
+                    .scheduler
+                    .on_chunk_info(now_us, info, &mut self.sched_actions);
+                self.after_scheduler("on_chunk_info", r.into_result(), now_us);
                 let r = self.scheduler.on_chunk(
                     now_us,
                     seq,

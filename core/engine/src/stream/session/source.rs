@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use p2ner_plugin_api::abi_stable::std_types::{ROption, RVec};
-use p2ner_plugin_api::{InputState, MediaChunk};
+use p2ner_plugin_api::{ChunkInfo, InputState, MediaChunk};
 use p2ner_proto::peer::{self as wire, ChunkHeader};
 
 use super::super::Chunk;
@@ -53,7 +53,19 @@ impl Session {
             self.next_seq = seq + 1;
             self.stats.chunks_produced += 1;
             self.stats.media_bytes += chunk.media().len() as u64;
+            let info = ChunkInfo {
+                seq,
+                from: ROption::RNone,
+                keyframe: chunk.keyframe,
+                bytes: chunk.sealed.len() as u64,
+                pts_us: chunk.pts_us,
+                duration_us: chunk.duration_us,
+            };
             self.buffer.insert(chunk);
+            let r = self
+                .scheduler
+                .on_chunk_info(now_us, info, &mut self.sched_actions);
+            self.after_scheduler("on_chunk_info", r.into_result(), now_us);
             let r = self
                 .scheduler
                 .on_chunk(now_us, seq, ROption::RNone, &mut self.sched_actions);
