@@ -17,6 +17,7 @@
 //! Control payloads are bytes; [`encode`] / [`decode`] carry serde types with
 //! postcard.
 
+pub mod auth;
 pub mod config;
 pub mod endpoint;
 pub mod error;
@@ -31,6 +32,7 @@ pub mod wire;
 
 mod rng;
 
+pub use auth::{peer_id_of, StaticKey};
 pub use config::NetConfig;
 pub use endpoint::{Capacity, Endpoint, Event, Events, Upload};
 pub use error::{DecodeMessageError, SendError};
