@@ -76,6 +76,6 @@ impl NetConfig {
     /// Largest control payload that fits one datagram.
     pub fn max_control_payload(&self) -> usize {
         self.max_payload
-            .saturating_sub(crate::wire::RELIABLE_OVERHEAD + crate::wire::SEAL_OVERHEAD)
+            .saturating_sub(crate::wire::RELIABLE_OVERHEAD)
     }
 }

@@ -278,12 +278,14 @@ impl Endpoint {
         data: Bytes,
     ) -> Result<(), SendError> {
         let now = self.inner.now_us();
-        self.inner
+        let r = self
+            .inner
             .lock()
             .net
-            .send_chunk(now, to, stream, seq, data)?;
+            .send_chunk(now, to, stream, seq, data);
+        // Also on WouldBlock: the refusal may have started a handshake.
         self.inner.wake.notify_one();
-        Ok(())
+        r
     }
 
     /// [`Endpoint::send_chunk`] for a chunk that is worthless after
@@ -302,12 +304,14 @@ impl Endpoint {
     ) -> Result<(), SendError> {
         let now = self.inner.now_us();
         let d = deadline.saturating_duration_since(self.inner.epoch);
-        self.inner
+        let r = self
+            .inner
             .lock()
             .net
-            .send_chunk_by(now, to, stream, seq, data, d.as_micros() as u64)?;
+            .send_chunk_by(now, to, stream, seq, data, d.as_micros() as u64);
+        // Also on WouldBlock: the refusal may have started a handshake.
         self.inner.wake.notify_one();
-        Ok(())
+        r
     }
 
     /// What the data channel towards `to` can take now. Under an upload cap

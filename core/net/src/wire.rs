@@ -57,14 +57,16 @@ pub const INIT_LEN: usize = 160;
 /// Bytes sealing adds to a datagram: outer header, type, counter, tag.
 pub const SEAL_OVERHEAD: usize = HEADER_LEN + 1 + 8 + crate::auth::TAG_LEN;
 
+// Sizes on the wire, sealing included (every one of these travels sealed).
+
 /// Bytes a control message costs on top of its payload (worst case: reliable).
-pub const RELIABLE_OVERHEAD: usize = HEADER_LEN + 1 + 4 + 8 + 8 + 4 + 1 + 8;
+pub const RELIABLE_OVERHEAD: usize = SEAL_OVERHEAD + HEADER_LEN + 1 + 4 + 8 + 8 + 4 + 1 + 8;
 /// Bytes of header in a data fragment.
-pub const DATA_OVERHEAD: usize = HEADER_LEN + 1 + 8 + 4 + 8 + 8 + 4 + 4 + 4 + 4;
+pub const DATA_OVERHEAD: usize = SEAL_OVERHEAD + HEADER_LEN + 1 + 8 + 4 + 8 + 8 + 4 + 4 + 4 + 4;
 /// Size of a data ack datagram.
-pub const DATA_ACK_LEN: usize = HEADER_LEN + 1 + 8 + 8 + 4;
+pub const DATA_ACK_LEN: usize = SEAL_OVERHEAD + HEADER_LEN + 1 + 8 + 8 + 4;
 /// Size of a control ack datagram.
-pub const ACK_LEN: usize = HEADER_LEN + 1 + 4 + 8 + 4;
+pub const ACK_LEN: usize = SEAL_OVERHEAD + HEADER_LEN + 1 + 4 + 8 + 4;
 
 /// What a reliable control message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

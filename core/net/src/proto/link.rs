@@ -98,6 +98,17 @@ impl NetState {
         self.hs_timers.insert((at, addr));
     }
 
+    /// Make sure a handshake with `to` runs (data is waiting for the link):
+    /// [`NetEvent::CapacityChanged`](super::NetEvent) follows once it is up.
+    pub(super) fn start_link(&mut self, now: u64, to: SocketAddr) {
+        if !self.links.contains_key(&to) {
+            self.queue_for_link(now, to, Vec::new());
+            if let Some(l) = self.links.get_mut(&to) {
+                l.queued.retain(|q| !q.is_empty());
+            }
+        }
+    }
+
     /// The application wants `bytes` (a plaintext datagram) sent to `to`,
     /// which has no established link: keep it and make sure a handshake runs.
     pub(super) fn queue_for_link(&mut self, now: u64, to: SocketAddr, bytes: Vec<u8>) {

@@ -674,7 +674,7 @@ impl NetState {
         payload: &[u8],
     ) -> Result<(), SendError> {
         self.check_control_size(payload.len())?;
-        if self.charge_control(to, now, wire::HEADER_LEN + 1 + payload.len()) {
+        if self.charge_control(to, now, wire::SEAL_OVERHEAD + wire::HEADER_LEN + 1 + payload.len()) {
             self.out.push(to, &Packet::Unreliable { payload });
         }
         Ok(())
@@ -1315,13 +1315,16 @@ impl NetState {
         }
         self.rejects_sent.insert(to, now);
         self.drops.version_rejects_sent += 1;
-        self.out.push(
-            to,
+        let mut rej = Vec::new();
+        wire::encode(
             &Packet::VersionReject {
                 min: wire::MIN_VERSION,
                 max: wire::VERSION,
             },
+            &mut rej,
         );
+        // In the clear: the old peer has no link with us, nor could it.
+        self.out.push_raw(to, &rej);
     }
 
     fn queue_chunk(
@@ -1351,10 +1354,14 @@ impl NetState {
                 ours: wire::VERSION,
             });
         }
+        if !self.is_established(to) {
+            self.start_link(now, to);
+            return Err(SendError::WouldBlock);
+        }
         if self.room(to) == 0 {
             return Err(SendError::WouldBlock);
         }
-        let mss = self.cfg.max_payload - wire::SEAL_OVERHEAD;
+        let mss = self.cfg.max_payload;
         let Some(p) = self.peer(to, now) else {
             return Err(SendError::WouldBlock);
         };
