@@ -14,7 +14,8 @@ use p2ner_server::client::ServerClient;
 use tokio::sync::mpsc;
 
 use super::{Report, Reporter};
-use crate::stream::{Session, Summary, Transmit, UplinkModel, DATAGRAM_OVERHEAD};
+use crate::stream::{NetCounters, Session, Summary, Transmit, UplinkModel, DATAGRAM_OVERHEAD};
+use p2ner_proto::server::PUBLISHER_PEER_ID;
 
 /// Engine time: microseconds since the Unix epoch, so that capture times
 /// stamped by a publisher mean the same on every peer of this machine (and,
@@ -67,6 +68,45 @@ pub struct Driver {
     /// Set when the endpoint carries other streams too (`p2ner run`): a
     /// stop signal, and neighbours kept while another stream uses them.
     pub shared: Option<super::engine::Shared>,
+    /// The publisher's address as the server gave it (subscribers): the only
+    /// address that may speak as the publisher's peer id.
+    pub publisher: Option<SocketAddr>,
+}
+
+/// Whether a peer message claiming to be from `claimed` may be believed
+/// when it came from `from`, whose link proved static key `key`: a peer's
+/// id is the hash of its key ([`p2ner_net::peer_id_of`]), and the
+/// publisher's fixed id belongs to the address the server lists for it.
+pub fn claim_ok(
+    claimed: u64,
+    from: SocketAddr,
+    key: Option<[u8; 32]>,
+    publisher: Option<SocketAddr>,
+) -> bool {
+    if claimed == PUBLISHER_PEER_ID {
+        return publisher == Some(from);
+    }
+    key.is_some_and(|k| p2ner_net::peer_id_of(&k) == claimed)
+}
+
+/// Warns at most once per interval, saying how many were suppressed.
+#[derive(Default)]
+struct Throttle {
+    last: Option<tokio::time::Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    fn warn(&mut self, what: impl FnOnce(u64) -> String) {
+        let now = tokio::time::Instant::now();
+        if self.last.is_some_and(|l| now - l < Duration::from_secs(10)) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!("{}", what(self.suppressed));
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
 }
 
 /// Why a run ended.
@@ -95,6 +135,8 @@ impl Driver {
         let mut uplink = UplinkModel::new(cap_bps);
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
+        let mut refused_claims = 0u64;
+        let mut claim_warning = Throttle::default();
         let end = loop {
             tokio::select! {
                 ev = self.events.recv() => {
@@ -104,7 +146,17 @@ impl Driver {
                         Event::Message { from, payload } => {
                             if let Some(env) = wire::decode(&payload) {
                                 if env.stream == wire {
-                                    self.session.on_message(now, from, env, payload.len());
+                                    let key = self.endpoint.peer_key(from);
+                                    if claim_ok(env.from, from, key, self.publisher) {
+                                        self.session.on_message(now, from, env, payload.len());
+                                    } else {
+                                        refused_claims += 1;
+                                        let claimed = env.from;
+                                        claim_warning.warn(|more| format!(
+                                            "refused a message from {from} claiming peer id {claimed:016x}, \
+                                             which is not its key's ({more} more since the last warning)"
+                                        ));
+                                    }
                                 }
                             }
                         }
@@ -144,7 +196,7 @@ impl Driver {
                     self.session.tick(now);
                     if now >= next_second {
                         next_second += 1_000_000;
-                        self.second(now);
+                        self.second(now, refused_claims);
                     }
                     if tokio::time::Instant::now() >= next_heartbeat {
                         next_heartbeat += Duration::from_secs(5);
@@ -174,6 +226,7 @@ impl Driver {
             tracing::info!(refused, "chunks the data channel refused (no capacity)");
         }
         let mut summary = self.session.stats().summary(self.stream.as_str());
+        summary.net = self.net_counters(refused_claims);
         // Whole datagrams, framing and acknowledgements included.
         // (On a shared endpoint those are every stream's: keep the stream's own.)
         let net = self.endpoint.stats();
@@ -272,8 +325,21 @@ impl Driver {
         refused
     }
 
-    fn second(&mut self, now: u64) {
-        let snap = self.session.snapshot(now);
+    /// The endpoint's drop counters, plus the messages this stream refused
+    /// for a false peer id.
+    fn net_counters(&self, refused_claims: u64) -> NetCounters {
+        let d = self.endpoint.stats().drops;
+        NetCounters {
+            malformed_dropped: d.malformed(),
+            unauthenticated_dropped: d.unauthenticated_total() + refused_claims,
+            rate_limited_dropped: d.rate_limited,
+            refused_dropped: d.refused(),
+        }
+    }
+
+    fn second(&mut self, now: u64, refused_claims: u64) {
+        let mut snap = self.session.snapshot(now);
+        snap.net = self.net_counters(refused_claims);
         if let Some(out) = &mut self.stats {
             let _ = serde_json::to_writer(&mut *out, &snap);
             let _ = writeln!(out);

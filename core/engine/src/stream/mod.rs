@@ -17,7 +17,7 @@ mod uplink;
 pub use buffer::{ChunkBuffer, Insert};
 pub use playout::{PlayEvent, PlayoutClock, PlayoutConfig};
 pub use session::{Role, Session, SessionConfig, Transmit};
-pub use stats::{percentile, Snapshot, StreamStats, Summary};
+pub use stats::{percentile, NetCounters, Snapshot, StreamStats, Summary};
 pub use uplink::{UplinkModel, DATAGRAM_OVERHEAD, QUEUE_TARGET_US};
 
 use bytes::Bytes;

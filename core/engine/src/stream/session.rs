@@ -544,6 +544,7 @@ impl Session {
             chunks_played: self.stats.chunks_played,
             chunks_missed: self.stats.chunks_missed,
             playing: self.playout.as_ref().is_some_and(|p| p.started()),
+            net: Default::default(),
         }
     }
 

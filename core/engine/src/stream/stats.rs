@@ -74,6 +74,7 @@ impl StreamStats {
             bytes_up: self.bytes_up,
             media_bytes: self.media_bytes,
             overhead: self.overhead(),
+            net: NetCounters::default(),
         }
     }
 }
@@ -99,6 +100,31 @@ pub struct Summary {
     pub bytes_up: u64,
     pub media_bytes: u64,
     pub overhead: f64,
+    /// Datagrams the network layer refused (see [`NetCounters`]).
+    #[serde(flatten, default)]
+    pub net: NetCounters,
+}
+
+/// What the network layer dropped before it reached the stream, so a user
+/// sees an attack or a broken peer (under `p2ner run`: the shared endpoint's
+/// totals).
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct NetCounters {
+    /// Not a valid datagram (framing, version, fields).
+    #[serde(default)]
+    pub malformed_dropped: u64,
+    /// Unsealed, forged or replayed datagrams, bad cookies and handshakes,
+    /// version rejects nobody asked for, and peer messages whose claimed peer
+    /// id is not the one of the link's key.
+    #[serde(default)]
+    pub unauthenticated_dropped: u64,
+    /// Over a rate bound (cookie replies).
+    #[serde(default)]
+    pub rate_limited_dropped: u64,
+    /// Refused for lack of room: address table, half-open handshakes, the
+    /// queue of a link still handshaking.
+    #[serde(default)]
+    pub refused_dropped: u64,
 }
 
 /// One `--stats` line per second.
@@ -114,6 +140,8 @@ pub struct Snapshot {
     pub chunks_played: u64,
     pub chunks_missed: u64,
     pub playing: bool,
+    #[serde(flatten, default)]
+    pub net: NetCounters,
 }
 
 /// Nearest-rank percentile; `None` for no samples.
