@@ -372,6 +372,18 @@ impl Endpoint {
         self.inner.lock().net.peer_key(addr)
     }
 
+    /// Drop everything from `addr` unread for `how_long`, and forget it
+    /// ([`NetState::block`]).
+    pub fn block(&self, addr: SocketAddr, how_long: Duration) {
+        let now = self.inner.now_us();
+        let mut sh = self.inner.lock();
+        sh.net.block(addr, now + how_long.as_micros() as u64);
+        sh.requests.retain(|(a, _), _| *a != addr);
+        if self.inner.process_events(&mut sh) {
+            self.inner.capacity_changed.notify_waiters();
+        }
+    }
+
     /// This endpoint's static public key.
     pub fn public_key(&self) -> [u8; 32] {
         *self.inner.key.public()

@@ -152,6 +152,8 @@ pub struct DropStats {
     pub peers_evicted: u64,
     /// Version rejects from addresses we were not handshaking with.
     pub version_rejects_ignored: u64,
+    /// Datagrams from blocked addresses ([`crate::NetState::block`]).
+    pub blocked: u64,
 }
 
 impl DropStats {
@@ -179,7 +181,7 @@ impl DropStats {
 
     /// Datagrams refused for lack of room (table bounds).
     pub fn refused(&self) -> u64 {
-        self.peer_limit + self.handshake_limit + self.link_queue_full
+        self.peer_limit + self.handshake_limit + self.link_queue_full + self.blocked
     }
 }
 

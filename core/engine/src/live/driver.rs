@@ -33,6 +33,9 @@ pub const TICK: Duration = Duration::from_millis(20);
 /// leaves; past that it is dropped (and counted), never sent late.
 const CHUNK_LEAVES_WITHIN: Duration = Duration::from_millis(500);
 
+/// How long an address that claimed a peer id not its key's is ignored.
+const LIAR_BLOCKED_FOR: Duration = Duration::from_secs(60);
+
 /// The stream's id on the wire: a hash of its catalogue id.
 pub fn wire_id(stream: &StreamId) -> u64 {
     // FNV-1a: stable across builds and platforms, which std's hasher is not.
@@ -151,6 +154,11 @@ impl Driver {
                                         self.session.on_message(now, from, env, payload.len());
                                     } else {
                                         refused_claims += 1;
+                                        if key.is_some() {
+                                            // Lying on its own authenticated
+                                            // link: no honest peer does that.
+                                            self.endpoint.block(from, LIAR_BLOCKED_FOR);
+                                        }
                                         let claimed = env.from;
                                         claim_warning.warn(|more| format!(
                                             "refused a message from {from} claiming peer id {claimed:016x}, \

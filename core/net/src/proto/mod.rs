@@ -276,6 +276,9 @@ pub struct NetState {
     scratch: Vec<u8>,
     /// (second, cookie replies in it).
     cookie_window: (u64, u32),
+    /// Addresses whose datagrams are dropped unread until the given time
+    /// (the application caught them lying, [`NetState::block`]).
+    blocked: HashMap<SocketAddr, u64>,
 }
 
 impl NetState {
@@ -346,6 +349,7 @@ impl NetState {
             sealed_next: 0,
             scratch: Vec::new(),
             cookie_window: (0, 0),
+            blocked: HashMap::new(),
             session,
             cfg,
         }
@@ -366,6 +370,13 @@ impl NetState {
         if self.rng.chance(self.cfg.drop_rate) {
             self.drops.injected_recv += 1;
             return;
+        }
+        if let Some(&until) = self.blocked.get(&from) {
+            if now < until {
+                self.drops.blocked += 1;
+                return;
+            }
+            self.blocked.remove(&from);
         }
         let pkt = match wire::decode(buf, self.cfg.max_payload.max(wire::HEADER_LEN)) {
             Ok(p) => p,
@@ -772,6 +783,25 @@ impl NetState {
         self.requests.retain(|(a, _)| *a != peer);
         self.rejects_sent.remove(&peer);
         self.ack_due.retain(|a| *a != peer);
+    }
+
+    /// Drop everything from `addr` unread until `until` (µs), and forget its
+    /// link and state: for a peer the application caught lying on its own
+    /// authenticated link (a peer id that is not its key's), whose every
+    /// further datagram would cost a decryption and an event for nothing.
+    /// At most `max_peers` addresses are blocked; the one released soonest
+    /// makes room.
+    pub fn block(&mut self, addr: SocketAddr, until: u64) {
+        if self.blocked.len() >= self.cfg.max_peers.max(1) && !self.blocked.contains_key(&addr) {
+            if let Some(a) = self.blocked.iter().min_by_key(|(_, t)| **t).map(|(a, _)| *a) {
+                self.blocked.remove(&a);
+            }
+        }
+        self.blocked.insert(addr, until);
+        self.forget(addr);
+        self.links.remove(&addr);
+        self.halves.remove(&addr);
+        self.orphans.remove(&addr);
     }
 
     /// A snapshot of all counters.
