@@ -46,9 +46,10 @@ impl Attacker {
             .unwrap();
         let id = StreamId(stream.to_owned());
         let (ep, members) = rt.block_on(async {
-            let (ep, _events) = Endpoint::bind("127.0.0.1:0".parse().unwrap(), NetConfig::default())
-                .await
-                .unwrap();
+            let (ep, _events) =
+                Endpoint::bind("127.0.0.1:0".parse().unwrap(), NetConfig::default())
+                    .await
+                    .unwrap();
             let server = ServerClient::new(ep.clone(), s.server_addr.parse().unwrap());
             let joined = server
                 .join(&id, ep.peer_id())
@@ -85,7 +86,7 @@ impl Attacker {
         for x in &self.members {
             for y in &self.members {
                 if x.peer_id != y.peer_id {
-                    v.push((x.clone(), y.clone()));
+                    v.push((*x, *y));
                 }
             }
         }
@@ -137,7 +138,10 @@ impl Attacker {
 /// 1 publisher + 6 subscribers playing; `attack` runs after 4 s; then a
 /// newcomer joins. Checks every subscriber's and the newcomer's summary and
 /// returns the subscribers' summaries.
-fn under_attack(label: &str, attack: impl FnOnce(&Swarm, &Attacker, &[Proc])) -> Vec<serde_json::Value> {
+fn under_attack(
+    label: &str,
+    attack: impl FnOnce(&Swarm, &Attacker, &[Proc]),
+) -> Vec<serde_json::Value> {
     let _one = ONE_SWARM_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
@@ -208,9 +212,12 @@ fn forged_hello_and_junk_chunk_per_pair() {
             a.raw_message(y.addr, &hello, i as u64 + 1);
             a.raw_junk_chunk(y.addr, i as u64);
             let _ = a.ep.send_unreliable(y.addr, Bytes::from(hello));
-            let _ = a
-                .ep
-                .send_chunk(y.addr, a.stream, 10 + i as u64, Bytes::from(vec![0xEE; 5000]));
+            let _ = a.ep.send_chunk(
+                y.addr,
+                a.stream,
+                10 + i as u64,
+                Bytes::from(vec![0xEE; 5000]),
+            );
         }
         a.rt.block_on(tokio::time::sleep(Duration::from_secs(3)));
     });

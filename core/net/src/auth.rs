@@ -63,8 +63,8 @@ pub fn peer_id_of(public: &[u8; 32]) -> u64 {
 }
 
 fn mac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
-    let mut m = <Blake2sMac256 as KeyInit>::new_from_slice(key)
-        .expect("BLAKE2s takes keys up to 32 bytes");
+    let mut m =
+        <Blake2sMac256 as KeyInit>::new_from_slice(key).expect("BLAKE2s takes keys up to 32 bytes");
     for p in parts {
         Update::update(&mut m, p);
     }
@@ -178,7 +178,10 @@ pub struct StaticKey {
 impl std::fmt::Debug for StaticKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StaticKey")
-            .field("peer_id", &format_args!("{:016x}", peer_id_of(&self.public)))
+            .field(
+                "peer_id",
+                &format_args!("{:016x}", peer_id_of(&self.public)),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -219,7 +222,9 @@ impl StaticKey {
     /// Start a handshake as initiator or responder, ephemeral randomness
     /// from `rng`.
     pub fn handshake(&self, initiator: bool, rng: KeyedRng) -> HandshakeState {
-        let b = builder(rng).local_private_key(&self.private).prologue(PROLOGUE);
+        let b = builder(rng)
+            .local_private_key(&self.private)
+            .prologue(PROLOGUE);
         if initiator {
             b.build_initiator()
         } else {

@@ -278,11 +278,7 @@ impl Endpoint {
         data: Bytes,
     ) -> Result<(), SendError> {
         let now = self.inner.now_us();
-        let r = self
-            .inner
-            .lock()
-            .net
-            .send_chunk(now, to, stream, seq, data);
+        let r = self.inner.lock().net.send_chunk(now, to, stream, seq, data);
         // Also on WouldBlock: the refusal may have started a handshake.
         self.inner.wake.notify_one();
         r
@@ -304,11 +300,11 @@ impl Endpoint {
     ) -> Result<(), SendError> {
         let now = self.inner.now_us();
         let d = deadline.saturating_duration_since(self.inner.epoch);
-        let r = self
-            .inner
-            .lock()
-            .net
-            .send_chunk_by(now, to, stream, seq, data, d.as_micros() as u64);
+        let r =
+            self.inner
+                .lock()
+                .net
+                .send_chunk_by(now, to, stream, seq, data, d.as_micros() as u64);
         // Also on WouldBlock: the refusal may have started a handshake.
         self.inner.wake.notify_one();
         r

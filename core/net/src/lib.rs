@@ -81,7 +81,10 @@ pub fn fuzz_decode(data: &[u8]) -> bool {
     net.handle_datagram(1, from, data);
     net.handle_timeout(10_000_000);
     while let Some(t) = net.poll_transmit(10_000_000) {
-        assert!(t.bytes.len() <= data.len(), "answer larger than the question");
+        assert!(
+            t.bytes.len() <= data.len(),
+            "answer larger than the question"
+        );
     }
     assert_eq!(net.peer_count(), 0, "no state for an unproven address");
     true

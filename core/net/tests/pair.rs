@@ -207,7 +207,10 @@ impl Sim {
     fn connect(&mut self, i: usize, j: usize) {
         let to = self.addr(j);
         let now = self.now;
-        self.nodes[i].net.send_unreliable(now, to, b"probe").unwrap();
+        self.nodes[i]
+            .net
+            .send_unreliable(now, to, b"probe")
+            .unwrap();
         let from = self.addr(i);
         for _ in 0..200 {
             if self.nodes[i].net.is_established(to) && self.nodes[j].net.is_established(from) {
@@ -683,7 +686,10 @@ fn expired_deadline_chunk_dropped_counted_never_sent() {
     for n in [b, c] {
         let r = sim.nodes[n].net.stats();
         assert_eq!((r.reassembly_bytes, r.drops.reassembly_expired), (0, 0));
-        assert!(sim.nodes[n].chunks.iter().all(|ch| ch.2 != 2 && ch.2 != 100));
+        assert!(sim.nodes[n]
+            .chunks
+            .iter()
+            .all(|ch| ch.2 != 2 && ch.2 != 100));
     }
     assert_eq!(sim.nodes[b].chunks.len(), 1);
     assert_eq!(sim.nodes[c].chunks.len(), 1);
@@ -914,7 +920,7 @@ fn spoofed_source_gets_no_state_and_no_amplification() {
     let now = sim.now;
     let net = &mut sim.nodes[b].net;
     let peers_before = net.peer_count();
-    let mut enc = |p: &Packet<'_>| {
+    let enc = |p: &Packet<'_>| {
         let mut v = Vec::new();
         wire::encode(p, &mut v);
         v

@@ -91,7 +91,9 @@ impl NetState {
     fn hs_backoff(&self, tries: u32) -> u64 {
         let base = self.cfg.rto_initial.as_micros() as u64;
         let max = self.cfg.rto_max.as_micros() as u64;
-        base.saturating_mul(1 << tries.min(16)).min(max.max(base)).max(1)
+        base.saturating_mul(1 << tries.min(16))
+            .min(max.max(base))
+            .max(1)
     }
 
     fn arm(&mut self, addr: SocketAddr, at: u64) {
@@ -247,9 +249,16 @@ impl NetState {
                         return;
                     }
                 }
-                if self.halves.len() >= self.cfg.max_handshakes.max(1) && !self.halves.contains_key(&from) {
+                if self.halves.len() >= self.cfg.max_handshakes.max(1)
+                    && !self.halves.contains_key(&from)
+                {
                     // Forget the oldest half-open handshake.
-                    if let Some(old) = self.halves.iter().min_by_key(|(_, h)| h.expires).map(|(a, _)| *a) {
+                    if let Some(old) = self
+                        .halves
+                        .iter()
+                        .min_by_key(|(_, h)| h.expires)
+                        .map(|(a, _)| *a)
+                    {
                         self.halves.remove(&old);
                         self.orphans.remove(&old);
                         self.drops.handshake_limit += 1;
@@ -359,7 +368,10 @@ impl NetState {
         fin: Option<Vec<u8>>,
         fin_at: u64,
     ) {
-        let Some(remote) = hs.get_remote_static().and_then(|r| <[u8; 32]>::try_from(r).ok()) else {
+        let Some(remote) = hs
+            .get_remote_static()
+            .and_then(|r| <[u8; 32]>::try_from(r).ok())
+        else {
             self.drops.handshake_failed += 1;
             return;
         };

@@ -685,7 +685,11 @@ impl NetState {
         payload: &[u8],
     ) -> Result<(), SendError> {
         self.check_control_size(payload.len())?;
-        if self.charge_control(to, now, wire::SEAL_OVERHEAD + wire::HEADER_LEN + 1 + payload.len()) {
+        if self.charge_control(
+            to,
+            now,
+            wire::SEAL_OVERHEAD + wire::HEADER_LEN + 1 + payload.len(),
+        ) {
             self.out.push(to, &Packet::Unreliable { payload });
         }
         Ok(())
@@ -793,7 +797,12 @@ impl NetState {
     /// makes room.
     pub fn block(&mut self, addr: SocketAddr, until: u64) {
         if self.blocked.len() >= self.cfg.max_peers.max(1) && !self.blocked.contains_key(&addr) {
-            if let Some(a) = self.blocked.iter().min_by_key(|(_, t)| **t).map(|(a, _)| *a) {
+            if let Some(a) = self
+                .blocked
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(a, _)| *a)
+            {
                 self.blocked.remove(&a);
             }
         }
