@@ -152,6 +152,9 @@ pub struct DropStats {
     pub peers_evicted: u64,
     /// Version rejects from addresses we were not handshaking with.
     pub version_rejects_ignored: u64,
+    /// Sealed datagrams from an address whose handshake waits for its last
+    /// message (`Fin` lost or late; the initiator resends it).
+    pub before_fin: u64,
     /// Datagrams from blocked addresses ([`crate::NetState::block`]).
     pub blocked: u64,
 }

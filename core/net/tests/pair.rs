@@ -890,18 +890,33 @@ fn handshake_completes_under_loss() {
 /// ways): one handshake wins, both ends agree, traffic flows both ways.
 #[test]
 fn simultaneous_open_agrees_on_one_link() {
-    let mut sim = Sim::new(7, LinkSpec::new(10_000_000, 10 * MS));
-    let a = sim.add(fast_cfg());
-    let b = sim.add(fast_cfg());
-    let (ta, tb) = (sim.addr(a), sim.addr(b));
-    sim.nodes[a].net.send_reliable(0, tb, payload(1)).unwrap();
-    sim.nodes[b].net.send_reliable(0, ta, payload(2)).unwrap();
-    sim.run(3 * SEC, 10 * MS, |_| {});
-    assert_eq!(sim.nodes[a].acked.len(), 1);
-    assert_eq!(sim.nodes[b].acked.len(), 1);
-    assert_eq!(sim.nodes[a].messages.len(), 1);
-    assert_eq!(sim.nodes[b].messages.len(), 1);
-    assert!(sim.nodes[a].failed.is_empty() && sim.nodes[b].failed.is_empty());
+    for seed in 0..20 {
+        let mut sim = Sim::new(seed, LinkSpec::new(10_000_000, 10 * MS).loss(0.05));
+        let a = sim.add(fast_cfg());
+        let b = sim.add(fast_cfg());
+        let (ta, tb) = (sim.addr(a), sim.addr(b));
+        // Both keep sending while the handshakes race.
+        let mut n = 0;
+        sim.run(300 * MS, MS, |sim| {
+            if n < 50 {
+                let now = sim.now;
+                sim.nodes[a].net.send_reliable(now, tb, payload(n)).unwrap();
+                sim.nodes[b].net.send_reliable(now, ta, payload(n)).unwrap();
+                n += 1;
+            }
+        });
+        sim.run(5 * SEC, 10 * MS, |_| {});
+        for (x, y) in [(a, b), (b, a)] {
+            let node = &sim.nodes[x];
+            assert_eq!(node.acked.len(), 50, "seed {seed}: node {x} acked");
+            assert_eq!(node.messages.len(), 50, "seed {seed}: node {x} got");
+            assert!(node.failed.is_empty(), "seed {seed}");
+            let theirs = *sim.nodes[y].net.static_key().public();
+            assert_eq!(node.net.peer_key(sim.addr(y)), Some(theirs));
+            let d = node.net.stats().drops;
+            assert_eq!(d.unauthenticated, 0, "seed {seed}: keys agree: {d:?}");
+        }
+    }
 }
 
 /// A stranger that cannot receive at the address it claims (a spoofed

@@ -103,7 +103,7 @@ impl NetState {
     /// Make sure a handshake with `to` runs (data is waiting for the link):
     /// [`NetEvent::CapacityChanged`](super::NetEvent) follows once it is up.
     pub(super) fn start_link(&mut self, now: u64, to: SocketAddr) {
-        if !self.links.contains_key(&to) {
+        if !self.links.contains_key(&to) && !self.halves.contains_key(&to) {
             self.queue_for_link(now, to, Vec::new());
             if let Some(l) = self.links.get_mut(&to) {
                 l.queued.retain(|q| !q.is_empty());
@@ -472,15 +472,20 @@ impl NetState {
     /// Open a sealed datagram from `from`; the plaintext is in
     /// `self.scratch` on success.
     pub(super) fn open(&mut self, now: u64, from: SocketAddr, counter: u64, ct: &[u8]) -> bool {
-        let Some(link) = self.links.get_mut(&from) else {
-            self.drops.unauthenticated += 1;
+        if !self.links.get(&from).is_some_and(Link::established) {
+            if self.halves.contains_key(&from) {
+                // Its `Fin` was lost or is late: the initiator resends it.
+                self.drops.before_fin += 1;
+            } else {
+                self.drops.unauthenticated += 1;
+            }
             return false;
-        };
+        }
+        let link = self.links.get_mut(&from).expect("checked");
         let LinkState::Established {
             transport, rx, fin, ..
         } = &mut link.state
         else {
-            self.drops.unauthenticated += 1;
             return false;
         };
         if !rx.fresh(counter) {
@@ -527,6 +532,17 @@ impl NetState {
                 let counter = *tx;
                 *tx += 1;
                 seal(transport, counter, to, &out.dg.buf[s..e], dst);
+            } else if self.halves.contains_key(&to) {
+                // We are answering its handshake: wait for that one rather
+                // than start a second (two handshakes racing could leave
+                // each end with the other's keys).
+                let plain = self.out.dg.buf[s..e].to_vec();
+                let q = self.orphans.entry(to).or_default();
+                if q.len() >= QUEUE_PER_LINK {
+                    q.pop_front();
+                    self.drops.link_queue_full += 1;
+                }
+                q.push_back(plain);
             } else {
                 let plain = self.out.dg.buf[s..e].to_vec();
                 self.queue_for_link(now, to, plain);
