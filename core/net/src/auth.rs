@@ -44,7 +44,9 @@ pub const COOKIE_LEN: usize = 16;
 pub const COOKIE_EPOCH_US: u64 = 120_000_000;
 /// Noise XX message sizes without payloads: `e`; `e, ee, s, es`; `s, se`.
 pub const XX_MSG1_LEN: usize = 32;
+/// Noise XX message 2 without payload.
 pub const XX_MSG2_LEN: usize = 32 + 32 + TAG_LEN + TAG_LEN;
+/// Noise XX message 3 without payload.
 pub const XX_MSG3_LEN: usize = 32 + TAG_LEN + TAG_LEN;
 /// Sealed datagrams can be this far behind the newest one and still be
 /// accepted (reordering), as WireGuard's window.
@@ -82,6 +84,7 @@ pub struct KeyedRng {
 }
 
 impl KeyedRng {
+    /// A generator keyed by 32 secret bytes.
     pub fn new(key: [u8; 32]) -> Self {
         KeyedRng {
             key,
@@ -96,6 +99,7 @@ impl KeyedRng {
         Self::new(mac(&[0x5e; 32], &[b"seed", &seed.to_le_bytes()]))
     }
 
+    /// Fills `out` with the next bytes.
     pub fn fill(&mut self, out: &mut [u8]) {
         for b in out {
             if self.used == 32 {
@@ -108,12 +112,14 @@ impl KeyedRng {
         }
     }
 
+    /// The next 32 bytes (a key or a seed).
     pub fn bytes32(&mut self) -> [u8; 32] {
         let mut k = [0; 32];
         self.fill(&mut k);
         k
     }
 
+    /// The next 8 bytes as a number (nonces).
     pub fn u64(&mut self) -> u64 {
         let mut b = [0; 8];
         self.fill(&mut b);
@@ -211,10 +217,12 @@ impl StaticKey {
         StaticKey { private, public }
     }
 
+    /// The public half, what peers see and check.
     pub fn public(&self) -> &[u8; 32] {
         &self.public
     }
 
+    /// The peer id this key stands for ([`peer_id_of`]).
     pub fn peer_id(&self) -> u64 {
         peer_id_of(&self.public)
     }
@@ -241,6 +249,7 @@ pub struct CookieJar {
 }
 
 impl CookieJar {
+    /// A jar whose cookie secrets derive from `master` (32 secret bytes).
     pub fn new(master: [u8; 32]) -> Self {
         CookieJar { master }
     }
@@ -302,6 +311,7 @@ impl ReplayWindow {
         self.bits[w] & b == 0
     }
 
+    /// Records `n` as seen (after its tag verified).
     pub fn mark(&mut self, n: u64) {
         if n >= self.top {
             let advance = n + 1 - self.top;

@@ -23,8 +23,9 @@ pub const MIN_VERSION: u8 = 2;
 /// Size of the common header.
 pub const HEADER_LEN: usize = 6;
 
-/// Channel ids.
+/// The control channel: reliable and unreliable messages and their acks.
 pub const CH_CONTROL: u8 = 0;
+/// The data channel: chunk fragments and their acks.
 pub const CH_DATA: u8 = 1;
 /// Handshake packets: the only ones accepted in the clear (since version 2).
 pub const CH_HANDSHAKE: u8 = 2;
@@ -71,8 +72,11 @@ pub const ACK_LEN: usize = SEAL_OVERHEAD + HEADER_LEN + 1 + 4 + 8 + 4;
 /// What a reliable control message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReliableKind {
+    /// A message the receiver's owner gets as an event.
     Message,
+    /// A request with this id, to be answered.
     Request(u64),
+    /// The response to the request with this id.
     Response(u64),
 }
 
@@ -80,7 +84,10 @@ pub enum ReliableKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Packet<'a> {
     /// Fire-and-forget control message.
-    Unreliable { payload: &'a [u8] },
+    Unreliable {
+        /// The message.
+        payload: &'a [u8],
+    },
     /// Control message that must be acknowledged.
     Reliable {
         /// Random id of the sending endpoint's incarnation.
@@ -92,11 +99,20 @@ pub enum Packet<'a> {
         floor: u64,
         /// Sender's clock (µs, wrapping), echoed in the ack for RTT.
         ts: u32,
+        /// What it is.
         kind: ReliableKind,
+        /// The message.
         payload: &'a [u8],
     },
     /// Acknowledges one reliable message.
-    Ack { session: u32, id: u64, ts_echo: u32 },
+    Ack {
+        /// The session of the message acknowledged.
+        session: u32,
+        /// Its id.
+        id: u64,
+        /// Its `ts`, for the sender's RTT sample.
+        ts_echo: u32,
+    },
     /// One fragment of a media chunk.
     Data(DataHeader, &'a [u8]),
     /// Selective ack of data datagrams plus a one-way delay sample.
@@ -110,26 +126,60 @@ pub enum Packet<'a> {
         delay: u32,
     },
     /// "Your version is not one I speak": the range this peer speaks.
-    VersionReject { min: u8, max: u8 },
+    VersionReject {
+        /// The oldest version it speaks.
+        min: u8,
+        /// The newest version it speaks.
+        max: u8,
+    },
     /// "Give me a cookie": the first packet to an address with no link.
     /// `pad` makes it at least [`COOKIE_REQUEST_LEN`] bytes.
-    CookieRequest { nonce: u64, pad: &'a [u8] },
+    CookieRequest {
+        /// The asker's handshake nonce, echoed in the answer.
+        nonce: u64,
+        /// Padding, so that the answer is smaller than the question.
+        pad: &'a [u8],
+    },
     /// The stateless answer: a MAC over the asker's address and nonce.
-    Cookie { nonce: u64, cookie: &'a [u8] },
+    Cookie {
+        /// The nonce of the request it answers.
+        nonce: u64,
+        /// The MAC ([`crate::auth::COOKIE_LEN`] bytes).
+        cookie: &'a [u8],
+    },
     /// Noise XX message 1 with the cookie that proves the address; padded
     /// to at least [`INIT_LEN`].
     Init {
+        /// The initiator's handshake nonce.
         nonce: u64,
+        /// The cookie the responder issued for this address and nonce.
         cookie: &'a [u8],
+        /// Noise XX message 1 (`e`).
         noise: &'a [u8],
+        /// Padding, so that the answer is smaller than the question.
         pad: &'a [u8],
     },
     /// Noise XX message 2 (the responder's static key).
-    Resp { nonce: u64, noise: &'a [u8] },
+    Resp {
+        /// The initiator's handshake nonce.
+        nonce: u64,
+        /// Noise XX message 2 (`e, ee, s, es`).
+        noise: &'a [u8],
+    },
     /// Noise XX message 3 (the initiator's static key): the link is up.
-    Fin { nonce: u64, noise: &'a [u8] },
+    Fin {
+        /// The initiator's handshake nonce.
+        nonce: u64,
+        /// Noise XX message 3 (`s, se`).
+        noise: &'a [u8],
+    },
     /// A datagram sealed with the link's keys under counter `counter`.
-    Sealed { counter: u64, ciphertext: &'a [u8] },
+    Sealed {
+        /// The AEAD nonce: never reused on a link, checked for replays.
+        counter: u64,
+        /// The sealed plaintext datagram and its tag.
+        ciphertext: &'a [u8],
+    },
 }
 
 /// The fixed fields of a data fragment.
@@ -139,29 +189,42 @@ pub struct DataHeader {
     pub pkt: u64,
     /// Sender clock (µs, wrapping) for one-way delay.
     pub ts: u32,
+    /// The stream the chunk belongs to.
     pub stream: u64,
+    /// The chunk's sequence number.
     pub seq: u64,
+    /// The whole chunk's length.
     pub chunk_len: u32,
+    /// Where this fragment's bytes go.
     pub offset: u32,
+    /// This fragment's number.
     pub index: u32,
+    /// How many fragments the chunk has.
     pub count: u32,
 }
 
 /// Why a datagram was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// Shorter than its header or declared length.
     #[error("shorter than its header or declared length")]
     Truncated,
+    /// Not a p2ner datagram.
     #[error("bad magic")]
     BadMagic,
+    /// A protocol version we do not speak.
     #[error("unsupported protocol version {0}")]
     UnknownVersion(u8),
+    /// Longer than the configured maximum.
     #[error("longer than the configured maximum")]
     Oversized,
+    /// Length field disagrees with the datagram size.
     #[error("length field disagrees with the datagram size")]
     BadLength,
+    /// Unknown channel or packet type.
     #[error("unknown channel or packet type")]
     UnknownType,
+    /// Fields out of range.
     #[error("fields out of range")]
     Invalid,
 }

@@ -90,6 +90,7 @@ struct Stripe {
     retry_at_us: u64,
 }
 
+/// The `tree` overlay: trees rooted at the publisher, one per stripe, repaired when a parent goes (see the crate docs).
 pub struct Tree {
     /// Children per stripe when the uplink is not capped; under a cap the
     /// uplink decides ([`Tree::slots`]).
@@ -127,6 +128,7 @@ const UPLOAD_FOR_CHILDREN: f64 = 0.92;
 const MAX_SLOTS: usize = 32;
 
 impl Tree {
+    /// A tree from its parameters.
     pub fn new(params: &Params) -> Result<Self, PluginError> {
         let fanout: usize = FANOUT.parse(params)?;
         let source_fanout: usize = SOURCE_FANOUT.parse(params)?;
