@@ -8,15 +8,24 @@
 //! others did is replaced by a fresh one, which is how a mesh heals around
 //! free riders and overloaded peers. Links carry media both ways.
 //!
+//! Under an upload cap the automatic degree follows this peer's upload in
+//! stream copies (half the degree at 0.5x, up to twice it): a peer's
+//! neighbours are the ones that ask it for chunks, so a peer with much
+//! upload needs many of them to stay busy, and one with little pays for
+//! every neighbour's announcements out of what it cannot spare.
+//!
 //! Sans-IO and deterministic for a seed: the same `.so` runs in a real swarm
 //! and in the simulator.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use p2ner_plugin_api::prelude::*;
-use p2ner_plugin_api::{NeighbourReport, OverlayContext};
+use p2ner_plugin_api::{NeighbourReport, OverlayContext, Upload};
 
 const PEX: u8 = 1;
+/// The fewest neighbours a capped peer aims for, however little it uploads:
+/// it still needs several holders to fetch from.
+const MIN_CAPPED_DEGREE: u64 = 4;
 /// Peers per exchange: enough to spread knowledge, small enough for one datagram.
 const PEX_SAMPLE: usize = 8;
 
@@ -27,7 +36,7 @@ pub const PARAMS: &[ParamDef] = &[DEGREE, MAX_DEGREE, PEX_MS, USELESS_AFTER_MS];
 const DEGREE: ParamDef = ParamDef::new(
     "degree",
     "0",
-    "neighbours to keep (0: about log2 of the swarm, 4 to 10)",
+    "neighbours to keep (0: about log2 of the swarm, 4 to 10, scaled by the upload in stream copies under a cap)",
 );
 const MAX_DEGREE: ParamDef = ParamDef::new(
     "max_degree",
@@ -58,6 +67,9 @@ pub struct Mesh {
     shunned: BTreeSet<PeerId>,
     next_pex_us: u64,
     asked_for_peers_us: Option<u64>,
+    /// This peer's capped upload in stream copies, in 1/16ths; `None`
+    /// while uncapped or unknown.
+    upload_16ths: Option<u64>,
 }
 
 struct Neighbour {
@@ -89,6 +101,7 @@ impl Mesh {
             shunned: BTreeSet::new(),
             next_pex_us: 0,
             asked_for_peers_us: None,
+            upload_16ths: None,
         })
     }
 
@@ -99,7 +112,18 @@ impl Mesh {
         }
         let swarm = self.known.len() + 1;
         let log2 = usize::BITS - swarm.leading_zeros();
-        (log2 as usize + 2).clamp(4, 10).min(self.max_degree)
+        let base = (log2 as usize + 2).clamp(4, 10);
+        // Under a cap, a peer's neighbours are its customers: a peer that
+        // uploads twice the stream needs twice the requesters to stay busy,
+        // one below a stream copy cannot serve many and pays for each
+        // neighbour's announcements. So the degree follows the upload.
+        let scaled = match self.upload_16ths {
+            Some(x) => (base as u64 * x)
+                .div_ceil(16)
+                .clamp(MIN_CAPPED_DEGREE, 2 * base as u64) as usize,
+            None => base,
+        };
+        scaled.min(self.max_degree)
     }
 
     fn fill(&mut self, now_us: u64, out: &mut OverlayOut<'_>) {
@@ -250,6 +274,11 @@ impl Overlay for Mesh {
         }
     }
 
+    fn on_upload(&mut self, _now_us: u64, upload: Upload, _out: &mut OverlayOut<'_>) {
+        self.upload_16ths = (upload.capped && upload.stream_bps > 0)
+            .then(|| upload.capacity_bps * 16 / upload.stream_bps);
+    }
+
     fn on_tick(&mut self, now_us: u64, out: &mut OverlayOut<'_>) {
         // Connection attempts that never answered are abandoned.
         let stale: Vec<PeerId> = self
@@ -365,6 +394,30 @@ mod tests {
         let replacement = connects(&actions);
         assert_eq!(replacement.len(), 1);
         assert!(!first.contains(&replacement[0]));
+    }
+
+    #[test]
+    fn under_a_cap_the_degree_follows_the_upload() {
+        let target = |capacity_bps: u64, capped: bool| {
+            let mut mesh = Mesh::new(&Params::new()).unwrap();
+            let mut actions = RVec::new();
+            let mut out = OverlayOut::new(&mut actions);
+            mesh.learn(&(1..=50).map(peer).collect::<Vec<_>>());
+            let upload = Upload {
+                capacity_bps,
+                capped,
+                stream_bps: 1_000_000,
+                ..Default::default()
+            };
+            mesh.on_upload(0, upload, &mut out);
+            mesh.target()
+        };
+        let plain = target(0, false);
+        assert_eq!(target(1_000_000, true), plain);
+        assert!(target(500_000, true) < plain);
+        assert!(target(500_000, true) >= MIN_CAPPED_DEGREE as usize);
+        assert!(target(1_600_000, true) > plain);
+        assert_eq!(target(100_000_000, true), 2 * plain);
     }
 
     #[test]
