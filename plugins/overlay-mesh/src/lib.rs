@@ -9,7 +9,7 @@
 //! free riders and overloaded peers. Links carry media both ways.
 //!
 //! Under an upload cap the automatic degree follows this peer's upload in
-//! stream copies (half the degree at 0.5x, up to twice it): a peer's
+//! stream copies (half the degree at 0.5x, up to twice it below 3x): a peer's
 //! neighbours are the ones that ask it for chunks, so a peer with much
 //! upload needs many of them to stay busy, and one with little pays for
 //! every neighbour's announcements out of what it cannot spare.
@@ -26,6 +26,8 @@ const PEX: u8 = 1;
 /// The fewest neighbours a capped peer aims for, however little it uploads:
 /// it still needs several holders to fetch from.
 const MIN_CAPPED_DEGREE: u64 = 4;
+/// Upload (in 1/16ths of a stream copy) from which a peer keeps the base degree.
+const AMPLE_16THS: u64 = 3 * 16;
 /// Peers per exchange: enough to spread knowledge, small enough for one datagram.
 const PEX_SAMPLE: usize = 8;
 
@@ -116,12 +118,15 @@ impl Mesh {
         // Under a cap, a peer's neighbours are its customers: a peer that
         // uploads twice the stream needs twice the requesters to stay busy,
         // one below a stream copy cannot serve many and pays for each
-        // neighbour's announcements. So the degree follows the upload.
+        // neighbour's announcements. So the degree follows the upload where
+        // upload is scarce; a peer with several copies to spare is no
+        // bottleneck, and more neighbours would only cost announcements.
         let scaled = match self.upload_16ths {
-            Some(x) => (base as u64 * x)
+            Some(x) if x < AMPLE_16THS => (base as u64 * x)
                 .div_ceil(16)
-                .clamp(MIN_CAPPED_DEGREE, 2 * base as u64) as usize,
-            None => base,
+                .clamp(MIN_CAPPED_DEGREE, 2 * base as u64)
+                as usize,
+            _ => base,
         };
         scaled.min(self.max_degree)
     }
@@ -417,7 +422,12 @@ mod tests {
         assert!(target(500_000, true) < plain);
         assert!(target(500_000, true) >= MIN_CAPPED_DEGREE as usize);
         assert!(target(1_600_000, true) > plain);
-        assert_eq!(target(100_000_000, true), 2 * plain);
+        assert_eq!(target(2_900_000, true), 2 * plain);
+        assert_eq!(
+            target(4_000_000, true),
+            plain,
+            "ample upload: no more than needed"
+        );
     }
 
     #[test]
