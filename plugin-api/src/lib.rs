@@ -108,9 +108,6 @@ mod rng;
 pub mod seqmap;
 pub mod source;
 pub mod synthetic;
-// Shared with the scheduler and overlay interfaces, and reworked with them
-// (see components/mod.rs).
-#[allow(missing_docs)]
 mod types;
 
 pub use abi::{

@@ -24,6 +24,7 @@ impl std::fmt::Display for PeerId {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
+    /// Who it is: the same whatever address it is reached at.
     pub id: PeerId,
     /// `ip:port` (or `[ipv6]:port`) as the server or a neighbour reported it.
     pub addr: RString,
@@ -55,13 +56,17 @@ impl Link {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Default)]
 pub struct NeighbourReport {
+    /// Smoothed round-trip time (0 before any sample).
     pub rtt_us: u64,
+    /// What it sent here over the last report period.
     pub down_bps: u64,
+    /// What this peer sent it over the last report period.
     pub up_bps: u64,
     /// Chunks received from this neighbour that were first copies.
     pub useful_chunks: u64,
     /// Chunks received from this neighbour that were already here.
     pub duplicate_chunks: u64,
+    /// Share of datagrams lost on the link; the engine reports 0 until the data channel's loss estimate reaches the session.
     pub loss_rate: f64,
 }
 
@@ -104,6 +109,7 @@ pub struct StreamFormat {
     pub container: RString,
     /// Free text for people: codecs, resolution, frame rate.
     pub description: RString,
+    /// The nominal bitrate, for outputs that size buffers by it.
     pub bitrate_kbps: u32,
     /// How much media one chunk holds.
     pub chunk_us: u32,
@@ -118,8 +124,10 @@ pub struct StreamFormat {
 pub struct MediaChunk {
     /// Capture time at the publisher, microseconds since the input started.
     pub pts_us: u64,
+    /// Media the chunk holds; the play-out clock advances by it.
     pub duration_us: u32,
     /// A decoder can start here (the chunk begins with a keyframe).
     pub keyframe: bool,
+    /// The media bytes, as an output will get them.
     pub data: RVec<u8>,
 }

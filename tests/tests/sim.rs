@@ -149,3 +149,45 @@ fn pull_over_mesh_at_load_0_9_plays_94_percent_not_yet_99() {
     c.sort_by(f64::total_cmp);
     assert!(c[c.len() / 10] >= 0.87, "{}", report(&r));
 }
+// Push along the tree's stripes (one parent per substream, admitted by
+// uplink capacity). Issue 10 asks for >= 0.99 for every subscriber at load
+// 0.9; push x tree reaches a 0.999 mean (min 0.97) at load 0.5 and a 0.93
+// mean at 0.8, and collapses at 0.9 (mean about 0.3 in the capacity
+// benchmark): these tests hold the levels reached; the gap is open.
+
+#[test]
+fn push_over_tree_plays_a_capped_swarm_at_load_0_5() {
+    let r = run(&capped("push", "tree", 0.5, 50));
+    eprintln!("push x tree at load 0.5: {}", report(&r));
+    assert!(mean_continuity(&r) >= 0.998, "{}", report(&r));
+    assert!(
+        r.subscribers.iter().all(|s| s.continuity >= 0.96),
+        "{}",
+        report(&r)
+    );
+    let overhead =
+        r.subscribers.iter().map(|s| s.overhead).sum::<f64>() / r.subscribers.len() as f64;
+    assert!(overhead <= 0.05, "{}", report(&r));
+}
+
+#[test]
+fn push_over_tree_plays_a_capped_swarm_at_load_0_8_on_average() {
+    let r = run(&capped("push", "tree", 0.8, 50));
+    eprintln!("push x tree at load 0.8: {}", report(&r));
+    assert!(mean_continuity(&r) >= 0.92, "{}", report(&r));
+    let overhead =
+        r.subscribers.iter().map(|s| s.overhead).sum::<f64>() / r.subscribers.len() as f64;
+    assert!(overhead <= 0.08, "{}", report(&r));
+}
+
+#[test]
+fn push_over_tree_with_a_publisher_of_1_5x_the_bitrate() {
+    let cfg = SimConfig {
+        source_upload_kbps: 1500,
+        peer_uploads_kbps: caps_for_load(1000, 50, 1500, 0.5),
+        ..capped("push", "tree", 0.5, 50)
+    };
+    let r = run(&cfg);
+    eprintln!("push x tree, publisher 1.5x, load 0.5: {}", report(&r));
+    assert!(mean_continuity(&r) >= 0.99, "{}", report(&r));
+}

@@ -18,7 +18,9 @@ pub struct NetConfig {
     pub max_tries: u32,
     /// RTO before any RTT sample of a neighbour.
     pub rto_initial: Duration,
+    /// The RTO never goes below this, however short the RTT (spurious retransmissions).
     pub rto_min: Duration,
+    /// The RTO never grows beyond this, so a lost peer is noticed in bounded time.
     pub rto_max: Duration,
     /// Incomplete chunks are dropped after this long.
     pub reassembly_timeout: Duration,

@@ -149,10 +149,12 @@ impl Endpoint {
         ))
     }
 
+    /// Where the socket is bound (the port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local
     }
 
+    /// The settings the endpoint runs with.
     pub fn config(&self) -> &NetConfig {
         &self.inner.cfg
     }

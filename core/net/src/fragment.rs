@@ -16,12 +16,19 @@ use std::hash::Hash;
 /// One fragment waiting to be sent (or re-sent).
 #[derive(Debug, Clone)]
 pub struct Frag {
+    /// The stream the chunk belongs to.
     pub stream: u64,
+    /// The chunk's sequence number.
     pub seq: u64,
+    /// The whole chunk's length, so the receiver can size it from any fragment.
     pub chunk_len: u32,
+    /// Where this fragment's bytes go in the chunk.
     pub offset: u32,
+    /// This fragment's number within the chunk.
     pub index: u32,
+    /// How many fragments the chunk has.
     pub count: u32,
+    /// The fragment's bytes (a slice of the chunk, not a copy).
     pub data: Bytes,
     /// Transmissions so far.
     pub tries: u32,
@@ -35,6 +42,7 @@ pub struct Frag {
 }
 
 impl Frag {
+    /// The datagram header for this fragment as datagram `pkt` sent at sender time `ts`.
     pub fn header(&self, pkt: u64, ts: u32) -> DataHeader {
         DataHeader {
             pkt,
@@ -91,8 +99,11 @@ pub fn split(
 /// What happened to an incoming fragment.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// The last missing fragment: here is the whole chunk.
     Complete(Bytes),
+    /// Kept; more fragments are needed.
     Pending,
+    /// Already had it (a spurious retransmission).
     Duplicate,
     /// Inconsistent with earlier fragments, or larger than allowed.
     Rejected,
@@ -122,6 +133,7 @@ pub struct Reassembler<K> {
 }
 
 impl<K: Hash + Eq + Clone> Reassembler<K> {
+    /// A reassembler holding at most `max_bytes` of incomplete chunks of at most `max_chunk` bytes each, for `timeout_us` at most.
     pub fn new(max_bytes: usize, max_chunk: usize, timeout_us: u64) -> Self {
         Reassembler {
             partial: HashMap::new(),
@@ -148,6 +160,7 @@ impl<K: Hash + Eq + Clone> Reassembler<K> {
         self.order.front().map(|(_, t)| *t)
     }
 
+    /// Chunks partly received.
     pub fn incomplete(&self) -> usize {
         self.partial.len()
     }
@@ -204,6 +217,7 @@ impl<K: Hash + Eq + Clone> Reassembler<K> {
         false
     }
 
+    /// Adds one fragment of the chunk `key` (a peer and stream) and says what it completed.
     pub fn insert(&mut self, now_us: u64, key: K, h: &DataHeader, payload: &[u8]) -> Outcome {
         self.expire(now_us);
         let len = h.chunk_len as usize;

@@ -27,6 +27,7 @@ const INIT_CWND: f64 = 2.0;
 const ALLOWED_INCREASE: f64 = 2.0;
 const MINUTE_US: u64 = 60_000_000;
 
+/// LEDBAT congestion control (RFC 6817): it yields to other traffic by keeping the queuing delay it adds near a target, so a peer's video does not swamp its owner's uplink.
 #[derive(Debug, Clone)]
 pub struct Ledbat {
     cwnd: f64,
@@ -46,6 +47,7 @@ pub struct Ledbat {
 }
 
 impl Ledbat {
+    /// A controller for segments of `mss` bytes that aims at `target_us` of queuing delay and never exceeds `max_cwnd` bytes.
     pub fn new(mss: usize, target_us: u64, max_cwnd: usize) -> Self {
         Ledbat {
             cwnd: INIT_CWND * mss as f64,
@@ -70,6 +72,7 @@ impl Ledbat {
         self.cwnd as usize
     }
 
+    /// Still growing exponentially (no loss or delay signal yet).
     pub fn in_slow_start(&self) -> bool {
         self.slow_start
     }

@@ -9,6 +9,7 @@
 //!
 //! Times are µs on the endpoint's clock; the bucket is refilled lazily.
 
+/// The upload cap as a token bucket: bursts up to `burst` bytes, `rate` in the long run.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     /// Bytes per second.
@@ -20,6 +21,7 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
+    /// A full bucket at `now_us`.
     pub fn new(rate_bytes_per_sec: f64, burst: f64, now_us: u64) -> Self {
         TokenBucket {
             rate: rate_bytes_per_sec.max(1.0),
@@ -29,6 +31,7 @@ impl TokenBucket {
         }
     }
 
+    /// Bytes per second.
     pub fn rate(&self) -> f64 {
         self.rate
     }

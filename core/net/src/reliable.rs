@@ -32,6 +32,7 @@ pub struct RecvDedup {
 }
 
 impl RecvDedup {
+    /// Remembers at most `cap` ids above the floor (bounded state against a flood).
     pub fn new(cap: usize) -> Self {
         RecvDedup {
             session: None,
@@ -87,6 +88,7 @@ impl RecvDedup {
         }
     }
 
+    /// Ids remembered above the floor.
     pub fn tracked(&self) -> usize {
         self.above.len()
     }
@@ -100,6 +102,7 @@ pub struct SendIds {
 }
 
 impl SendIds {
+    /// The next message id, now pending.
     pub fn allocate(&mut self) -> u64 {
         self.next += 1;
         self.pending.insert(self.next);
@@ -116,6 +119,7 @@ impl SendIds {
         self.pending.first().copied().unwrap_or(self.next + 1)
     }
 
+    /// Messages not yet settled.
     pub fn pending(&self) -> usize {
         self.pending.len()
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 /// Clock granularity G.
 const GRANULARITY_US: u64 = 1_000;
 
+/// RTT and RTO of one peer, as RFC 6298 estimates them.
 #[derive(Debug, Clone)]
 pub struct RttEstimator {
     srtt_us: Option<u64>,
@@ -23,6 +24,7 @@ pub struct RttEstimator {
 }
 
 impl RttEstimator {
+    /// An estimator with no sample yet: the RTO is `rto_initial`, bounded by `rto_min` and `rto_max` once samples come.
     pub fn new(rto_initial: Duration, rto_min: Duration, rto_max: Duration) -> Self {
         RttEstimator {
             srtt_us: None,
@@ -52,6 +54,7 @@ impl RttEstimator {
         }
     }
 
+    /// Any RTT sample yet.
     pub fn has_sample(&self) -> bool {
         self.srtt_us.is_some()
     }
@@ -61,10 +64,12 @@ impl RttEstimator {
         self.srtt_us.unwrap_or(0)
     }
 
+    /// RTT variation in µs.
     pub fn rttvar_us(&self) -> u64 {
         self.rttvar_us
     }
 
+    /// The most recent RTT sample in µs.
     pub fn latest_us(&self) -> u64 {
         self.latest_us
     }

@@ -12,9 +12,13 @@ use std::net::SocketAddr;
 /// Traffic of one channel in one direction pair.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct ChannelStats {
+    /// Bytes sent, headers included.
     pub bytes_sent: u64,
+    /// Bytes received, headers included.
     pub bytes_recv: u64,
+    /// Datagrams sent.
     pub datagrams_sent: u64,
+    /// Datagrams received.
     pub datagrams_recv: u64,
 }
 
@@ -30,11 +34,15 @@ impl ChannelStats {
 /// One neighbour (or, in [`NetStats::total`], all of them).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct PeerStats {
+    /// The control channel.
     pub control: ChannelStats,
+    /// The data channel.
     pub data: ChannelStats,
     /// Smoothed RTT (in the total: mean over peers with a sample).
     pub rtt_us: u64,
+    /// RTT variation.
     pub rttvar_us: u64,
+    /// The retransmission timeout now.
     pub rto_us: u64,
     /// Control retransmissions.
     pub retransmissions: u64,
@@ -44,13 +52,17 @@ pub struct PeerStats {
     pub data_lost: u64,
     /// data_lost / data datagrams sent.
     pub loss_rate: f64,
+    /// Reliable messages sent (once each, however many tries).
     pub reliable_sent: u64,
+    /// Reliable messages acknowledged.
     pub reliable_acked: u64,
     /// Reliable messages given up after max_tries.
     pub reliable_failed: u64,
     /// Reliable messages received again and not delivered again.
     pub duplicates_suppressed: u64,
+    /// Chunks whose every fragment was sent.
     pub chunks_sent: u64,
+    /// Chunks reassembled.
     pub chunks_recv: u64,
     /// Chunks given up by the sender (too many tries / too old).
     pub chunks_abandoned: u64,
@@ -58,11 +70,15 @@ pub struct PeerStats {
     pub malformed_dropped: u64,
     /// Events dropped because the consumer was slow.
     pub events_dropped: u64,
+    /// LEDBAT's congestion window.
     pub cwnd_bytes: u64,
     /// Estimated sending rate (window / RTT, bounded by the upload cap).
     pub rate_bps: u64,
+    /// The queuing delay LEDBAT estimates.
     pub queuing_delay_us: u64,
+    /// Data sent and not yet acknowledged.
     pub inflight_bytes: u64,
+    /// Data queued and not yet sent.
     pub queued_bytes: u64,
     /// Chunks dropped unsent from the queue because their deadline
     /// ([`crate::Endpoint::send_chunk_by`]) passed before their first fragment
@@ -105,27 +121,38 @@ impl PeerStats {
 /// Why datagrams were dropped before reaching any peer state.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct DropStats {
+    /// Shorter than their header or declared length.
     pub truncated: u64,
+    /// Not ours (wrong magic).
     pub bad_magic: u64,
+    /// Of a protocol version we do not speak.
     pub unknown_version: u64,
+    /// Longer than the configured maximum.
     pub oversized: u64,
+    /// Length field disagrees with the datagram.
     pub bad_length: u64,
+    /// Unknown channel or packet type.
     pub unknown_type: u64,
+    /// Fields out of range.
     pub invalid: u64,
     /// Fragments inconsistent with earlier ones of the same chunk.
     pub bad_fragment: u64,
     /// Test-only injected loss (NetConfig::drop_rate / send_drop_rate).
     pub injected_recv: u64,
+    /// Sends dropped by the same test knob.
     pub injected_send: u64,
     /// Datagrams from new addresses refused because of the peer limit.
     pub peer_limit: u64,
+    /// Version rejects we sent.
     pub version_rejects_sent: u64,
+    /// Version rejects we got.
     pub version_rejects_received: u64,
     /// Incomplete chunks dropped (timeout or memory budget).
     pub reassembly_expired: u64,
 }
 
 impl DropStats {
+    /// Every drop that means "not a valid datagram".
     pub fn malformed(&self) -> u64 {
         self.truncated
             + self.bad_magic
@@ -141,12 +168,17 @@ impl DropStats {
 /// A snapshot of the endpoint's counters.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NetStats {
+    /// All neighbours together.
     pub total: PeerStats,
+    /// Each neighbour.
     pub peers: BTreeMap<SocketAddr, PeerStats>,
+    /// Datagrams dropped before any peer state, by reason.
     pub drops: DropStats,
     /// Total malformed datagrams dropped (all reasons in `drops` that mean
     /// "not a valid datagram").
     pub malformed_dropped: u64,
+    /// The configured upload cap.
     pub upload_cap_bps: Option<u64>,
+    /// Bytes held by incomplete chunks now.
     pub reassembly_bytes: u64,
 }

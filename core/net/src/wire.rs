@@ -20,8 +20,9 @@ pub const MIN_VERSION: u8 = 1;
 /// Size of the common header.
 pub const HEADER_LEN: usize = 6;
 
-/// Channel ids.
+/// The control channel: reliable and unreliable messages and their acks.
 pub const CH_CONTROL: u8 = 0;
+/// The data channel: chunk fragments and their acks.
 pub const CH_DATA: u8 = 1;
 /// Version-independent channel (frozen layout).
 pub const CH_META: u8 = 0xFF;
@@ -45,8 +46,11 @@ pub const ACK_LEN: usize = HEADER_LEN + 1 + 4 + 8 + 4;
 /// What a reliable control message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReliableKind {
+    /// A message the receiver's owner gets as an event.
     Message,
+    /// A request with this id, to be answered.
     Request(u64),
+    /// The response to the request with this id.
     Response(u64),
 }
 
@@ -54,7 +58,10 @@ pub enum ReliableKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Packet<'a> {
     /// Fire-and-forget control message.
-    Unreliable { payload: &'a [u8] },
+    Unreliable {
+        /// The message.
+        payload: &'a [u8],
+    },
     /// Control message that must be acknowledged.
     Reliable {
         /// Random id of the sending endpoint's incarnation.
@@ -66,11 +73,20 @@ pub enum Packet<'a> {
         floor: u64,
         /// Sender's clock (µs, wrapping), echoed in the ack for RTT.
         ts: u32,
+        /// What it is.
         kind: ReliableKind,
+        /// The message.
         payload: &'a [u8],
     },
     /// Acknowledges one reliable message.
-    Ack { session: u32, id: u64, ts_echo: u32 },
+    Ack {
+        /// The session of the message acknowledged.
+        session: u32,
+        /// Its id.
+        id: u64,
+        /// Its `ts`, for the sender's RTT sample.
+        ts_echo: u32,
+    },
     /// One fragment of a media chunk.
     Data(DataHeader, &'a [u8]),
     /// Selective ack of data datagrams plus a one-way delay sample.
@@ -84,7 +100,12 @@ pub enum Packet<'a> {
         delay: u32,
     },
     /// "Your version is not one I speak": the range this peer speaks.
-    VersionReject { min: u8, max: u8 },
+    VersionReject {
+        /// The oldest version it speaks.
+        min: u8,
+        /// The newest version it speaks.
+        max: u8,
+    },
 }
 
 /// The fixed fields of a data fragment.
@@ -94,29 +115,42 @@ pub struct DataHeader {
     pub pkt: u64,
     /// Sender clock (µs, wrapping) for one-way delay.
     pub ts: u32,
+    /// The stream the chunk belongs to.
     pub stream: u64,
+    /// The chunk's sequence number.
     pub seq: u64,
+    /// The whole chunk's length.
     pub chunk_len: u32,
+    /// Where this fragment's bytes go.
     pub offset: u32,
+    /// This fragment's number.
     pub index: u32,
+    /// How many fragments the chunk has.
     pub count: u32,
 }
 
 /// Why a datagram was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// Shorter than its header or declared length.
     #[error("shorter than its header or declared length")]
     Truncated,
+    /// Not a p2ner datagram.
     #[error("bad magic")]
     BadMagic,
+    /// A protocol version we do not speak.
     #[error("unsupported protocol version {0}")]
     UnknownVersion(u8),
+    /// Longer than the configured maximum.
     #[error("longer than the configured maximum")]
     Oversized,
+    /// Length field disagrees with the datagram size.
     #[error("length field disagrees with the datagram size")]
     BadLength,
+    /// Unknown channel or packet type.
     #[error("unknown channel or packet type")]
     UnknownType,
+    /// Fields out of range.
     #[error("fields out of range")]
     Invalid,
 }

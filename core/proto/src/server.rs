@@ -170,6 +170,11 @@ pub struct StreamInfo {
 }
 
 /// One line of a browse page: small, so that a page holds several.
+///
+/// This is the wire form; frontends get plugin-api's `StreamSummary`, made
+/// from it by the engine with the server's address added and the key in hex
+/// (the ABI type must stay as it shipped, the wire type may follow
+/// [`PROTO_VERSION`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamSummary {
     /// The stream's id.

@@ -26,21 +26,33 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 /// expects to meet: a page holds a few streams, a server at most 10,000).
 const MAX_PAGES: usize = 4096;
 
+/// Why a server call failed: the caller tries another server on `Network`, gives up on `Refused`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
+    /// The server did not answer (gone, or the network lost it).
     #[error("server {server} did not answer: {error}")]
     Network {
+        /// The server asked.
         server: SocketAddr,
+        /// What the network layer saw.
         error: SendError,
     },
+    /// The server answered with a refusal.
     #[error("server {server} refused: {message}")]
     Refused {
+        /// The server asked.
         server: SocketAddr,
+        /// Its reason, for callers that act on it.
         code: ErrorCode,
+        /// Its reason, for people.
         message: String,
     },
+    /// The server answered something this client does not understand.
     #[error("server {server} sent an answer this client does not understand")]
-    Protocol { server: SocketAddr },
+    Protocol {
+        /// The server asked.
+        server: SocketAddr,
+    },
 }
 
 impl ClientError {
@@ -56,6 +68,7 @@ impl ClientError {
 /// What a joining client gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Joined {
+    /// The stream's catalogue entry.
     pub info: StreamInfo,
     /// The publisher (flagged) when online, then a random sample of peers.
     pub peers: Vec<PeerEntry>,
@@ -88,6 +101,7 @@ pub struct ServerClient {
 }
 
 impl ServerClient {
+    /// A client of `server` over an existing endpoint (the one the stream uses, so the server sees the address peers will reach).
     pub fn new(endpoint: Endpoint, server: SocketAddr) -> Self {
         ServerClient {
             endpoint,
@@ -96,11 +110,13 @@ impl ServerClient {
         }
     }
 
+    /// How long to wait for each answer.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
+    /// The server this client talks to.
     pub fn server(&self) -> SocketAddr {
         self.server
     }
@@ -172,6 +188,7 @@ impl ServerClient {
         }
     }
 
+    /// Changes a published stream's parameters (signed by its publisher).
     pub async fn update(
         &self,
         id: &Identity,
@@ -190,6 +207,7 @@ impl ServerClient {
         )
     }
 
+    /// Removes a published stream from the catalogue (signed by its publisher).
     pub async fn remove(&self, id: &Identity, stream: &StreamId) -> Result<(), ClientError> {
         self.expect_ok(
             self.signed(id, SignedOp::Remove { id: stream.clone() })
@@ -253,6 +271,7 @@ impl ServerClient {
         self.expect_ok(r)
     }
 
+    /// Leaves a swarm, so the server stops handing this peer out.
     pub async fn leave(&self, stream: &StreamId, peer_id: u64) -> Result<(), ClientError> {
         let r = self
             .call(&Request::Leave {
@@ -293,6 +312,7 @@ impl ServerClient {
         Ok(out)
     }
 
+    /// The catalogue entry of one stream.
     pub async fn info(&self, stream: &StreamId) -> Result<StreamInfo, ClientError> {
         match self
             .call(&Request::Info {
@@ -305,6 +325,7 @@ impl ServerClient {
         }
     }
 
+    /// The server's counters.
     pub async fn stats(&self) -> Result<ServerStats, ClientError> {
         match self.call(&Request::Stats).await? {
             Response::Stats(s) => Ok(s),
@@ -394,6 +415,7 @@ pub mod blocking {
             })
         }
 
+        /// [`ServerClient::with_timeout`].
         pub fn with_timeout(mut self, timeout: Duration) -> Self {
             self.inner = self.inner.with_timeout(timeout);
             self
@@ -404,10 +426,12 @@ pub mod blocking {
             self.endpoint.local_addr()
         }
 
+        /// The endpoint the client sends from.
         pub fn endpoint(&self) -> &Endpoint {
             &self.endpoint
         }
 
+        /// Sends any payload as a request and returns the raw answer: for tests of malformed input.
         pub fn request_raw(&self, payload: Vec<u8>) -> Result<Bytes, ClientError> {
             self.rt
                 .block_on(self.inner.request_raw(Bytes::from(payload)))
@@ -423,6 +447,7 @@ pub mod blocking {
                 .map_err(|error| ClientError::Network { server, error })
         }
 
+        /// [`ServerClient::register`], blocking.
         pub fn register(
             &self,
             id: &Identity,
@@ -431,6 +456,7 @@ pub mod blocking {
             self.rt.block_on(self.inner.register(id, params))
         }
 
+        /// [`ServerClient::register_as`], blocking.
         pub fn register_as(
             &self,
             id: &Identity,
@@ -440,6 +466,7 @@ pub mod blocking {
             self.rt.block_on(self.inner.register_as(id, stream, params))
         }
 
+        /// [`ServerClient::update`], blocking.
         pub fn update(
             &self,
             id: &Identity,
@@ -449,10 +476,12 @@ pub mod blocking {
             self.rt.block_on(self.inner.update(id, stream, params))
         }
 
+        /// [`ServerClient::remove`], blocking.
         pub fn remove(&self, id: &Identity, stream: &StreamId) -> Result<(), ClientError> {
             self.rt.block_on(self.inner.remove(id, stream))
         }
 
+        /// [`ServerClient::publisher_heartbeat`], blocking.
         pub fn publisher_heartbeat(
             &self,
             id: &Identity,
@@ -461,10 +490,12 @@ pub mod blocking {
             self.rt.block_on(self.inner.publisher_heartbeat(id, stream))
         }
 
+        /// [`ServerClient::join`], blocking.
         pub fn join(&self, stream: &StreamId, peer_id: u64) -> Result<Joined, ClientError> {
             self.rt.block_on(self.inner.join(stream, peer_id))
         }
 
+        /// [`ServerClient::peers`], blocking.
         pub fn peers(
             &self,
             stream: &StreamId,
@@ -473,26 +504,32 @@ pub mod blocking {
             self.rt.block_on(self.inner.peers(stream, peer_id))
         }
 
+        /// [`ServerClient::peer_heartbeat`], blocking.
         pub fn peer_heartbeat(&self, stream: &StreamId, peer_id: u64) -> Result<(), ClientError> {
             self.rt.block_on(self.inner.peer_heartbeat(stream, peer_id))
         }
 
+        /// [`ServerClient::leave`], blocking.
         pub fn leave(&self, stream: &StreamId, peer_id: u64) -> Result<(), ClientError> {
             self.rt.block_on(self.inner.leave(stream, peer_id))
         }
 
+        /// [`ServerClient::browse`], blocking.
         pub fn browse(&self, filter: &str, offset: u32) -> Result<Page, ClientError> {
             self.rt.block_on(self.inner.browse(filter, offset))
         }
 
+        /// [`ServerClient::browse_all`], blocking.
         pub fn browse_all(&self, filter: &str) -> Result<Vec<StreamSummary>, ClientError> {
             self.rt.block_on(self.inner.browse_all(filter))
         }
 
+        /// [`ServerClient::info`], blocking.
         pub fn info(&self, stream: &StreamId) -> Result<StreamInfo, ClientError> {
             self.rt.block_on(self.inner.info(stream))
         }
 
+        /// [`ServerClient::stats`], blocking.
         pub fn stats(&self) -> Result<ServerStats, ClientError> {
             self.rt.block_on(self.inner.stats())
         }

@@ -13,21 +13,33 @@ use p2ner_proto::server::{encoded_len, PluginRef, StreamParams};
 /// peer sample beside it.
 #[derive(Clone, Debug)]
 pub struct Bounds {
+    /// A stream's title, bytes.
     pub title: usize,
+    /// A stream's description, bytes.
     pub description: usize,
     /// Input and container descriptions.
     pub codec: usize,
+    /// A scheduler's or overlay's name.
     pub plugin_name: usize,
+    /// A scheduler's or overlay's version requirement.
     pub plugin_version: usize,
+    /// Parameters per plugin.
     pub plugin_params: usize,
+    /// A parameter's name.
     pub param_key: usize,
+    /// A parameter's value.
     pub param_value: usize,
     /// The encoded [`StreamParams`] as a whole.
     pub params_bytes: usize,
+    /// A browse filter.
     pub filter: usize,
+    /// Live peers one swarm may list.
     pub peers_per_stream: usize,
+    /// Live peers all swarms may list together.
     pub peers_total: usize,
+    /// Streams one publisher key may keep in the catalogue.
     pub streams_per_publisher: usize,
+    /// Streams the catalogue may hold.
     pub streams_total: usize,
     /// Source addresses the rate limiter remembers at once.
     pub rate_sources: usize,
@@ -126,7 +138,9 @@ impl Bounds {
 /// Requests per second a source IP may send, and the burst it may save up.
 #[derive(Clone, Copy, Debug)]
 pub struct RateLimit {
+    /// Sustained requests per second.
     pub per_second: f64,
+    /// Requests that may come at once after a quiet spell.
     pub burst: f64,
 }
 
@@ -159,6 +173,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    /// A limiter that remembers at most `max_sources` addresses (bounded state under a flood of spoofed sources).
     pub fn new(limit: RateLimit, max_sources: usize) -> Self {
         RateLimiter {
             limit,
@@ -199,6 +214,7 @@ impl RateLimiter {
             .retain(|_, b| now.saturating_duration_since(b.last) < full_after);
     }
 
+    /// Source addresses remembered now.
     pub fn sources(&self) -> usize {
         self.buckets.len()
     }

@@ -88,6 +88,7 @@ struct StreamLive {
 /// Why a peer operation was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerError {
+    /// The stream is not in the catalogue.
     NoSuchStream,
     /// The stream already lists `peers_per_stream` peers, or the server its
     /// total.
@@ -100,7 +101,9 @@ pub enum PeerError {
 /// The TTLs the sweep applies.
 #[derive(Debug, Clone, Copy)]
 pub struct Ttls {
+    /// A peer not heard for this long leaves the swarm.
     pub peer: Duration,
+    /// A publisher not heard for this long makes its stream offline.
     pub publisher: Duration,
     /// How long a stream may stay offline before it is removed from the
     /// catalogue.
@@ -110,12 +113,15 @@ pub struct Ttls {
 /// What a sweep changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Swept {
+    /// Peers dropped for silence.
     pub peers_expired: usize,
+    /// Streams whose publisher went silent.
     pub went_offline: Vec<StreamId>,
     /// Streams offline past their expiry: the caller deletes them.
     pub expired: Vec<StreamId>,
 }
 
+/// Who is online: publishers' heartbeats and the peers of every swarm. In memory only: it rebuilds itself from heartbeats after a restart.
 #[derive(Default, Debug)]
 pub struct Live {
     streams: HashMap<StreamId, StreamLive>,
@@ -133,6 +139,7 @@ impl Live {
         });
     }
 
+    /// Forgets a stream and its peers (it left the catalogue).
     pub fn remove_stream(&mut self, id: &str) {
         if let Some(s) = self.streams.remove(id) {
             self.peers_total -= s.peers.entries.len();
@@ -147,6 +154,7 @@ impl Live {
         }
     }
 
+    /// Whether the stream's publisher is heartbeating.
     pub fn liveness(&self, id: &str) -> Liveness {
         match self.streams.get(id) {
             Some(s) if s.online => Liveness::Online,
@@ -154,20 +162,24 @@ impl Live {
         }
     }
 
+    /// Where the publisher heartbeats from, while it does.
     pub fn publisher_addr(&self, id: &str) -> Option<SocketAddr> {
         self.streams.get(id)?.publisher.map(|(a, _)| a)
     }
 
+    /// Live peers of the stream.
     pub fn peer_count(&self, id: &str) -> u32 {
         self.streams
             .get(id)
             .map_or(0, |s| s.peers.entries.len() as u32)
     }
 
+    /// Live peers of all streams.
     pub fn peers_total(&self) -> usize {
         self.peers_total
     }
 
+    /// Streams whose publisher is heartbeating.
     pub fn online_streams(&self) -> usize {
         self.streams.values().filter(|s| s.online).count()
     }
@@ -201,6 +213,7 @@ impl Live {
         Ok(())
     }
 
+    /// Removes a peer, if it asks from the address it joined from.
     pub fn leave(&mut self, id: &str, peer_id: u64, addr: SocketAddr) -> Result<(), PeerError> {
         let s = self.streams.get_mut(id).ok_or(PeerError::NoSuchStream)?;
         match s.peers.get_mut(peer_id) {

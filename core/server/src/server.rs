@@ -43,14 +43,34 @@ fn data_dir() -> Option<PathBuf> {
     var("XDG_DATA_HOME").or_else(|| var("HOME").map(|h| h.join(".local").join("share")))
 }
 
+/// Why a server did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The catalogue database cannot be opened.
     #[error("database {path}: {error}")]
-    Database { path: PathBuf, error: StoreError },
+    Database {
+        /// Its file.
+        path: PathBuf,
+        /// Why.
+        error: StoreError,
+    },
+    /// The database's folder cannot be created.
     #[error("cannot create {path}: {error}")]
-    DatabaseDir { path: PathBuf, error: io::Error },
+    DatabaseDir {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        error: io::Error,
+    },
+    /// The UDP address cannot be bound.
     #[error("cannot listen on {addr}: {error}")]
-    Bind { addr: SocketAddr, error: io::Error },
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        error: io::Error,
+    },
+    /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(io::Error),
 }
@@ -107,6 +127,7 @@ impl Server {
         })
     }
 
+    /// Where the server listens (the port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.endpoint.local_addr()
     }

@@ -31,6 +31,7 @@ pub struct ServerConfig {
     pub sample_size: usize,
     /// Per source IP; `None` turns rate limiting off (benchmarks).
     pub rate_limit: Option<RateLimit>,
+    /// What a client may store.
     pub bounds: Bounds,
     /// Seed of the peer-sampling generator (`None`: random).
     pub seed: Option<u64>,

@@ -20,24 +20,40 @@ use p2ner_proto::server::{StreamId, StreamParams};
 /// The schema this build writes; `PRAGMA user_version` in the file.
 pub const SCHEMA_VERSION: i32 = 1;
 
+/// What went wrong with the catalogue's database.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// SQLite said no.
     #[error("{0}")]
     Sql(#[from] rusqlite::Error),
+    /// Written by a newer build: refused rather than misread.
     #[error("database schema version {found} is newer than this build's {SCHEMA_VERSION}")]
-    NewerSchema { found: i32 },
+    NewerSchema {
+        /// The file's schema version.
+        found: i32,
+    },
+    /// A row that does not decode (a damaged or hand-edited file).
     #[error("stored parameters of stream {id} are unreadable: {error}")]
-    BadParams { id: String, error: String },
+    BadParams {
+        /// The stream.
+        id: String,
+        /// Why.
+        error: String,
+    },
 }
 
 /// A catalogue entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredStream {
+    /// The stream's id.
     pub id: StreamId,
+    /// Whose stream it is: only this key may change or remove it.
     pub publisher: PublicKey,
+    /// What the stream runs.
     pub params: StreamParams,
 }
 
+/// The persistent catalogue, in SQLite: streams outlive a server restart, liveness does not.
 pub struct Store {
     conn: Connection,
 }

@@ -15,11 +15,7 @@
 pub mod frontend;
 pub mod input;
 pub mod output;
-// The scheduler and overlay interfaces are being reworked; their item docs
-// come with that rework (the rest of this crate is documented item by item).
-#[allow(missing_docs)]
 pub mod overlay;
-#[allow(missing_docs)]
 pub mod scheduler;
 
 pub use frontend::{FrontendAbi, FrontendAbi_TO};

@@ -13,9 +13,11 @@ use crate::{Link, NeighbourReport, PeerId, PeerInfo, PluginError, Upload};
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub struct OverlayContext {
+    /// This peer: its id and the address its neighbours reach it at.
     pub local: PeerInfo,
     /// This peer is the publisher, the root of any tree.
     pub is_source: bool,
+    /// Seed for [`crate::Rng`], so runs can be replayed.
     pub seed: u64,
     /// The publisher, when known (subscribers learn it from the server).
     pub source: abi_stable::std_types::ROption<PeerInfo>,
@@ -27,38 +29,61 @@ pub struct OverlayContext {
 pub enum OverlayAction {
     /// Open a neighbour link to `peer`; the answer is
     /// [`Overlay::on_connected`] or [`Overlay::on_disconnected`].
-    Connect { peer: PeerInfo, link: Link },
+    Connect {
+        /// Who, and where to reach it.
+        peer: PeerInfo,
+        /// Which way media flows on the link, as this peer sees it.
+        link: Link,
+    },
     /// Close the link to `peer`.
-    Disconnect { peer: PeerId },
+    Disconnect {
+        /// The neighbour.
+        peer: PeerId,
+    },
     /// Change which way media flows on an existing link (tree repair, ...).
-    SetLink { peer: PeerId, link: Link },
+    SetLink {
+        /// The neighbour.
+        peer: PeerId,
+        /// The new direction, as this peer sees it.
+        link: Link,
+    },
     /// A message of the overlay's own protocol (peer exchange, join, ...)
     /// for the overlay at `peer`.
     SendMessage {
+        /// The overlay at this peer gets it.
         peer: PeerId,
+        /// The overlay's own bytes; the engine does not look inside.
         payload: RVec<u8>,
+        /// Acknowledged and retransmitted (joins, accepts); unreliable for what the next one replaces (heartbeats).
         reliable: bool,
     },
     /// Ask the stream's servers for up to `count` more candidate peers.
-    WantPeers { count: u32 },
+    WantPeers {
+        /// At most this many.
+        count: u32,
+    },
 }
 
 /// Collects an overlay's actions for one event.
 pub struct OverlayOut<'a>(&'a mut RVec<OverlayAction>);
 
 impl<'a> OverlayOut<'a> {
+    /// Collects into `actions` (the engine's buffer, reused between calls).
     pub fn new(actions: &'a mut RVec<OverlayAction>) -> Self {
         OverlayOut(actions)
     }
 
+    /// Opens a link to `peer` (see [`OverlayAction::Connect`]).
     pub fn connect(&mut self, peer: PeerInfo, link: Link) {
         self.0.push(OverlayAction::Connect { peer, link });
     }
 
+    /// Closes the link to `peer`.
     pub fn disconnect(&mut self, peer: PeerId) {
         self.0.push(OverlayAction::Disconnect { peer });
     }
 
+    /// Sends `payload` to the overlay at `peer`.
     pub fn send_message(&mut self, peer: PeerId, payload: Vec<u8>, reliable: bool) {
         self.0.push(OverlayAction::SendMessage {
             peer,
@@ -67,6 +92,7 @@ impl<'a> OverlayOut<'a> {
         });
     }
 
+    /// Any action, as it is.
     pub fn push(&mut self, action: OverlayAction) {
         self.0.push(action);
     }
@@ -74,6 +100,7 @@ impl<'a> OverlayOut<'a> {
 
 /// An overlay, as a plugin author writes it: a sans-IO state machine.
 pub trait Overlay: Send + 'static {
+    /// The stream starts: who this peer is, and whether it is the publisher.
     fn on_start(&mut self, _now_us: u64, _ctx: &OverlayContext, _out: &mut OverlayOut<'_>) {}
     /// Candidate peers, from a server's sample or a neighbour's peer exchange.
     fn on_candidates(&mut self, _now_us: u64, _peers: &[PeerInfo], _out: &mut OverlayOut<'_>) {}
@@ -81,6 +108,7 @@ pub trait Overlay: Send + 'static {
     fn on_connected(&mut self, _now_us: u64, _peer: &PeerInfo, _out: &mut OverlayOut<'_>) {}
     /// A link is down, or a connection attempt failed.
     fn on_disconnected(&mut self, _now_us: u64, _peer: PeerId, _out: &mut OverlayOut<'_>) {}
+    /// A [`OverlayAction::SendMessage`] from the overlay at `peer`.
     fn on_message(
         &mut self,
         _now_us: u64,
@@ -98,6 +126,7 @@ pub trait Overlay: Send + 'static {
         _out: &mut OverlayOut<'_>,
     ) {
     }
+    /// Called at the engine's tick rate (and by the simulator's clock).
     fn on_tick(&mut self, _now_us: u64, _out: &mut OverlayOut<'_>) {}
     /// This peer's shared uplink, every tick before [`Overlay::on_tick`]
     /// (appended to the first release): how many children or neighbours it
@@ -108,30 +137,35 @@ pub trait Overlay: Send + 'static {
 /// The boundary face of [`Overlay`].
 #[sabi_trait]
 pub trait OverlayAbi: Send {
+    /// [`Overlay::on_start`].
     fn on_start(
         &mut self,
         now_us: u64,
         ctx: &OverlayContext,
         out: &mut RVec<OverlayAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Overlay::on_candidates`].
     fn on_candidates(
         &mut self,
         now_us: u64,
         peers: RSlice<'_, PeerInfo>,
         out: &mut RVec<OverlayAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Overlay::on_connected`].
     fn on_connected(
         &mut self,
         now_us: u64,
         peer: &PeerInfo,
         out: &mut RVec<OverlayAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Overlay::on_disconnected`].
     fn on_disconnected(
         &mut self,
         now_us: u64,
         peer: PeerId,
         out: &mut RVec<OverlayAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Overlay::on_message`].
     fn on_message(
         &mut self,
         now_us: u64,
@@ -139,6 +173,7 @@ pub trait OverlayAbi: Send {
         payload: RSlice<'_, u8>,
         out: &mut RVec<OverlayAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Overlay::on_report`].
     fn on_report(
         &mut self,
         now_us: u64,
@@ -146,6 +181,7 @@ pub trait OverlayAbi: Send {
         report: NeighbourReport,
         out: &mut RVec<OverlayAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Overlay::on_tick`]; the last method of the first release.
     #[sabi(last_prefix_field)]
     fn on_tick(&mut self, now_us: u64, out: &mut RVec<OverlayAction>) -> RResult<(), PluginError>;
     /// Appended to the first release. A library built before lacks it; the

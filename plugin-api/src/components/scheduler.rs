@@ -13,6 +13,7 @@ use crate::{Link, PeerId, PluginError, Upload};
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub struct SchedContext {
+    /// This peer.
     pub local: PeerId,
     /// This peer is the publisher: chunks originate here.
     pub is_source: bool,
@@ -35,6 +36,7 @@ pub struct Capacity {
     pub can_send_bytes: u64,
     /// The congestion controller's current estimate of the link's rate.
     pub rate_bps: u64,
+    /// The link's smoothed round-trip time (0 before any sample).
     pub rtt_us: u64,
 }
 
@@ -60,26 +62,37 @@ pub enum SchedAction {
     /// delivered to the same scheduler at `peer` through
     /// [`Scheduler::on_message`]. `reliable` ones are acked and retransmitted.
     SendMessage {
+        /// The scheduler at this peer gets it.
         peer: PeerId,
+        /// The scheduler's own bytes; the engine does not look inside.
         payload: RVec<u8>,
+        /// Acknowledged and retransmitted; unreliable for what the next one replaces (buffer maps).
         reliable: bool,
     },
     /// Send chunk `seq` from the local buffer to `peer` on the data channel.
-    SendChunk { peer: PeerId, seq: u64 },
+    SendChunk {
+        /// The neighbour.
+        peer: PeerId,
+        /// The chunk; one no longer buffered is skipped.
+        seq: u64,
+    },
 }
 
 /// Collects a scheduler's actions for one event.
 pub struct SchedOut<'a>(&'a mut RVec<SchedAction>);
 
 impl<'a> SchedOut<'a> {
+    /// Collects into `actions` (the engine's buffer, reused between calls).
     pub fn new(actions: &'a mut RVec<SchedAction>) -> Self {
         SchedOut(actions)
     }
 
+    /// Sends chunk `seq` to `peer` (see [`SchedAction::SendChunk`]).
     pub fn send_chunk(&mut self, peer: PeerId, seq: u64) {
         self.0.push(SchedAction::SendChunk { peer, seq });
     }
 
+    /// Sends `payload` to the scheduler at `peer`.
     pub fn send_message(&mut self, peer: PeerId, payload: Vec<u8>, reliable: bool) {
         self.0.push(SchedAction::SendMessage {
             peer,
@@ -88,6 +101,7 @@ impl<'a> SchedOut<'a> {
         });
     }
 
+    /// Any action, as it is.
     pub fn push(&mut self, action: SchedAction) {
         self.0.push(action);
     }
@@ -99,6 +113,7 @@ impl<'a> SchedOut<'a> {
 /// none may read the clock, do I/O or block. Unused events have empty
 /// defaults.
 pub trait Scheduler: Send + 'static {
+    /// The stream starts: who this peer is and the stream's shape.
     fn on_start(&mut self, _now_us: u64, _ctx: &SchedContext, _out: &mut SchedOut<'_>) {}
     /// The overlay made `peer` a neighbour; `link` says which way media may flow.
     fn on_neighbour_up(
@@ -109,6 +124,7 @@ pub trait Scheduler: Send + 'static {
         _out: &mut SchedOut<'_>,
     ) {
     }
+    /// `peer` is no longer a neighbour: requests to it will not be answered.
     fn on_neighbour_down(&mut self, _now_us: u64, _peer: PeerId, _out: &mut SchedOut<'_>) {}
     /// A verified chunk entered the local buffer: from `from`, or produced
     /// here by the input when `from` is `None`.
@@ -150,12 +166,14 @@ pub trait Scheduler: Send + 'static {
 /// The boundary face of [`Scheduler`].
 #[sabi_trait]
 pub trait SchedulerAbi: Send {
+    /// [`Scheduler::on_start`].
     fn on_start(
         &mut self,
         now_us: u64,
         ctx: &SchedContext,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Scheduler::on_neighbour_up`].
     fn on_neighbour_up(
         &mut self,
         now_us: u64,
@@ -163,12 +181,14 @@ pub trait SchedulerAbi: Send {
         link: Link,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Scheduler::on_neighbour_down`].
     fn on_neighbour_down(
         &mut self,
         now_us: u64,
         peer: PeerId,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Scheduler::on_chunk`].
     fn on_chunk(
         &mut self,
         now_us: u64,
@@ -176,6 +196,7 @@ pub trait SchedulerAbi: Send {
         from: ROption<PeerId>,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Scheduler::on_message`].
     fn on_message(
         &mut self,
         now_us: u64,
@@ -183,6 +204,7 @@ pub trait SchedulerAbi: Send {
         payload: RSlice<'_, u8>,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Scheduler::on_capacity`].
     fn on_capacity(
         &mut self,
         now_us: u64,
@@ -190,12 +212,14 @@ pub trait SchedulerAbi: Send {
         capacity: Capacity,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Scheduler::on_playout`].
     fn on_playout(
         &mut self,
         now_us: u64,
         playout: Playout,
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError>;
+    /// [`Scheduler::on_tick`]; the last method of the first release.
     #[sabi(last_prefix_field)]
     fn on_tick(&mut self, now_us: u64, out: &mut RVec<SchedAction>) -> RResult<(), PluginError>;
     /// Appended to the first release. A library built before lacks it; the

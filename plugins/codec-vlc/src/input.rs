@@ -44,6 +44,7 @@ const DRAIN_MAX_US: u64 = 5_000_000;
 /// Datagrams (or pipe reads) buffered between the reader and `poll`.
 const CHANNEL_DEPTH: usize = 16_384;
 
+/// The `vlc` input: libvlc transcodes the source to MPEG-TS, which is cut into chunks at keyframes.
 pub struct VlcInput {
     source: Source,
     source_text: String,
@@ -78,6 +79,7 @@ struct Running {
 }
 
 impl VlcInput {
+    /// An input from its parameters; opens nothing until `start` (creating a component must be cheap).
     pub fn new(params: &Params) -> Result<Self, PluginError> {
         let CodecSettings {
             source,

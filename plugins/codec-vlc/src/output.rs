@@ -36,6 +36,7 @@ const MAX_QUEUED: usize = 32 << 20;
 const STALL: Duration = Duration::from_secs(10);
 const FINISH_MAX: Duration = Duration::from_secs(120);
 
+/// The `vlc` output: chunks are fed to libvlc through its read callback (see the module docs for the sinks).
 pub struct VlcOutput {
     sink: Sink,
     running: Option<Running>,
@@ -243,6 +244,7 @@ unsafe extern "C" fn feed_seek(opaque: *mut c_void, offset: u64) -> i32 {
 unsafe extern "C" fn feed_close(_opaque: *mut c_void) {}
 
 impl VlcOutput {
+    /// An output from its parameters; libvlc starts when the stream's format is known.
     pub fn new(params: &Params) -> Result<Self, PluginError> {
         let sink = Sink::from_params(params)?;
         Ok(VlcOutput {

@@ -17,6 +17,7 @@
 //! a keyframe chunk can then decode at once instead of waiting for VLC's next
 //! tables (VLC writes them every 200 ms, not at keyframes).
 
+/// Bytes of one MPEG-TS packet.
 pub const PACKET: usize = 188;
 const SYNC: u8 = 0x47;
 /// How much of a frame is searched for its first picture NAL unit.
@@ -28,7 +29,9 @@ pub struct Unit {
     /// Media time in microseconds on a continuous timeline starting at 0
     /// (jumps, wraps and restarts of the source's clock are smoothed over).
     pub time_us: Option<u64>,
+    /// The frame starts with a picture a decoder can start from.
     pub keyframe: bool,
+    /// Whole TS packets.
     pub data: Vec<u8>,
 }
 
@@ -69,6 +72,7 @@ struct Current {
 }
 
 impl TsScanner {
+    /// A scanner that has seen nothing yet.
     pub fn new() -> Self {
         TsScanner::default()
     }
@@ -78,6 +82,7 @@ impl TsScanner {
         self.video.is_some()
     }
 
+    /// Adds bytes of the stream, in any cut; complete units come out of `take`.
     pub fn push(&mut self, mut bytes: &[u8]) {
         if !self.partial.is_empty() {
             let need = PACKET - self.partial.len();

@@ -25,33 +25,56 @@ pub struct Opaque {
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MediaStats {
+    /// `i_read_bytes`.
     pub read_bytes: c_int,
+    /// `f_input_bitrate`.
     pub input_bitrate: f32,
+    /// `i_demux_read_bytes`.
     pub demux_read_bytes: c_int,
+    /// `f_demux_bitrate`.
     pub demux_bitrate: f32,
+    /// `i_demux_corrupted`: damaged input, as the output's report counts it.
     pub demux_corrupted: c_int,
+    /// `i_demux_discontinuity`.
     pub demux_discontinuity: c_int,
+    /// `i_decoded_video`.
     pub decoded_video: c_int,
+    /// `i_decoded_audio`.
     pub decoded_audio: c_int,
+    /// `i_displayed_pictures`.
     pub displayed_pictures: c_int,
+    /// `i_lost_pictures`.
     pub lost_pictures: c_int,
+    /// `i_played_abuffers`.
     pub played_abuffers: c_int,
+    /// `i_lost_abuffers`.
     pub lost_abuffers: c_int,
+    /// `i_sent_packets`.
     pub sent_packets: c_int,
+    /// `i_sent_bytes`.
     pub sent_bytes: c_int,
+    /// `f_send_bitrate`.
     pub send_bitrate: f32,
 }
 
 /// `libvlc_state_t`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// `libvlc_NothingSpecial`.
     NothingSpecial,
+    /// `libvlc_Opening`.
     Opening,
+    /// `libvlc_Buffering`.
     Buffering,
+    /// `libvlc_Playing`.
     Playing,
+    /// `libvlc_Paused`.
     Paused,
+    /// `libvlc_Stopped`.
     Stopped,
+    /// `libvlc_Ended`.
     Ended,
+    /// `libvlc_Error`.
     Error,
 }
 
@@ -70,13 +93,21 @@ impl State {
     }
 }
 
+/// `libvlc_media_open_cb`.
 pub type OpenCb = unsafe extern "C" fn(*mut c_void, *mut *mut c_void, *mut u64) -> c_int;
+/// `libvlc_media_read_cb`.
 pub type ReadCb = unsafe extern "C" fn(*mut c_void, *mut u8, usize) -> isize;
+/// `libvlc_media_seek_cb`.
 pub type SeekCb = unsafe extern "C" fn(*mut c_void, u64) -> c_int;
+/// `libvlc_media_close_cb`.
 pub type CloseCb = unsafe extern "C" fn(*mut c_void);
+/// `libvlc_video_lock_cb`.
 pub type LockCb = unsafe extern "C" fn(*mut c_void, *mut *mut c_void) -> *mut c_void;
+/// `libvlc_video_unlock_cb`.
 pub type UnlockCb = unsafe extern "C" fn(*mut c_void, *mut c_void, *const *mut c_void);
+/// `libvlc_video_display_cb`.
 pub type DisplayCb = unsafe extern "C" fn(*mut c_void, *mut c_void);
+/// `libvlc_video_format_cb`.
 pub type FormatCb = unsafe extern "C" fn(
     *mut *mut c_void,
     *mut c_char,
@@ -85,6 +116,7 @@ pub type FormatCb = unsafe extern "C" fn(
     *mut c_uint,
     *mut c_uint,
 ) -> c_uint;
+/// `libvlc_video_cleanup_cb`.
 pub type CleanupCb = unsafe extern "C" fn(*mut c_void);
 /// The last argument is a `va_list`; on the 64-bit targets we support it is
 /// passed as a pointer, which is what `vsnprintf` takes.
@@ -357,6 +389,7 @@ impl Instance {
         Ok(Instance { api, raw, log })
     }
 
+    /// What libvlc logged, for error messages that say why.
     pub fn log(&self) -> &Arc<Log> {
         &self.log
     }
@@ -425,6 +458,7 @@ impl Drop for Instance {
     }
 }
 
+/// A `libvlc_media_t`, released on drop.
 pub struct Media {
     api: &'static Api,
     raw: *mut Opaque,
@@ -442,6 +476,7 @@ impl Media {
         Ok(())
     }
 
+    /// libvlc's counters for this media, once it plays.
     pub fn stats(&self) -> Option<MediaStats> {
         let mut stats = MediaStats::default();
         // SAFETY: valid media; stats is a libvlc_media_stats_t.
@@ -449,6 +484,7 @@ impl Media {
         (ok != 0).then_some(stats)
     }
 
+    /// A player for this media.
     pub fn player(&self) -> Result<Player, PluginError> {
         // SAFETY: valid media; the player holds its own reference.
         let raw = unsafe { (self.api.player_new_from_media)(self.raw) };
@@ -469,6 +505,7 @@ impl Drop for Media {
     }
 }
 
+/// A `libvlc_media_player_t`, stopped and released on drop.
 pub struct Player {
     api: &'static Api,
     raw: *mut Opaque,
@@ -478,6 +515,7 @@ pub struct Player {
 unsafe impl Send for Player {}
 
 impl Player {
+    /// Starts playing (asynchronously: see `state`).
     pub fn play(&self) -> Result<(), PluginError> {
         // SAFETY: valid player.
         if unsafe { (self.api.player_play)(self.raw) } != 0 {
@@ -489,6 +527,7 @@ impl Player {
         Ok(())
     }
 
+    /// Where the player is.
     pub fn state(&self) -> State {
         // SAFETY: valid player.
         State::from_raw(unsafe { (self.api.player_get_state)(self.raw) })

@@ -55,6 +55,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("quit", "", "ends every session and the engine"),
 ];
 
+/// The `console` frontend: a line editor on the terminal, driving the engine through its control interface.
 pub struct Console {
     history: String,
     prompt: String,
@@ -63,6 +64,7 @@ pub struct Console {
 }
 
 impl Console {
+    /// A console from its parameters; the terminal is taken on `start`.
     pub fn new(params: &Params) -> Result<Self, PluginError> {
         Ok(Console {
             history: HISTORY.get(params).to_owned(),

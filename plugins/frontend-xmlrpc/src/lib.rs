@@ -39,9 +39,12 @@ const MAX_BODY: ParamDef = ParamDef::new(
     "largest request body accepted (bytes); larger ones get 413",
 );
 
-/// The fault codes of the XML-RPC conventions for what is not the engine's.
+/// The request is not XML-RPC (the fault codes of the XML-RPC conventions,
+/// for what is not the engine's).
 pub const PARSE_ERROR: i32 = -32700;
+/// The method does not exist.
 pub const UNKNOWN_METHOD: i32 = -32601;
+/// The parameters do not fit the method.
 pub const BAD_PARAMS: i32 = -32602;
 
 /// The methods and their help (`system.listMethods`, `system.methodHelp`).
@@ -83,6 +86,7 @@ pub const METHODS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The `xmlrpc` frontend: the engine's control interface over HTTP, as the original P2NER's frontends spoke it.
 pub struct XmlRpc {
     listen: String,
     max_body: usize,
@@ -90,6 +94,7 @@ pub struct XmlRpc {
 }
 
 impl XmlRpc {
+    /// A server from its parameters; it binds on `start`.
     pub fn new(params: &Params) -> Result<Self, PluginError> {
         Ok(XmlRpc {
             listen: LISTEN.get(params).to_owned(),

@@ -52,6 +52,7 @@ const USELESS_AFTER_MS: ParamDef = ParamDef::new(
     "replace a neighbour that gave nothing for this long",
 );
 
+/// The `mesh` overlay: a random graph of about `degree` neighbours that replaces the useless ones.
 pub struct Mesh {
     /// 0: chosen from the swarm size (log2 of the known peers, within bounds).
     degree: usize,
@@ -81,6 +82,7 @@ struct Neighbour {
 }
 
 impl Mesh {
+    /// A mesh from its parameters.
     pub fn new(params: &Params) -> Result<Self, PluginError> {
         let degree: usize = DEGREE.parse(params)?;
         let max_degree: usize = MAX_DEGREE.parse(params)?;

@@ -583,8 +583,11 @@ fn under_an_upload_cap_the_uplink_decides_the_children() {
     let mut one = Tree::new(&Params::new().with("stripes", "1")).unwrap();
     one.on_upload(0, upload(500), &mut out);
     assert_eq!(one.slots(0), 0);
+    // ...and joins as one, so it takes no interior slot it cannot use.
+    assert!(!one.interior(0));
     one.on_upload(0, upload(1600), &mut out);
     assert_eq!(one.slots(0), 1);
+    assert!(one.interior(0));
     // Four stripes: the same peers forward one or several stripe copies.
     let mut four = Tree::new(&Params::new().with("stripes", "4")).unwrap();
     four.on_upload(0, upload(500), &mut out);

@@ -90,6 +90,7 @@ struct Stripe {
     retry_at_us: u64,
 }
 
+/// The `tree` overlay: trees rooted at the publisher, one per stripe, repaired when a parent goes (see the crate docs).
 pub struct Tree {
     /// Children per stripe when the uplink is not capped; under a cap the
     /// uplink decides ([`Tree::slots`]).
@@ -127,6 +128,7 @@ const UPLOAD_FOR_CHILDREN: f64 = 0.92;
 const MAX_SLOTS: usize = 32;
 
 impl Tree {
+    /// A tree from its parameters.
     pub fn new(params: &Params) -> Result<Self, PluginError> {
         let fanout: usize = FANOUT.parse(params)?;
         let source_fanout: usize = SOURCE_FANOUT.parse(params)?;
@@ -174,9 +176,12 @@ impl Tree {
         self.local.as_ref().map_or(PeerId(0), |l| l.id)
     }
 
-    /// Whether this peer forwards stripe `s` (takes children in it).
+    /// Whether this peer forwards stripe `s` (takes children in it): the
+    /// publisher all, a peer its own stripe, unless its capped uplink cannot
+    /// carry even one copy of it. Such a peer joins as a leaf, so it never
+    /// takes (or evicts a leaf from) an interior slot it cannot use.
     pub fn interior(&self, s: usize) -> bool {
-        self.is_source || s == self.own_stripe
+        self.is_source || (s == self.own_stripe && self.stripe_copies != Some(0))
     }
 
     /// This peer's parent in stripe `s`.

@@ -19,26 +19,58 @@ pub(crate) const MAX_STRIPES: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// Adopt me in `stripe`; `interior`: I forward that stripe.
-    Join { stripe: u8, interior: bool },
+    Join {
+        /// The stripe.
+        stripe: u8,
+        /// The joiner forwards that stripe.
+        interior: bool,
+    },
     /// Adopted; `path` is the parent's path, root first.
-    Accept { stripe: u8, path: Vec<PeerId> },
+    Accept {
+        /// The stripe.
+        stripe: u8,
+        /// The parent's path, root first: loops are refused with it.
+        path: Vec<PeerId>,
+    },
     /// Full (or giving your slot away): ask these instead.
-    Redirect { stripe: u8, peers: Vec<PeerInfo> },
+    Redirect {
+        /// The stripe.
+        stripe: u8,
+        /// Where to ask instead.
+        peers: Vec<PeerInfo>,
+    },
     /// Cannot adopt you.
-    Reject { stripe: u8 },
+    Reject {
+        /// The stripe.
+        stripe: u8,
+    },
     /// I am no longer your child (from a child) / parent (from a parent).
-    Leave { stripe: u8 },
+    Leave {
+        /// The stripe.
+        stripe: u8,
+    },
     /// Parent heartbeat: the parent's path and whether it reaches the root.
     Path {
+        /// The stripe.
         stripe: u8,
+        /// The parent reaches the root.
         attached: bool,
+        /// The parent's path, root first.
         path: Vec<PeerId>,
     },
     /// Child heartbeat: its free child slots and subtree size.
-    Heartbeat { stripe: u8, free: u8, subtree: u32 },
+    Heartbeat {
+        /// The stripe.
+        stripe: u8,
+        /// Child slots it has free.
+        free: u8,
+        /// Peers in its subtree.
+        subtree: u32,
+    },
 }
 
 impl Message {
+    /// The message as it travels in an overlay payload.
     pub fn encode(&self) -> Vec<u8> {
         fn ids(msg: &mut Vec<u8>, path: &[PeerId]) {
             let path = &path[path.len().saturating_sub(MAX_PATH)..];

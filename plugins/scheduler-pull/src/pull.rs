@@ -72,6 +72,7 @@ const REFUSED_BACKOFF_US: u64 = 150_000;
 /// A chunk not pushed by then is no longer fresh: peers pull it instead.
 const FRESH_FOR_US: u64 = 1_000_000;
 
+/// The `pull` scheduler: neighbours advertise what they hold and each peer requests what it misses (see the crate docs).
 pub struct Pull {
     max_requests: usize,
     request_timeout_us: u64,
@@ -132,6 +133,7 @@ struct Neighbour {
 }
 
 impl Pull {
+    /// A scheduler from its parameters.
     pub fn new(params: &Params) -> Result<Self, PluginError> {
         let pull = Pull {
             max_requests: MAX_REQUESTS.parse(params)?,

@@ -33,12 +33,16 @@ pub struct Advert {
 /// A decoded message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Message {
+    /// Chunks the sender just got, and its upload advert.
     Have(Option<Advert>, Vec<u64>),
+    /// The sender's whole buffer map, and its upload advert.
     Map(Option<Advert>, Vec<u64>),
     /// Requested seqs and how long the requester can wait for the most
     /// urgent of them (`u16::MAX`: not urgent).
     Request {
+        /// How long the requester can wait.
         slack_ms: u16,
+        /// The chunks it asks for.
         seqs: Vec<u64>,
     },
     /// Requests the holder will not serve in time: ask elsewhere.
@@ -58,6 +62,7 @@ fn put_seqs(msg: &mut Vec<u8>, seqs: &[u64]) {
     }
 }
 
+/// A `Have` of `seqs`.
 pub fn have(advert: Advert, seqs: &[u64]) -> Vec<u8> {
     let mut msg = Vec::with_capacity(9 + seqs.len() * 8);
     msg.push(HAVE);
@@ -66,6 +71,7 @@ pub fn have(advert: Advert, seqs: &[u64]) -> Vec<u8> {
     msg
 }
 
+/// A `Map` of `have` from `base`, at most `bits` long.
 pub fn map(
     advert: Advert,
     have: &std::collections::BTreeSet<u64>,
@@ -78,6 +84,7 @@ pub fn map(
     msg
 }
 
+/// A `Request` for `seqs`.
 pub fn request(slack_ms: u16, seqs: &[u64]) -> Vec<u8> {
     let mut msg = vec![REQUEST];
     msg.extend_from_slice(&slack_ms.to_le_bytes());
@@ -85,6 +92,7 @@ pub fn request(slack_ms: u16, seqs: &[u64]) -> Vec<u8> {
     msg
 }
 
+/// A `Refuse` of `seqs`.
 pub fn refuse(seqs: &[u64]) -> Vec<u8> {
     let mut msg = vec![REFUSE];
     put_seqs(&mut msg, seqs);

@@ -22,6 +22,7 @@ pub struct Control {
 }
 
 impl Control {
+    /// The [`EngineControl`] frontends get: the engine behind the ABI's control interface.
     pub fn handle(engine: Engine) -> EngineControl {
         EngineControl::new(Control { engine })
     }
@@ -205,11 +206,13 @@ impl EngineSessionsAbi for Control {
 
 /// A started frontend; [`RunningFrontend::stop`] joins its threads.
 pub struct RunningFrontend {
+    /// The frontend's component name, for messages.
     pub name: String,
     frontend: FrontendBox,
 }
 
 impl RunningFrontend {
+    /// Stops the frontend and joins its threads.
     pub fn stop(mut self) -> anyhow::Result<()> {
         self.frontend
             .stop()

@@ -14,7 +14,7 @@ use p2ner_server::client::ServerClient;
 use tokio::sync::mpsc;
 
 use super::{Report, Reporter};
-use crate::stream::{Session, Summary, Transmit, UplinkModel, DATAGRAM_OVERHEAD};
+use crate::stream::{Session, SessionOutput, Summary, UplinkModel, DATAGRAM_OVERHEAD};
 
 /// Engine time: microseconds since the Unix epoch, so that capture times
 /// stamped by a publisher mean the same on every peer of this machine (and,
@@ -42,21 +42,33 @@ pub fn wire_id(stream: &StreamId) -> u64 {
 
 /// What keeps a stream registered at its servers.
 pub enum Heartbeat {
+    /// The publisher re-announces the stream, signed.
     Publisher {
+        /// The key the announcements are signed with.
         identity: Box<p2ner_proto::identity::Identity>,
     },
+    /// A subscriber renews its place in the swarm.
     Peer {
+        /// The id it joined with.
         peer_id: u64,
     },
 }
 
+/// Runs one session on the network: the thin I/O shell around the sans-IO [`Session`].
 pub struct Driver {
+    /// The network layer the session's outputs go to.
     pub endpoint: Endpoint,
+    /// What the network layer delivers for this stream.
     pub events: Events,
+    /// The stream's state machine.
     pub session: Session,
+    /// The stream's catalogue id.
     pub stream: StreamId,
+    /// The servers the stream is registered at.
     pub servers: Vec<ServerClient>,
+    /// What keeps the registration alive.
     pub heartbeat: Heartbeat,
+    /// This peer's id in the swarm.
     pub peer_id: u64,
     /// Stop after this long.
     pub run_for: Option<Duration>,
@@ -72,15 +84,20 @@ pub struct Driver {
 /// Why a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
+    /// `run_for` passed.
     Time,
+    /// Ctrl-C.
     Interrupted,
+    /// The publisher's input ended (a file without looping).
     InputEnded,
+    /// A plugin failed; the message says which and why.
     Failed(String),
     /// Asked to stop (`p2ner run`: a frontend's `stop`).
     Stopped,
 }
 
 impl Driver {
+    /// Runs the stream until it ends; returns why, and the final summary.
     pub async fn run(mut self) -> (End, Summary) {
         let wire = wire_id(&self.stream);
         let started = tokio::time::Instant::now();
@@ -209,17 +226,17 @@ impl Driver {
         let max_payload = self.endpoint.config().max_payload.max(1) as u64;
         for t in self.session.drain() {
             match &t {
-                Transmit::Message { bytes, .. } => {
+                SessionOutput::SendMessage { bytes, .. } => {
                     uplink.sent(now, bytes.len() as u64 + DATAGRAM_OVERHEAD)
                 }
-                Transmit::Chunk { data, .. } => {
+                SessionOutput::SendChunk { data, .. } => {
                     let len = data.len() as u64;
                     uplink.sent(now, len + len.div_ceil(max_payload) * DATAGRAM_OVERHEAD)
                 }
                 _ => {}
             }
             match t {
-                Transmit::Message {
+                SessionOutput::SendMessage {
                     to,
                     bytes,
                     reliable: true,
@@ -233,12 +250,12 @@ impl Driver {
                         }
                     });
                 }
-                Transmit::Message { to, bytes, .. } => {
+                SessionOutput::SendMessage { to, bytes, .. } => {
                     if let Err(e) = self.endpoint.send_unreliable(to, Bytes::from(bytes)) {
                         tracing::debug!(%to, "message not sent: {e}");
                     }
                 }
-                Transmit::Chunk { to, seq, data } => {
+                SessionOutput::SendChunk { to, seq, data } => {
                     // A chunk that cannot leave soon is dropped by the data
                     // channel rather than sent too late to be played.
                     let deadline = std::time::Instant::now() + CHUNK_LEAVES_WITHIN;
@@ -248,7 +265,7 @@ impl Driver {
                         Err(e) => tracing::debug!(%to, seq, "chunk not sent: {e}"),
                     }
                 }
-                Transmit::WantPeers { .. } => {
+                SessionOutput::WantPeers { .. } => {
                     for server in self.servers.clone() {
                         let (stream, peer_id, peers) =
                             (self.stream.clone(), self.peer_id, peers.clone());
@@ -262,7 +279,7 @@ impl Driver {
                         });
                     }
                 }
-                Transmit::Forget { addr } => {
+                SessionOutput::ForgetPeer { addr } => {
                     if self.shared.as_ref().is_none_or(|s| s.release(wire, addr)) {
                         self.endpoint.forget(addr)
                     }
@@ -282,7 +299,7 @@ impl Driver {
         (self.report)(Report::Second {
             snapshot: &snap,
             stats: self.session.stats(),
-            source: self.session.is_source(),
+            source: self.session.is_publisher(),
         });
     }
 

@@ -89,6 +89,7 @@ impl Mux {
         mux
     }
 
+    /// The one endpoint every stream of the engine shares.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
@@ -104,18 +105,22 @@ impl Mux {
         Ok(rx)
     }
 
+    /// Stops delivering stream `wire`'s events (the stream ended).
     pub fn unroute(&self, wire: u64) {
         self.routes.lock().unwrap().remove(&wire);
     }
 
+    /// How many streams are routed.
     pub fn streams(&self) -> usize {
         self.routes.lock().unwrap().len()
     }
 
+    /// Messages for no routed stream, dropped.
     pub fn unrouted(&self) -> u64 {
         self.unrouted.load(Ordering::Relaxed)
     }
 
+    /// Events dropped because a stream's queue was full.
     pub fn overflowed(&self) -> u64 {
         self.overflowed.load(Ordering::Relaxed)
     }
@@ -182,6 +187,7 @@ pub(crate) async fn stopped(shared: &mut Option<Shared>) {
 /// How an engine is set up.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
+    /// The socket and upload cap every stream shares.
     pub net: NetOptions,
     /// The servers known from the start (`--server`).
     pub servers: Vec<SocketAddr>,
@@ -279,14 +285,17 @@ impl Engine {
         })
     }
 
+    /// The plugins installed.
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
     }
 
+    /// Where the engine's endpoint listens.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.mux.endpoint().local_addr()
     }
 
+    /// The secret frontends must present (written to the token file).
     pub fn token(&self) -> &str {
         &self.inner.token
     }
@@ -297,6 +306,7 @@ impl Engine {
         let _ = rx.wait_for(|v| *v).await;
     }
 
+    /// Asks every stream and frontend to stop.
     pub fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
     }
@@ -343,10 +353,12 @@ impl Engine {
         self.inner.changed.notify_all();
     }
 
+    /// The servers streams are published to and browsed at.
     pub fn servers(&self) -> Vec<SocketAddr> {
         self.inner.state.lock().unwrap().servers.clone()
     }
 
+    /// Adds a server for later streams; a bad address is a 400.
     pub fn add_server(&self, addr: &str) -> Result<(), ControlError> {
         let addr = resolve(addr)?;
         let mut st = self.inner.state.lock().unwrap();
@@ -357,6 +369,7 @@ impl Engine {
         Ok(())
     }
 
+    /// Removes a server; one not known is a 404.
     pub fn remove_server(&self, addr: &str) -> Result<(), ControlError> {
         let addr = resolve(addr)?;
         let mut st = self.inner.state.lock().unwrap();
@@ -414,6 +427,7 @@ impl Engine {
         Ok(found)
     }
 
+    /// The streams running, as the control interface lists them.
     pub fn sessions(&self) -> Vec<SessionInfo> {
         let st = self.inner.state.lock().unwrap();
         let (mut running, ended): (Vec<_>, Vec<_>) = st
@@ -425,6 +439,7 @@ impl Engine {
         running
     }
 
+    /// Stops stream `id`; one not running is a 404.
     pub fn stop(&self, id: &str) -> Result<(), ControlError> {
         let st = self.inner.state.lock().unwrap();
         let Some(e) = st.sessions.iter().find(|e| e.id == id) else {
@@ -477,6 +492,7 @@ impl Engine {
         Ok(e.latest.clone().unwrap_or_else(|| json!({})))
     }
 
+    /// Counts a refused request of `frontend`, by reason (what `stats` reports).
     pub fn count(&self, frontend: &str, what: &str) {
         let mut st = self.inner.state.lock().unwrap();
         *st.counters.entry(format!("{frontend}.{what}")).or_insert(0) += 1;

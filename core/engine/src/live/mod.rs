@@ -36,20 +36,29 @@ pub enum Report<'a> {
     /// The stream is registered: its id (the line scripts wait for), where
     /// it is sent from and the servers that accepted it.
     Publishing {
+        /// The stream's id.
         stream: &'a StreamId,
+        /// The stream's title.
         title: &'a str,
+        /// Where the stream is sent from.
         local: SocketAddr,
+        /// The servers that accepted it.
         servers: Vec<SocketAddr>,
     },
     /// Joined a stream: its id and parameters, and where it is received.
     Subscribed {
+        /// The stream's id.
         stream: &'a StreamId,
+        /// What the catalogue says the stream runs.
         params: &'a StreamParams,
+        /// Where the stream is received.
         local: SocketAddr,
     },
     /// Once a second while the stream runs.
     Second {
+        /// The second's `--stats` line.
         snapshot: &'a Snapshot,
+        /// The counters so far.
         stats: &'a StreamStats,
         /// This peer is the publisher.
         source: bool,
@@ -62,7 +71,9 @@ pub type Reporter = Box<dyn FnMut(Report<'_>) + Send>;
 /// A plugin chosen by name, with parameters.
 #[derive(Debug, Clone, Default)]
 pub struct Choice {
+    /// The component's name.
     pub name: String,
+    /// Its parameters, as given (the component's defaults fill the rest).
     pub params: BTreeMap<String, String>,
 }
 
@@ -101,7 +112,9 @@ impl Choice {
 /// Network settings shared by publishers and subscribers.
 #[derive(Debug, Clone)]
 pub struct NetOptions {
+    /// The UDP address to bind.
     pub listen: SocketAddr,
+    /// The upload cap (`--upload-kbps`); `None`: no cap.
     pub upload_kbps: Option<u64>,
 }
 
@@ -115,34 +128,57 @@ async fn bind(net: &NetOptions) -> anyhow::Result<(Endpoint, p2ner_net::Events)>
         .with_context(|| format!("cannot listen on {}", net.listen))
 }
 
+/// What `p2ner publish` takes.
 #[derive(Debug, Clone)]
 pub struct PublishOptions {
+    /// The servers to register the stream at.
     pub servers: Vec<SocketAddr>,
+    /// The stream's title in the catalogue.
     pub title: String,
+    /// Free text for the catalogue.
     pub description: String,
+    /// The input component.
     pub input: Choice,
+    /// The stream's bitrate.
     pub bitrate_kbps: u32,
+    /// Media per chunk.
     pub chunk_ms: u32,
+    /// The subscribers' play-out buffer; 0: the default.
     pub buffer_ms: u32,
     /// Video size and rate, for inputs that transcode.
     pub width: Option<u32>,
+    /// See `width`.
     pub height: Option<u32>,
+    /// See `width`.
     pub fps: Option<u32>,
+    /// The scheduler every peer runs.
     pub scheduler: Choice,
+    /// The overlay every peer runs.
     pub overlay: Choice,
+    /// The publisher's key file; `None`: the default one.
     pub identity: Option<PathBuf>,
+    /// The socket and upload cap.
     pub net: NetOptions,
+    /// Stop after this long.
     pub run_for: Option<Duration>,
+    /// Where to write the `--stats` lines.
     pub stats: Option<PathBuf>,
 }
 
+/// What `p2ner subscribe` takes.
 #[derive(Debug, Clone)]
 pub struct SubscribeOptions {
+    /// The server that lists the stream.
     pub server: SocketAddr,
+    /// The stream's id.
     pub stream: String,
+    /// The output component.
     pub output: Choice,
+    /// The socket and upload cap.
     pub net: NetOptions,
+    /// Stop after this long.
     pub run_for: Option<Duration>,
+    /// Where to write the `--stats` lines.
     pub stats: Option<PathBuf>,
 }
 
@@ -246,7 +282,7 @@ pub async fn start_publish(
     cfg.seed = rand_seed();
     let mut session = Session::new(
         cfg,
-        Role::Source {
+        Role::Publisher {
             input: input_box,
             key: identity.clone(),
         },
@@ -413,7 +449,7 @@ pub async fn start_subscribe(
     });
     let mut session = Session::new(
         cfg,
-        Role::Sink {
+        Role::Subscriber {
             output,
             key: info.publisher,
         },

@@ -9,7 +9,9 @@ use p2ner_plugin_api::{LibraryInfo, PluginLibRef, ABI_VERSION};
 /// their vtables live in it for as long as the process does.
 #[derive(Clone)]
 pub struct Library {
+    /// Where it was loaded from.
     pub path: PathBuf,
+    /// What it says of itself.
     pub info: LibraryInfo,
     pub(crate) module: PluginLibRef,
 }
@@ -26,24 +28,39 @@ impl std::fmt::Debug for Library {
 /// Why a file on the plugin path is not a usable plugin.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum LoadError {
+    /// The file could not be read.
     #[error("cannot read the file: {0}")]
     Unreadable(String),
+    /// The dynamic loader refused it.
     #[error("not a loadable shared library (truncated or not a library?): {0}")]
     NotALibrary(String),
+    /// The file is a library but cut short or damaged.
     #[error("truncated or corrupt library: {0}")]
     Truncated(String),
+    /// A library, but not a p2ner plugin.
     #[error("not a p2ner plugin: it exports no p2ner root module")]
     NotAPlugin,
+    /// Built for another ABI version.
     #[error("built for p2ner plugin ABI {found}, but this p2ner uses ABI {expected}; rebuild the plugin against a matching p2ner-plugin-api")]
-    OtherAbi { found: String, expected: String },
+    OtherAbi {
+        /// The version the library was built for.
+        found: String,
+        /// [`p2ner_plugin_api::ABI_VERSION`] of this host.
+        expected: String,
+    },
+    /// abi_stable's layout check failed: the interface changed under it.
     #[error("its plugin interface does not match this p2ner's (built against a changed p2ner-plugin-api?); rebuild it:\n{0}")]
     LayoutMismatch(String),
+    /// The library's `register` panicked.
     #[error("init panicked: {0}")]
     InitPanicked(String),
+    /// The library's root module failed to initialise.
     #[error("init failed: {0}")]
     InitFailed(String),
+    /// abi_stable itself is of an incompatible version.
     #[error("built with an incompatible abi_stable: {0}")]
     IncompatibleAbiStable(String),
+    /// Its self-description is invalid (an empty name, a bad version).
     #[error("describes itself wrongly: {0}")]
     BadDescription(String),
 }

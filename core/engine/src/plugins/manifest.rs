@@ -23,13 +23,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
+/// `plugins.toml`: plugin folders, pins for conflicts, default components.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// Plugin folders, after `--plugin-dir` and `P2NER_PLUGIN_PATH`.
     #[serde(default)]
     pub search: Vec<PathBuf>,
+    /// `group/name` = library name: which library wins a conflict.
     #[serde(default)]
     pub pins: BTreeMap<String, String>,
+    /// Group = component name: what a command uses when none is named.
     #[serde(default)]
     pub defaults: BTreeMap<String, String>,
     /// Where the manifest was read from; relative `search` entries are

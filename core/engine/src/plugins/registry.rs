@@ -13,17 +13,23 @@ use semver::{Version, VersionReq};
 use super::loader::{self, Library};
 use super::search::{libraries_in, SearchDir};
 
+/// How bad a [`Problem`] is: `plugins check` fails on errors only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
+    /// Worth saying; everything still loads (the same library found twice).
     Warning,
+    /// A file that should be a plugin and is not usable.
     Error,
 }
 
 /// Something wrong on the plugin path, named by the file it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// How bad it is.
     pub severity: Severity,
+    /// The file it is about, when there is one.
     pub path: Option<PathBuf>,
+    /// What is wrong, in one line.
     pub message: String,
 }
 
@@ -43,12 +49,16 @@ impl std::fmt::Display for Problem {
 /// One installed component and the library that provides it.
 #[derive(Debug, Clone, Copy)]
 pub struct Component<'r> {
+    /// Its group.
     pub group: Group,
+    /// Its self-description.
     pub info: &'r ComponentInfo,
+    /// The library that provides it.
     pub library: &'r Library,
 }
 
 impl Component<'_> {
+    /// `group/name`, the key pins and messages use.
     pub fn key(&self) -> String {
         format!("{}/{}", self.group, self.info.name)
     }
@@ -57,33 +67,58 @@ impl Component<'_> {
 /// Why a component could not be found or made.
 #[derive(Debug, thiserror::Error)]
 pub enum ComponentError {
+    /// Not installed.
     #[error("no {group} named '{name}'{version} is installed{available}; searched: {searched}")]
     Missing {
+        /// The group asked for.
         group: Group,
+        /// The name asked for.
         name: String,
+        /// The version requirement, as the message shows it.
         version: String,
+        /// What the group offers, as the message shows it.
         available: String,
+        /// The folders searched.
         searched: String,
     },
+    /// Installed, but of a version the stream does not accept.
     #[error("{group} '{name}' {found} does not satisfy the required version {required}")]
     WrongVersion {
+        /// The group asked for.
         group: Group,
+        /// The name asked for.
         name: String,
+        /// The version installed.
         found: String,
+        /// The version requirement.
         required: String,
     },
+    /// Offered by two libraries and not pinned.
     #[error("conflict: {key} is offered by {offers}; pin one in plugins.toml, e.g. [pins] \"{key}\" = \"{first}\"")]
     Conflict {
+        /// `group/name`.
         key: String,
+        /// The libraries that offer it.
         offers: String,
+        /// One of them, for the example pin.
         first: String,
     },
+    /// The parameters did not parse.
     #[error("{key}: {message}")]
-    BadParams { key: String, message: String },
+    BadParams {
+        /// `group/name`.
+        key: String,
+        /// What is wrong with them.
+        message: String,
+    },
+    /// The component's factory failed.
     #[error("{key} (from {library}) failed to start: {error}")]
     Plugin {
+        /// `group/name`.
         key: String,
+        /// The library's file.
         library: String,
+        /// What the plugin said.
         error: PluginError,
     },
 }
@@ -286,14 +321,17 @@ impl Registry {
         })
     }
 
+    /// Every library loaded.
     pub fn libraries(&self) -> &[Library] {
         &self.libraries
     }
 
+    /// Everything wrong on the plugin path.
     pub fn problems(&self) -> &[Problem] {
         &self.problems
     }
 
+    /// The folders searched, in order of precedence.
     pub fn searched(&self) -> &[SearchDir] {
         &self.searched
     }

@@ -8,9 +8,13 @@ use super::Manifest;
 /// Where a folder on the search path came from, for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
+    /// `--plugin-dir`.
     Flag,
+    /// `P2NER_PLUGIN_PATH`.
     Env,
+    /// `plugins.toml`.
     Manifest,
+    /// The folder of the running executable.
     ExeDir,
 }
 
@@ -25,9 +29,12 @@ impl std::fmt::Display for Origin {
     }
 }
 
+/// A folder on the plugin search path, and why it is there (messages name it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SearchDir {
+    /// The folder.
     pub path: PathBuf,
+    /// Why it is searched.
     pub origin: Origin,
 }
 

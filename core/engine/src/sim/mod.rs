@@ -19,37 +19,49 @@ use p2ner_proto::peer as wire;
 
 use crate::plugins::Registry;
 use crate::stream::{
-    Role, Session, SessionConfig, Summary, Transmit, UplinkModel, DATAGRAM_OVERHEAD,
+    Role, Session, SessionConfig, SessionOutput, Summary, UplinkModel, DATAGRAM_OVERHEAD,
 };
 
 /// One experiment.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
+    /// How many subscribers join.
     pub subscribers: usize,
+    /// Simulated time the experiment runs.
     pub duration_us: u64,
     /// Subscribers join spread over this long from the start.
     pub join_spread_us: u64,
+    /// One-way latency between any two peers.
     pub latency_us: u64,
     /// Share of datagrams lost. Reliable messages are delivered anyway and
     /// lost chunk fragments arrive a round trip late, as the network layer's
     /// retransmissions would have it; unreliable messages are lost.
     pub loss: f64,
+    /// The publisher's upload.
     pub source_upload_kbps: u64,
     /// Every subscriber's upload, unless `peer_uploads_kbps` says otherwise.
     pub peer_upload_kbps: u64,
     /// Subscriber `i` uploads `peer_uploads_kbps[i % len]`: heterogeneous
     /// swarms (empty: all `peer_upload_kbps`).
     pub peer_uploads_kbps: Vec<u64>,
+    /// The stream's bitrate.
     pub bitrate_kbps: u32,
+    /// Media per chunk.
     pub chunk_ms: u32,
     /// The play-out buffer (and start lead), as `--buffer-ms` sets it;
     /// 0: the engine's default.
     pub buffer_ms: u32,
+    /// Candidate peers a server hands out per request.
     pub sample: usize,
+    /// The scheduler every peer runs, with its parameters.
     pub scheduler: (String, Params),
+    /// The overlay every peer runs, with its parameters.
     pub overlay: (String, Params),
+    /// Seeds the plugins, the loss and the join times: the same seed, the same run.
     pub seed: u64,
+    /// How often every session ticks (the live engine ticks every 20 ms).
     pub tick_us: u64,
+    /// Payload bytes per datagram, for the per-datagram overhead.
     pub datagram_payload: usize,
 }
 
@@ -82,7 +94,9 @@ impl Default for SimConfig {
 pub struct SimResult {
     /// One summary per subscriber, in join order.
     pub subscribers: Vec<Summary>,
+    /// What the publisher uploaded.
     pub source_bytes_up: u64,
+    /// What all subscribers uploaded.
     pub peers_bytes_up: u64,
 }
 
@@ -123,6 +137,7 @@ struct Node {
     uplink: UplinkModel,
 }
 
+/// Runs experiment `cfg` on simulated time and network, with the real plugins from `registry`.
 pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
     let stream = 0x5157_u64;
     let key = Identity::from_secret([cfg.seed as u8; 32]);
@@ -185,12 +200,12 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
             let params = Params::new()
                 .with("bitrate_kbps", cfg.bitrate_kbps.to_string())
                 .with("chunk_ms", cfg.chunk_ms.to_string());
-            Role::Source {
+            Role::Publisher {
                 input: registry.new_input("synthetic", None, &params)?,
                 key: key.clone(),
             }
         } else {
-            Role::Sink {
+            Role::Subscriber {
                 output: registry.new_output("null", None, &Params::new())?,
                 key: key.public_key(),
             }
@@ -262,13 +277,13 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
         // Carry what the session wants sent.
         let node = &mut nodes[i];
         let from = node.addr;
-        let out: Vec<Transmit> = match node.session.as_mut() {
+        let out: Vec<SessionOutput> = match node.session.as_mut() {
             Some(s) => s.drain().collect(),
             None => continue,
         };
         for t in out {
             match t {
-                Transmit::Message {
+                SessionOutput::SendMessage {
                     to,
                     bytes,
                     reliable,
@@ -286,7 +301,7 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
                         Event::Message { to: j, from, bytes },
                     );
                 }
-                Transmit::Chunk { to, seq, data } => {
+                SessionOutput::SendChunk { to, seq, data } => {
                     let Some(&j) = by_addr.get(&to) else { continue };
                     let frags = data.len().div_ceil(cfg.datagram_payload).max(1);
                     let len = data.len() + frags * DATAGRAM_OVERHEAD as usize;
@@ -307,7 +322,7 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
                         },
                     );
                 }
-                Transmit::WantPeers { count } => {
+                SessionOutput::WantPeers { count } => {
                     let peers: Vec<PeerInfo> = sample(&joined, count as usize, &mut rng)
                         .into_iter()
                         .filter(|&j| j != i)
@@ -317,7 +332,7 @@ pub fn run(registry: &Registry, cfg: &SimConfig) -> anyhow::Result<SimResult> {
                         s.on_candidates(now, &peers);
                     }
                 }
-                Transmit::Forget { .. } => {}
+                SessionOutput::ForgetPeer { .. } => {}
             }
         }
     }

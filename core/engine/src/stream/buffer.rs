@@ -7,7 +7,9 @@ use super::Chunk;
 /// What inserting a chunk did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Insert {
+    /// The first copy: count it useful and tell the scheduler.
     New,
+    /// Already held: the sender wasted upload, which the overlay's reports show.
     Duplicate,
     /// Older than the window: it can neither be played nor forwarded.
     TooOld,
@@ -23,6 +25,7 @@ pub struct ChunkBuffer {
 }
 
 impl ChunkBuffer {
+    /// A buffer that keeps the newest `window` chunks (at least one).
     pub fn new(window: u64) -> Self {
         ChunkBuffer {
             window: window.max(1),
@@ -31,6 +34,7 @@ impl ChunkBuffer {
         }
     }
 
+    /// Keeps `chunk` unless it is older than the window or already held; the oldest chunks fall out as newer ones come.
     pub fn insert(&mut self, chunk: Chunk) -> Insert {
         if chunk.seq < self.floor {
             return Insert::TooOld;
@@ -54,30 +58,37 @@ impl ChunkBuffer {
         }
     }
 
+    /// The chunk `seq`, while the window holds it.
     pub fn get(&self, seq: u64) -> Option<&Chunk> {
         self.chunks.get(&seq)
     }
 
+    /// Whether chunk `seq` is held.
     pub fn contains(&self, seq: u64) -> bool {
         self.chunks.contains_key(&seq)
     }
 
+    /// The highest sequence number held.
     pub fn newest(&self) -> Option<u64> {
         self.chunks.last_key_value().map(|(&s, _)| s)
     }
 
+    /// The lowest sequence number held.
     pub fn oldest(&self) -> Option<u64> {
         self.chunks.first_key_value().map(|(&s, _)| s)
     }
 
+    /// Everything below this is gone for good: a scheduler must not ask for it.
     pub fn floor(&self) -> u64 {
         self.floor
     }
 
+    /// How many chunks are held.
     pub fn len(&self) -> usize {
         self.chunks.len()
     }
 
+    /// Nothing held yet.
     pub fn is_empty(&self) -> bool {
         self.chunks.is_empty()
     }

@@ -4,7 +4,7 @@
 //! overlay), its chunk buffer and play-out clock, its neighbours and its
 //! statistics. It is driven by events that carry the current time (a tick,
 //! a message or chunk from a peer, a peer found unreachable) and answers with
-//! [`Transmit`]s. The engine ([`crate::live`]) connects it to the network
+//! [`SessionOutput`]s. The engine ([`crate::live`]) connects it to the network
 //! layer; nothing in here reads a clock or touches a socket, so the same
 //! plugin code can be driven by a simulated clock and network just as well.
 
@@ -16,7 +16,7 @@ mod uplink;
 
 pub use buffer::{ChunkBuffer, Insert};
 pub use playout::{PlayEvent, PlayoutClock, PlayoutConfig};
-pub use session::{Role, Session, SessionConfig, Transmit};
+pub use session::{Role, Session, SessionConfig, SessionOutput};
 pub use stats::{percentile, Snapshot, StreamStats, Summary};
 pub use uplink::{UplinkModel, DATAGRAM_OVERHEAD, QUEUE_TARGET_US};
 
@@ -26,10 +26,13 @@ use bytes::Bytes;
 /// forwarding never re-signs or copies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
+    /// The chunk's place in the stream, as the publisher numbered it.
     pub seq: u64,
     /// Media time since the input started.
     pub pts_us: u64,
+    /// Media the chunk holds; the play-out clock advances by it.
     pub duration_us: u32,
+    /// A decoder can start here, so playback (and resync) may begin here.
     pub keyframe: bool,
     /// When the publisher captured it, on the publisher's clock; the
     /// source-to-playback lag is measured against it.
@@ -41,6 +44,7 @@ pub struct Chunk {
 }
 
 impl Chunk {
+    /// The media bytes, without the header and signature they travel with.
     pub fn media(&self) -> &[u8] {
         &self.sealed[self.media_at..]
     }

@@ -10,8 +10,10 @@
 
 use super::buffer::ChunkBuffer;
 
+/// How the play-out clock starts and keeps time.
 #[derive(Debug, Clone)]
 pub struct PlayoutConfig {
+    /// The nominal chunk duration, for chunks missing at their deadline.
     pub chunk_us: u64,
     /// Contiguous chunks needed before playback starts.
     pub startup_chunks: u64,
@@ -28,11 +30,22 @@ pub struct PlayoutConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlayEvent {
     /// Playback began at `seq`.
-    Started { seq: u64 },
+    Started {
+        /// The first chunk played.
+        seq: u64,
+    },
     /// `seq` is due now and present: hand it to the output.
-    Play { seq: u64, deadline_us: u64 },
+    Play {
+        /// The chunk.
+        seq: u64,
+        /// When it was due, on the session's clock.
+        deadline_us: u64,
+    },
     /// `seq` was due and absent.
-    Missed { seq: u64 },
+    Missed {
+        /// The chunk.
+        seq: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -50,6 +63,7 @@ enum State {
     },
 }
 
+/// The subscriber's play-out clock: it never waits for a late chunk, so what it counts is continuity.
 #[derive(Debug)]
 pub struct PlayoutClock {
     cfg: PlayoutConfig,
@@ -57,6 +71,7 @@ pub struct PlayoutClock {
 }
 
 impl PlayoutClock {
+    /// A clock that waits for a start point from `now_us` on.
     pub fn new(cfg: PlayoutConfig, now_us: u64) -> Self {
         PlayoutClock {
             cfg,
@@ -64,6 +79,7 @@ impl PlayoutClock {
         }
     }
 
+    /// Playback has begun (a startup time can be measured).
     pub fn started(&self) -> bool {
         matches!(self.state, State::Playing { .. })
     }

@@ -6,14 +6,19 @@ use serde::Serialize;
 /// Running counters of one stream on one peer.
 #[derive(Debug, Default, Clone)]
 pub struct StreamStats {
+    /// Chunks handed to the output on time.
     pub chunks_played: u64,
     /// Arrived after their deadline had passed (they were counted missed).
     pub chunks_late: u64,
+    /// Chunks absent at their deadline, skipped.
     pub chunks_missed: u64,
+    /// Chunks the publisher's input produced.
     pub chunks_produced: u64,
     /// First copies of media, and what they carried.
     pub chunks_received: u64,
+    /// Media bytes of the chunks produced or first received.
     pub media_bytes: u64,
+    /// Copies of chunks already held: upload a scheduler wasted.
     pub duplicate_chunks: u64,
     /// Chunks whose signature did not verify (nothing of them was used).
     pub forged_chunks: u64,
@@ -22,10 +27,13 @@ pub struct StreamStats {
     /// Everything this stream's peers sent and received through the
     /// session: envelopes and sealed chunks.
     pub bytes_down: u64,
+    /// Everything sent, as `bytes_down` counts what was received.
     pub bytes_up: u64,
+    /// Chunks handed to the data channel.
     pub chunks_sent: u64,
     /// Chunks the data channel refused (no capacity towards that neighbour).
     pub chunks_refused: u64,
+    /// From the session's start to the first chunk played.
     pub startup_us: Option<u64>,
     /// Capture at the publisher to playback here, per played chunk.
     pub lag_us: Vec<u64>,
@@ -42,6 +50,7 @@ impl StreamStats {
         }
     }
 
+    /// The `p`-th percentile of the capture-to-playback lag, in milliseconds.
     pub fn lag_percentile_ms(&self, p: f64) -> Option<f64> {
         percentile(&self.lag_us, p).map(|us| us as f64 / 1000.0)
     }
@@ -55,6 +64,7 @@ impl StreamStats {
         }
     }
 
+    /// The final `--stats` line of stream `stream`.
     pub fn summary(&self, stream: &str) -> Summary {
         Summary {
             final_: true,
@@ -81,38 +91,65 @@ impl StreamStats {
 /// The last line of `--stats`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Summary {
+    /// Always true: tells the summary from the per-second lines.
     #[serde(rename = "final")]
     pub final_: bool,
+    /// The stream's id.
     pub stream: String,
+    /// Chunks played on time / chunks due.
     pub continuity: f64,
+    /// From start to first chunk played; `None`: playback never started.
     pub startup_ms: Option<f64>,
+    /// Median capture-to-playback lag.
     pub lag_ms_p50: Option<f64>,
+    /// 95th percentile capture-to-playback lag.
     pub lag_ms_p95: Option<f64>,
+    /// See [`StreamStats`] for these counters.
     pub chunks_played: u64,
+    /// Arrived after their deadline.
     pub chunks_late: u64,
+    /// Absent at their deadline.
     pub chunks_missed: u64,
+    /// Produced by the publisher's input.
     pub chunks_produced: u64,
+    /// Copies of chunks already held.
     pub duplicate_chunks: u64,
+    /// Chunks whose signature did not verify.
     pub forged_chunks: u64,
+    /// Neighbours dropped for forged chunks.
     pub peers_banned: u64,
+    /// Everything received.
     pub bytes_down: u64,
+    /// Everything sent.
     pub bytes_up: u64,
+    /// Media bytes among them.
     pub media_bytes: u64,
+    /// Bytes moved per media byte, minus one: what the protocol costs.
     pub overhead: f64,
 }
 
 /// One `--stats` line per second.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Snapshot {
+    /// Since the stream started.
     pub t_ms: u64,
+    /// The stream's id.
     pub stream: String,
+    /// So far, as in [`Summary`].
     pub continuity: f64,
+    /// Media buffered ahead of playback (contiguous from the next chunk due).
     pub buffer_ms: u64,
+    /// Links that are up.
     pub neighbours: usize,
+    /// Received over the last second.
     pub down_kbps: f64,
+    /// Sent over the last second.
     pub up_kbps: f64,
+    /// So far.
     pub chunks_played: u64,
+    /// So far.
     pub chunks_missed: u64,
+    /// Playback has started.
     pub playing: bool,
 }
 

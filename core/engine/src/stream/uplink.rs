@@ -17,6 +17,7 @@ pub const QUEUE_TARGET_US: u64 = 60_000;
 /// Per-datagram bytes on the wire besides the payload (framing, UDP, IP).
 pub const DATAGRAM_OVERHEAD: u64 = 40;
 
+/// The upload link as a queue that drains at the cap: what the session is told it may still send, in the live engine and the simulator alike.
 #[derive(Debug, Clone)]
 pub struct UplinkModel {
     cap_bps: Option<u64>,

@@ -49,23 +49,39 @@ const SEND_BATCH: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A control message (reliable ones exactly once, unreliable at most once).
-    Message { from: SocketAddr, payload: Bytes },
+    Message {
+        /// The peer that sent it.
+        from: SocketAddr,
+        /// The message.
+        payload: Bytes,
+    },
     /// A request to answer with [`crate::Endpoint::respond`].
     Request {
+        /// Who asks.
         from: SocketAddr,
+        /// What to answer with.
         id: u64,
+        /// The request.
         payload: Bytes,
     },
     /// A complete media chunk.
     Chunk {
+        /// The neighbour that sent it.
         from: SocketAddr,
+        /// The stream it belongs to.
         stream: u64,
+        /// Its sequence number.
         seq: u64,
+        /// The whole chunk, reassembled.
         data: Bytes,
     },
 }
 
 /// What the data channel towards one neighbour can take now.
+///
+/// Schedulers see plugin-api's `Capacity`, which the engine's driver makes
+/// from this one: the network layer depends on no other p2ner crate, and the
+/// ABI type cannot grow fields like `queued_bytes` freely.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Capacity {
     /// Bytes that may be queued now without exceeding the window.
@@ -107,8 +123,11 @@ pub enum NetEvent {
     Deliver(Event),
     /// The answer to [`NetState::request`].
     Response {
+        /// Who answered.
         from: SocketAddr,
+        /// The request this answers.
         request_id: u64,
+        /// The response.
         payload: Bytes,
     },
     /// The peer acknowledged this reliable send.
@@ -125,7 +144,9 @@ pub enum NetEvent {
 /// call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transmit<'a> {
+    /// Where to.
     pub to: SocketAddr,
+    /// The datagram, as the socket takes it.
     pub bytes: &'a [u8],
 }
 
@@ -158,14 +179,17 @@ impl Datagrams {
         self.items.push((to, start, self.buf.len()));
     }
 
+    /// Datagrams held.
     pub fn len(&self) -> usize {
         self.items.len()
     }
 
+    /// No datagrams held.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 
+    /// Empties the batch, keeping its buffer for the next fill.
     pub fn clear(&mut self) {
         self.buf.clear();
         self.items.clear();
@@ -282,10 +306,12 @@ impl NetState {
         }
     }
 
+    /// The settings the state machine runs with.
     pub fn config(&self) -> &NetConfig {
         &self.cfg
     }
 
+    /// This incarnation's random id: a restarted peer's reliable ids start over, and peers must tell.
     pub fn session(&self) -> u32 {
         self.session
     }

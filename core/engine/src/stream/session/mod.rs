@@ -1,0 +1,487 @@
+//! One stream on one peer: plugins, buffer, play-out and neighbours, sans-IO.
+//!
+//! The session is split by responsibility so that each part can be read
+//! (and changed) on its own; every part is an `impl Session` block over the
+//! one state struct defined here:
+//!
+//! - this module: the public API the carrier drives (events in, outputs out)
+//!   and the tick that orchestrates the rest;
+//! - [`links`]: neighbour links and trust (the Hello/Welcome/Bye/SetLink
+//!   handshake, keepalives, timeouts, bans, per-neighbour reports);
+//! - [`dispatch`]: calls into the scheduler and overlay and the actions they
+//!   answer with;
+//! - [`source`]: the publishing side, which seals what the input produces;
+//! - [`sink`]: the subscribing side, which verifies chunks and plays them
+//!   out against its clock.
+
+mod dispatch;
+mod links;
+mod sink;
+mod source;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use p2ner_plugin_api::abi_stable::std_types::{ROption, RVec};
+use p2ner_plugin_api::{
+    Capacity, InputBox, OutputBox, OverlayAction, OverlayBox, OverlayContext, PeerId, PeerInfo,
+    SchedAction, SchedContext, SchedulerBox, StreamFormat, Upload,
+};
+use p2ner_proto::identity::{Identity, PublicKey};
+use p2ner_proto::peer::{self as wire, Envelope, PeerMsg};
+
+use super::buffer::ChunkBuffer;
+use super::playout::{PlayEvent, PlayoutClock, PlayoutConfig};
+use super::stats::{Snapshot, StreamStats};
+use links::{LinkState, Neighbour};
+
+/// Which end of the stream this peer is. (Not `Source`/`Sink`: those are
+/// the SDK's input and output traits, which the roles hold.)
+pub enum Role {
+    /// Publishes the stream: reads the input and signs what it produces.
+    Publisher {
+        /// Where the media comes from.
+        input: InputBox,
+        /// Signs every chunk, so subscribers can refuse forged ones.
+        key: Identity,
+    },
+    /// Subscribes to the stream: verifies chunks against the publisher's key
+    /// and plays them out.
+    Subscriber {
+        /// Where the media goes.
+        output: OutputBox,
+        /// The publisher's key, from the catalogue: what chunks must verify against.
+        key: PublicKey,
+    },
+}
+
+/// How one stream runs on one peer; [`SessionConfig::new`] derives the defaults from the bitrate and chunk length.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The stream's id on the wire.
+    pub stream: u64,
+    /// The stream's id as users see it, for stats.
+    pub name: String,
+    /// This peer, as its neighbours know it.
+    pub local: PeerInfo,
+    /// The publisher, when known: subscribers start by connecting to it.
+    pub source: Option<PeerInfo>,
+    /// Seeds the plugins' random choices, so runs can be replayed.
+    pub seed: u64,
+    /// Media per chunk.
+    pub chunk_us: u64,
+    /// Chunks kept for forwarding.
+    pub window_chunks: u64,
+    /// Typical bytes per chunk, for schedulers that count capacity in chunks.
+    pub chunk_bytes: u64,
+    /// Contiguous chunks needed before playback starts (also the lead kept behind the newest chunk).
+    pub startup_chunks: u64,
+    /// Start with what is there after this long, rather than never.
+    pub startup_timeout_us: u64,
+    /// Playback must begin on a keyframe (decoders that cannot start mid-GOP).
+    pub need_keyframe: bool,
+    /// A link with nothing sent for this long gets a `Ping`.
+    pub keepalive_us: u64,
+    /// A link with nothing heard for this long is dropped.
+    pub neighbour_timeout_us: u64,
+    /// A `Hello` without a `Welcome` for this long counts as a failed connect.
+    pub connect_timeout_us: u64,
+    /// How often the overlay gets each neighbour's report.
+    pub report_every_us: u64,
+}
+
+impl SessionConfig {
+    /// Defaults that suit a stream of `chunk_ms` chunks at `bitrate_kbps`.
+    pub fn new(stream: u64, name: &str, local: PeerInfo, bitrate_kbps: u32, chunk_ms: u32) -> Self {
+        let chunk_us = chunk_ms.max(1) as u64 * 1000;
+        SessionConfig {
+            stream,
+            name: name.to_owned(),
+            local,
+            source: None,
+            seed: stream,
+            chunk_us,
+            window_chunks: (30_000_000 / chunk_us).max(16),
+            chunk_bytes: (bitrate_kbps as u64 * 125 * chunk_us / 1_000_000).max(1),
+            startup_chunks: (1_000_000 / chunk_us).max(1),
+            startup_timeout_us: 3_000_000,
+            need_keyframe: true,
+            keepalive_us: 1_000_000,
+            neighbour_timeout_us: 5_000_000,
+            connect_timeout_us: 3_000_000,
+            report_every_us: 1_000_000,
+        }
+    }
+}
+
+/// What the session asks its carrier to do: two kinds of send, and two
+/// requests that are not sends at all (which is why this is not called
+/// `Transmit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOutput {
+    /// A control message for the control channel.
+    SendMessage {
+        /// Where to.
+        to: SocketAddr,
+        /// An encoded [`Envelope`].
+        bytes: Vec<u8>,
+        /// Acknowledged and retransmitted by the network layer.
+        reliable: bool,
+    },
+    /// A sealed chunk for the data channel.
+    SendChunk {
+        /// Where to.
+        to: SocketAddr,
+        /// The chunk's sequence number (the data channel frames it).
+        seq: u64,
+        /// The chunk as sealed by the publisher; forwarded, never re-signed.
+        data: Bytes,
+    },
+    /// More candidate peers from the servers, please.
+    WantPeers {
+        /// At most this many.
+        count: u32,
+    },
+    /// The neighbour at `addr` is gone: per-neighbour state of the carrier
+    /// can go.
+    ForgetPeer {
+        /// The neighbour's address.
+        addr: SocketAddr,
+    },
+}
+
+/// A stream as one peer runs it. Feed it events with the current time;
+/// collect [`SessionOutput`]s with [`Session::drain`].
+pub struct Session {
+    cfg: SessionConfig,
+    role: Role,
+    scheduler: SchedulerBox,
+    overlay: OverlayBox,
+    buffer: ChunkBuffer,
+    playout: Option<PlayoutClock>,
+    started_us: u64,
+    format: Option<StreamFormat>,
+    next_seq: u64,
+    neighbours: BTreeMap<PeerId, Neighbour>,
+    /// Every peer heard of: candidates, connections, senders.
+    book: BTreeMap<PeerId, SocketAddr>,
+    banned: BTreeSet<PeerId>,
+    out: Vec<SessionOutput>,
+    stats: StreamStats,
+    failed: Option<String>,
+    ended: bool,
+    next_report_us: u64,
+    last_snapshot: (u64, u64, u64),
+    sched_actions: RVec<SchedAction>,
+    overlay_actions: RVec<OverlayAction>,
+    played: Vec<PlayEvent>,
+    /// What the whole upload may still take this tick (an upload cap shared
+    /// by all neighbours); `None`: no cap beyond each link's own.
+    upload_left: Option<u64>,
+    /// The uplink as the carrier last described it.
+    upload: Upload,
+    /// Rotates which neighbour is offered capacity first.
+    turn: usize,
+}
+
+impl Session {
+    /// A session at `now_us`; nothing is called on the plugins until [`Session::start`].
+    pub fn new(
+        cfg: SessionConfig,
+        role: Role,
+        scheduler: SchedulerBox,
+        overlay: OverlayBox,
+        now_us: u64,
+    ) -> Self {
+        let playout = matches!(role, Role::Subscriber { .. }).then(|| {
+            PlayoutClock::new(
+                PlayoutConfig {
+                    chunk_us: cfg.chunk_us,
+                    startup_chunks: cfg.startup_chunks,
+                    lead_chunks: cfg.startup_chunks,
+                    startup_timeout_us: cfg.startup_timeout_us,
+                    need_keyframe: cfg.need_keyframe,
+                },
+                now_us,
+            )
+        });
+        Session {
+            buffer: ChunkBuffer::new(cfg.window_chunks),
+            cfg,
+            role,
+            scheduler,
+            overlay,
+            playout,
+            started_us: now_us,
+            format: None,
+            next_seq: 0,
+            neighbours: BTreeMap::new(),
+            book: BTreeMap::new(),
+            banned: BTreeSet::new(),
+            out: Vec::new(),
+            stats: StreamStats::default(),
+            failed: None,
+            ended: false,
+            next_report_us: now_us,
+            last_snapshot: (now_us, 0, 0),
+            sched_actions: RVec::new(),
+            overlay_actions: RVec::new(),
+            played: Vec::new(),
+            upload_left: None,
+            upload: Upload {
+                budget_bytes: u64::MAX,
+                ..Upload::default()
+            },
+            turn: 0,
+        }
+    }
+
+    /// Starts the plugins. The source's input is started here, so an input
+    /// that cannot open its source fails the stream before it is announced.
+    pub fn start(&mut self, now_us: u64, format: Option<StreamFormat>) -> Result<(), String> {
+        if let Role::Publisher { input, .. } = &mut self.role {
+            let format = input
+                .start(now_us)
+                .into_result()
+                .map_err(|e| format!("input: {e}"))?;
+            self.format = Some(format);
+        } else if let (Role::Subscriber { output, .. }, Some(format)) = (&mut self.role, format) {
+            output
+                .start(&format)
+                .into_result()
+                .map_err(|e| format!("output: {e}"))?;
+            self.format = Some(format);
+        }
+        let is_source = self.is_publisher();
+        let ctx = SchedContext {
+            local: self.cfg.local.id,
+            is_source,
+            seed: self.cfg.seed ^ self.cfg.local.id.0,
+            chunk_us: self.cfg.chunk_us as u32,
+            window_chunks: self.cfg.window_chunks as u32,
+            chunk_bytes: self.cfg.chunk_bytes as u32,
+        };
+        let r = self
+            .scheduler
+            .on_start(now_us, &ctx, &mut self.sched_actions);
+        self.after_scheduler("on_start", r.into_result(), now_us);
+        let octx = OverlayContext {
+            local: self.cfg.local.clone(),
+            is_source,
+            seed: self.cfg.seed ^ self.cfg.local.id.0.rotate_left(17),
+            source: match &self.cfg.source {
+                Some(s) => ROption::RSome(s.clone()),
+                None => ROption::RNone,
+            },
+        };
+        if let Some(source) = &self.cfg.source {
+            if let Ok(addr) = source.addr.parse() {
+                self.book.insert(source.id, addr);
+            }
+        }
+        let r = self
+            .overlay
+            .on_start(now_us, &octx, &mut self.overlay_actions);
+        self.after_overlay("on_start", r.into_result(), now_us);
+        self.failed.clone().map_or(Ok(()), Err)
+    }
+
+    /// This peer publishes the stream.
+    pub fn is_publisher(&self) -> bool {
+        matches!(self.role, Role::Publisher { .. })
+    }
+
+    /// The media format: the input's, or the one the catalogue announced.
+    pub fn format(&self) -> Option<&StreamFormat> {
+        self.format.as_ref()
+    }
+
+    /// Why the stream stopped: a plugin failed (an error or a panic).
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// The source's input ended (a file without loop, a synthetic limit).
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// The counters the `--stats` lines and the summary are made of.
+    pub fn stats(&self) -> &StreamStats {
+        &self.stats
+    }
+
+    /// Links that are up (not those still waiting for a `Welcome`).
+    pub fn neighbour_count(&self) -> usize {
+        self.neighbours
+            .values()
+            .filter(|n| n.state == LinkState::Up)
+            .count()
+    }
+
+    /// Every neighbour's address, up or connecting, so a shared endpoint keeps their state.
+    pub fn neighbour_addrs(&self) -> Vec<SocketAddr> {
+        self.neighbours.values().map(|n| n.addr).collect()
+    }
+
+    /// Takes what the session asked its carrier to do since the last call.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, SessionOutput> {
+        self.out.drain(..)
+    }
+
+    /// Candidate peers, from a server's sample.
+    pub fn on_candidates(&mut self, now_us: u64, peers: &[PeerInfo]) {
+        let peers: Vec<PeerInfo> = peers
+            .iter()
+            .filter(|p| p.id != self.cfg.local.id && !self.banned.contains(&p.id))
+            .cloned()
+            .collect();
+        for p in &peers {
+            if let Ok(addr) = p.addr.parse() {
+                self.book.insert(p.id, addr);
+            }
+        }
+        let r =
+            self.overlay
+                .on_candidates(now_us, peers.as_slice().into(), &mut self.overlay_actions);
+        self.after_overlay("on_candidates", r.into_result(), now_us);
+    }
+
+    /// What the data channel can take towards `addr` now.
+    pub fn set_capacity(&mut self, addr: SocketAddr, capacity: Capacity) {
+        for n in self.neighbours.values_mut().filter(|n| n.addr == addr) {
+            n.capacity = capacity;
+        }
+    }
+
+    /// This peer's uplink, shared by all neighbours, for the next tick: what
+    /// the whole upload may take is `upload.budget_bytes` when it is capped.
+    pub fn set_upload(&mut self, upload: Upload) {
+        self.upload_left = upload.capped.then_some(upload.budget_bytes);
+        self.upload = Upload {
+            stream_bps: self.cfg.chunk_bytes * 8 * 1_000_000 / self.cfg.chunk_us.max(1),
+            ..upload
+        };
+    }
+
+    /// Time passes: produce or play chunks, run the plugins' timers, check
+    /// neighbours.
+    pub fn tick(&mut self, now_us: u64) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.produce(now_us);
+        self.play(now_us);
+        let upload = self.upload;
+        let r = self
+            .scheduler
+            .on_upload(now_us, upload, &mut self.sched_actions);
+        self.after_scheduler("on_upload", r.into_result(), now_us);
+        let r = self
+            .overlay
+            .on_upload(now_us, upload, &mut self.overlay_actions);
+        self.after_overlay("on_upload", r.into_result(), now_us);
+        let mut peers: Vec<PeerId> = self
+            .neighbours
+            .iter()
+            .filter(|(_, n)| n.state == LinkState::Up && n.link.downstream)
+            .map(|(&id, _)| id)
+            .collect();
+        if !peers.is_empty() {
+            self.turn = self.turn.wrapping_add(1);
+            let k = self.turn % peers.len();
+            peers.rotate_left(k);
+        }
+        // Each neighbour is offered what its link takes, within what is left
+        // of the shared upload; the scheduler's sends draw both down.
+        for peer in peers {
+            let Some(n) = self.neighbours.get_mut(&peer) else {
+                continue;
+            };
+            if let Some(left) = self.upload_left {
+                n.capacity.can_send_bytes = n.capacity.can_send_bytes.min(left);
+            }
+            let cap = n.capacity;
+            let r = self
+                .scheduler
+                .on_capacity(now_us, peer, cap, &mut self.sched_actions);
+            self.after_scheduler("on_capacity", r.into_result(), now_us);
+        }
+        let r = self.scheduler.on_tick(now_us, &mut self.sched_actions);
+        self.after_scheduler("on_tick", r.into_result(), now_us);
+        let r = self.overlay.on_tick(now_us, &mut self.overlay_actions);
+        self.after_overlay("on_tick", r.into_result(), now_us);
+        if now_us >= self.next_report_us {
+            self.report(now_us);
+        }
+        self.check_neighbours(now_us);
+    }
+
+    /// The line `--stats` writes for the second that just passed.
+    pub fn snapshot(&mut self, now_us: u64) -> Snapshot {
+        let (at, down, up) = self.last_snapshot;
+        let secs = (now_us.saturating_sub(at) as f64 / 1e6).max(1e-3);
+        self.last_snapshot = (now_us, self.stats.bytes_down, self.stats.bytes_up);
+        let buffer_ms = match self.playout.as_ref().and_then(|p| p.next()) {
+            Some((next, _)) => {
+                let contiguous = (next..).take_while(|s| self.buffer.contains(*s)).count() as u64;
+                contiguous * self.cfg.chunk_us / 1000
+            }
+            None => self.buffer.len() as u64 * self.cfg.chunk_us / 1000,
+        };
+        Snapshot {
+            t_ms: now_us.saturating_sub(self.started_us) / 1000,
+            stream: self.cfg.name.clone(),
+            continuity: self.stats.continuity(),
+            buffer_ms,
+            neighbours: self.neighbour_count(),
+            down_kbps: (self.stats.bytes_down - down) as f64 * 8.0 / 1000.0 / secs,
+            up_kbps: (self.stats.bytes_up - up) as f64 * 8.0 / 1000.0 / secs,
+            chunks_played: self.stats.chunks_played,
+            chunks_missed: self.stats.chunks_missed,
+            playing: self.playout.as_ref().is_some_and(|p| p.started()),
+        }
+    }
+
+    /// Says goodbye to every neighbour and stops the input or output.
+    pub fn close(&mut self, now_us: u64) -> Option<String> {
+        let peers: Vec<PeerId> = self.neighbours.keys().copied().collect();
+        for peer in peers {
+            if let Some(n) = self.neighbours.get(&peer) {
+                let addr = n.addr;
+                self.send(addr, env_msg(&self.cfg, PeerMsg::Bye), false, now_us);
+            }
+        }
+        match &mut self.role {
+            Role::Publisher { input, .. } => {
+                input.stop().into_result().err().map(|e| e.to_string())
+            }
+            Role::Subscriber { output, .. } => match output.finish().into_result() {
+                Ok(report) => {
+                    tracing::info!(stream = %self.cfg.name, chunks = report.chunks, gaps = report.gaps, errors = report.errors, detail = %report.detail, "output finished");
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            },
+        }
+    }
+
+    fn fail(&mut self, error: String) {
+        if self.failed.is_none() {
+            tracing::error!(stream = %self.cfg.name, "stream failed: {error}");
+            self.failed = Some(error);
+        }
+    }
+}
+
+pub(super) fn env_msg(cfg: &SessionConfig, msg: PeerMsg) -> Vec<u8> {
+    wire::encode(&Envelope {
+        version: wire::VERSION,
+        stream: cfg.stream,
+        from: cfg.local.id.0,
+        msg,
+    })
+}
