@@ -151,6 +151,20 @@ fn a_publisher_with_1_5x_the_bitrate_is_enough() {
     );
 }
 
+// Issue 10's target at load 0.9 is every subscriber >= 0.99; this is what
+// pull x mesh reaches today (seed 1: mean 0.949, p10 0.882, min 0.78), kept
+// as a floor so a regression fails. The gap: control messages (announcements,
+// requests, refusals, 40 bytes of framing each) cost about as much upload as
+// the swarm has to spare at this load.
+#[test]
+fn pull_over_mesh_at_load_0_9_plays_94_percent_not_yet_99() {
+    let r = run(&capped("pull", "mesh", 0.9, 50));
+    eprintln!("pull x mesh at load 0.9: {}", report(&r));
+    assert!(mean_continuity(&r) >= 0.94, "{}", report(&r));
+    let mut c: Vec<f64> = r.subscribers.iter().map(|s| s.continuity).collect();
+    c.sort_by(f64::total_cmp);
+    assert!(c[c.len() / 10] >= 0.87, "{}", report(&r));
+}
 // Push along the tree's stripes (one parent per substream, admitted by
 // uplink capacity). Issue 10 asks for >= 0.99 for every subscriber at load
 // 0.9; push x tree reaches a 0.999 mean (min 0.97) at load 0.5 and a 0.93

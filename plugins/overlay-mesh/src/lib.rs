@@ -8,6 +8,12 @@
 //! others did is replaced by a fresh one, which is how a mesh heals around
 //! free riders and overloaded peers. Links carry media both ways.
 //!
+//! Under an upload cap the automatic degree follows this peer's upload in
+//! stream copies (half the degree at 0.5x, up to twice it below 3x): a peer's
+//! neighbours are the ones that ask it for chunks, so a peer with much
+//! upload needs many of them to stay busy, and one with little pays for
+//! every neighbour's announcements out of what it cannot spare.
+//!
 //! Hostile peers are bounded: the address book holds at most `max_known`
 //! peers (peers proven by a connection or named by the server are kept
 //! before hearsay from peer exchange, which is what an attacker floods);
@@ -24,9 +30,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use p2ner_plugin_api::prelude::*;
-use p2ner_plugin_api::{NeighbourReport, OverlayContext};
+use p2ner_plugin_api::{NeighbourReport, OverlayContext, Upload};
 
 const PEX: u8 = 1;
+/// The fewest neighbours a capped peer aims for, however little it uploads:
+/// it still needs several holders to fetch from.
+const MIN_CAPPED_DEGREE: u64 = 4;
+/// Upload (in 1/16ths of a stream copy) from which a peer keeps the base degree.
+const AMPLE_16THS: u64 = 3 * 16;
 /// Peers per exchange: enough to spread knowledge, small enough for one
 /// datagram. Entries beyond it in a received exchange are ignored.
 pub const PEX_SAMPLE: usize = 8;
@@ -38,7 +49,7 @@ pub const PARAMS: &[ParamDef] = &[DEGREE, MAX_DEGREE, PEX_MS, USELESS_AFTER_MS, 
 const DEGREE: ParamDef = ParamDef::new(
     "degree",
     "0",
-    "neighbours to keep (0: about log2 of the swarm, 4 to 10)",
+    "neighbours to keep (0: about log2 of the swarm, 4 to 10, scaled by the upload in stream copies under a cap)",
 );
 const MAX_DEGREE: ParamDef = ParamDef::new(
     "max_degree",
@@ -88,6 +99,9 @@ pub struct Mesh {
     shunned: BTreeSet<PeerId>,
     next_pex_us: u64,
     asked_for_peers_us: Option<u64>,
+    /// This peer's capped upload in stream copies, in 1/16ths; `None`
+    /// while uncapped or unknown.
+    upload_16ths: Option<u64>,
 }
 
 struct Neighbour {
@@ -131,6 +145,7 @@ impl Mesh {
             shunned: BTreeSet::new(),
             next_pex_us: 0,
             asked_for_peers_us: None,
+            upload_16ths: None,
         })
     }
 
@@ -141,7 +156,21 @@ impl Mesh {
         }
         let swarm = self.known.len() + 1;
         let log2 = usize::BITS - swarm.leading_zeros();
-        (log2 as usize + 2).clamp(4, 10).min(self.max_degree)
+        let base = (log2 as usize + 2).clamp(4, 10);
+        // Under a cap, a peer's neighbours are its customers: a peer that
+        // uploads twice the stream needs twice the requesters to stay busy,
+        // one below a stream copy cannot serve many and pays for each
+        // neighbour's announcements. So the degree follows the upload where
+        // upload is scarce; a peer with several copies to spare is no
+        // bottleneck, and more neighbours would only cost announcements.
+        let scaled = match self.upload_16ths {
+            Some(x) if x < AMPLE_16THS => (base as u64 * x)
+                .div_ceil(16)
+                .clamp(MIN_CAPPED_DEGREE, 2 * base as u64)
+                as usize,
+            _ => base,
+        };
+        scaled.min(self.max_degree)
     }
 
     fn fill(&mut self, now_us: u64, out: &mut OverlayOut<'_>) {
@@ -422,6 +451,11 @@ impl Overlay for Mesh {
         }
     }
 
+    fn on_upload(&mut self, _now_us: u64, upload: Upload, _out: &mut OverlayOut<'_>) {
+        self.upload_16ths = (upload.capped && upload.stream_bps > 0)
+            .then(|| upload.capacity_bps * 16 / upload.stream_bps);
+    }
+
     fn on_tick(&mut self, now_us: u64, out: &mut OverlayOut<'_>) {
         // Connection attempts that never answered are abandoned.
         let stale: Vec<PeerId> = self
@@ -538,6 +572,35 @@ mod tests {
         let replacement = connects(&actions);
         assert_eq!(replacement.len(), 1);
         assert!(!first.contains(&replacement[0]));
+    }
+
+    #[test]
+    fn under_a_cap_the_degree_follows_the_upload() {
+        let target = |capacity_bps: u64, capped: bool| {
+            let mut mesh = Mesh::new(&Params::new()).unwrap();
+            let mut actions = RVec::new();
+            let mut out = OverlayOut::new(&mut actions);
+            mesh.learn(&(1..=50).map(peer).collect::<Vec<_>>());
+            let upload = Upload {
+                capacity_bps,
+                capped,
+                stream_bps: 1_000_000,
+                ..Default::default()
+            };
+            mesh.on_upload(0, upload, &mut out);
+            mesh.target()
+        };
+        let plain = target(0, false);
+        assert_eq!(target(1_000_000, true), plain);
+        assert!(target(500_000, true) < plain);
+        assert!(target(500_000, true) >= MIN_CAPPED_DEGREE as usize);
+        assert!(target(1_600_000, true) > plain);
+        assert_eq!(target(2_900_000, true), 2 * plain);
+        assert_eq!(
+            target(4_000_000, true),
+            plain,
+            "ample upload: no more than needed"
+        );
     }
 
     #[test]

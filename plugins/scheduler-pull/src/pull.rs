@@ -125,6 +125,8 @@ struct Neighbour {
     /// Bytes the data channel towards it takes now; `None` until the engine says.
     budget: Option<u64>,
     advert: Option<Advert>,
+    /// When its advert came: the queue it told of drains from then on.
+    advert_us: u64,
     /// It refused us: do not ask it before this.
     busy_until_us: u64,
     next_map_us: u64,
@@ -351,6 +353,9 @@ impl Pull {
         }
         order.sort_unstable();
         let chunk_bits = self.chunk_bytes() * 8;
+        // What a holder accepts, plus one chunk at the stream's rate: its
+        // advert is a little old, and its queue may have moved.
+        let ask_within = self.max_wait_us + chunk_bits * 1_000_000 / self.stream_bps().max(1);
         let mut batches: BTreeMap<PeerId, (u16, Vec<u64>)> = BTreeMap::new();
         for (_, _, _, seq) in order {
             // The holder that would deliver soonest: its advertised queue,
@@ -366,10 +371,14 @@ impl Pull {
                 })
                 .map(|(&id, n)| {
                     let rate = self.upload_of(n).max(1);
-                    let queued = n.advert.map_or(0, |a| a.queued_ms as u64 * 1000);
+                    let told = n.advert.map_or(0, |a| a.queued_ms as u64 * 1000);
+                    let queued = told.saturating_sub(now_us.saturating_sub(n.advert_us));
                     let eta = queued + (n.outstanding as u64 + 1) * chunk_bits * 1_000_000 / rate;
                     (eta, id)
                 })
+                // A holder that would refuse is not asked: a refusal costs
+                // two messages of scarce upload and delivers nothing.
+                .filter(|&(eta, _)| eta <= ask_within)
                 .collect::<Vec<_>>();
             // Jittered, so that requesters who all see the same adverts do
             // not all pick the same holder.
@@ -424,11 +433,12 @@ impl Pull {
         // a chunk later on the requester's play-out clock.
         let first = seqs.iter().copied().min().unwrap_or(0);
         let chunk_us = self.chunk_us();
-        // A requester that is not playing yet (no deadline) is served from
-        // spare upload only: a short queue, so that joiners never make the
-        // peers already playing miss chunks.
+        // A requester that is not playing yet (no deadline) is served like
+        // any other: serving joiners from spare upload only was tried, and
+        // near the bound there is none, so a flash crowd waited for the
+        // startup timeout and then played seconds behind.
         let slack = |seq: u64| match slack_ms {
-            u16::MAX => self.max_wait_us / 3,
+            u16::MAX => self.max_wait_us,
             ms => ms as u64 * 1000 + (seq - first).saturating_mul(chunk_us),
         };
         let mut refused = Vec::new();
@@ -461,9 +471,13 @@ impl Pull {
         let chunk_bytes = self.chunk_bytes();
         self.push_fresh(now_us, out);
         let mut kept = VecDeque::with_capacity(self.jobs.len());
+        let mut dropped: BTreeMap<PeerId, Vec<u64>> = BTreeMap::new();
         while let Some(job) = self.jobs.pop_front() {
             let (peer, seq) = (job.peer, job.seq);
             if now_us > job.expires_us || !self.have.contains(&seq) {
+                // Said at once, so that the requester asks elsewhere now
+                // instead of waiting out its timeout for nothing.
+                dropped.entry(peer).or_default().push(seq);
                 continue;
             }
             let Some(n) = self.neighbours.get_mut(&peer) else {
@@ -487,6 +501,13 @@ impl Pull {
             out.send_chunk(peer, seq);
         }
         self.jobs = kept;
+        for (peer, seqs) in dropped {
+            if self.neighbours.contains_key(&peer) {
+                for part in seqs.chunks(MAX_SEQS) {
+                    out.send_message(peer, wire::refuse(part), false);
+                }
+            }
+        }
     }
 
     /// The publisher's copies of new chunks, each to the neighbour next in
@@ -551,6 +572,7 @@ impl Scheduler for Pull {
                 outstanding: 0,
                 budget: None,
                 advert: None,
+                advert_us: 0,
                 busy_until_us: 0,
                 next_map_us: now_us + self.map_every_us,
             },
@@ -610,6 +632,7 @@ impl Scheduler for Pull {
                 let n = self.neighbours.get_mut(&peer).expect("checked");
                 if advert.is_some() {
                     n.advert = advert;
+                    n.advert_us = now_us;
                 }
                 n.have.extend(seqs.into_iter().filter(|&s| s <= reach));
             }
