@@ -208,7 +208,7 @@ fn forged_chunks_are_detected_and_never_played() {
         let server = ServerClient::new(ep.clone(), s.server_addr.parse().unwrap());
         let id = StreamId(stream.clone());
         let joined = server
-            .join(&id, ep.peer_id())
+            .join(&id, 777)
             .await
             .expect("the forger joins like anyone");
         let targets: Vec<_> = joined
@@ -221,7 +221,7 @@ fn forged_chunks_are_detected_and_never_played() {
         let hello = wire::encode(&Envelope {
             version: wire::VERSION,
             stream: wire_id(&id),
-            from: ep.peer_id(),
+            from: 777,
             msg: PeerMsg::Hello {
                 up: false,
                 down: true,

@@ -157,8 +157,7 @@ impl Server {
                             if payload[..] == stats_request[..] {
                                 service.set_net_malformed(endpoint.stats().malformed_dropped);
                             }
-                            let key = endpoint.peer_key(from);
-                            if let Some(answer) = service.handle_payload_keyed(from, key, &payload, now) {
+                            if let Some(answer) = service.handle_payload(from, &payload, now) {
                                 endpoint.respond(from, id, Bytes::from(answer));
                             }
                         }
@@ -166,8 +165,7 @@ impl Server {
                         // handled, not answered.
                         Event::Message { from, payload } => {
                             active.insert(from, now);
-                            let key = endpoint.peer_key(from);
-                            let _ = service.handle_payload_keyed(from, key, &payload, now);
+                            let _ = service.handle_payload(from, &payload, now);
                         }
                         Event::Chunk { from, .. } => {
                             active.insert(from, now);

@@ -538,7 +538,6 @@ impl Session {
                 self.ask_metrics();
                 self.stats.plugins.clone()
             },
-            net: Default::default(),
         }
     }
 
