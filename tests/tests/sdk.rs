@@ -122,15 +122,17 @@ fn the_examples_build_against_plugin_api_alone_pass_their_kit_tests_and_play() {
     cargo_test(&edf);
     let dir = build(&edf, "p2ner-scheduler-edf");
     let r = simulate(dir.path(), "edf", 8);
-    // An example, not a tuned scheduler: in this flash crowd it plays
-    // 0.85-0.91 at every subscriber (the built-in pull plays 0.99; see the
-    // example's README for where it loses). The bound catches a scheduler
-    // that stopped distributing, not a regression of a few percent.
+    // An example, not a tuned scheduler: in this flash crowd it played
+    // 0.85-0.91 at every subscriber over the simulator's old uplink model, and
+    // mean 0.77, min 0.62 since the simulator runs the real network layer
+    // (the built-in pull plays 0.99; see the example's README for where it
+    // loses). The bound catches a scheduler that stopped distributing, not a
+    // regression of a few percent.
     let mean = r.subscribers.iter().map(|s| s.continuity).sum::<f64>() / 8.0;
-    assert!(mean > 0.8, "{r:?}");
+    assert!(mean > 0.7, "{r:?}");
     for s in &r.subscribers {
         assert!(s.chunks_played > 100, "{s:?}");
-        assert!(s.continuity > 0.7, "{s:?}");
+        assert!(s.continuity > 0.5, "{s:?}");
         let own = &s.plugins["scheduler.edf"];
         assert!(own["requests"] > 0.0, "{s:?}");
     }
