@@ -123,36 +123,13 @@ impl Swarm {
         (p, id)
     }
 
-    /// Starts subscriber `name`, writing `name.stats` and `name.json`.
+    /// Starts subscriber `name` for `secs` seconds, writing `name.stats` and
+    /// `name.json`.
     pub fn subscribe(&self, name: &str, stream: &str, secs: u32, extra: &[&str]) -> Proc {
-        let stats = self.path(&format!("{name}.stats"));
         let secs = secs.to_string();
-        let stats = stats.display().to_string();
-        let mut args = vec![
-            "subscribe",
-            "--server",
-            &self.server_addr,
-            stream,
-            "--listen",
-            "127.0.0.1:0",
-            "--for",
-            &secs,
-            "--stats",
-            &stats,
-            "--quiet",
-            "--json",
-        ];
+        let mut args = vec!["--for", secs.as_str()];
         args.extend_from_slice(extra);
-        let args = self.args(&args);
-        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-        let out = std::fs::File::create(self.path(&format!("{name}.json"))).expect("json file");
-        spawn_in(
-            self.netns.as_ref(),
-            self.dir.path(),
-            &args,
-            name,
-            Stdio::from(out),
-        )
+        self.subscribe_open(name, stream, &args)
     }
 
     /// Starts subscriber `name` without `--for` (it runs until its stream
