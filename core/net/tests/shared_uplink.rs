@@ -101,6 +101,15 @@ async fn chunk_past_deadline_is_never_sent() {
     let (b1, got1) = receiver().await;
     let (b2, got2) = receiver().await;
     let (to1, to2) = (b1.local_addr(), b2.local_addr());
+    // Links are authenticated: open both first (a chunk towards an address
+    // without a link only starts the handshake), then let the cap's burst
+    // refill.
+    for to in [to1, to2] {
+        a.send_reliable(to, Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
     // Already late: accepted, counted, never sent.
     a.send_chunk_by(to2, 0, 0, Bytes::from(vec![1u8; 3000]), Instant::now())
         .unwrap();
