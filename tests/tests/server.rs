@@ -188,7 +188,8 @@ fn register_browse_two_servers_one_down_join_heartbeat_expiry_offline() {
 
     // Join: parameters, the publisher flagged, then the other peers.
     let p1 = client(a.addr);
-    let j1 = p1.join(&cats, 1).expect("join");
+    let id1 = p1.endpoint().peer_id();
+    let j1 = p1.join(&cats, id1).expect("join");
     assert_eq!(j1.info.params, params("Cats"));
     assert_eq!(j1.info.publisher, alice.public_key());
     assert_eq!(j1.info.liveness, Liveness::Online);
@@ -196,9 +197,10 @@ fn register_browse_two_servers_one_down_join_heartbeat_expiry_offline() {
     assert!(j1.peers[0].publisher);
     assert_eq!(j1.peers[0].addr, publisher.local_addr());
     let p2 = client(a.addr);
-    let j2 = p2.join(&cats, 2).expect("join");
+    let id2 = p2.endpoint().peer_id();
+    let j2 = p2.join(&cats, id2).expect("join");
     assert_eq!(j2.peers.len(), 2);
-    let listed = j2.peers.iter().find(|p| p.peer_id == 1).expect("peer 1");
+    let listed = j2.peers.iter().find(|p| p.peer_id == id1).expect("peer 1");
     assert_eq!(listed.addr, p1.local_addr());
     assert!(!listed.publisher);
 
@@ -235,13 +237,14 @@ fn register_browse_two_servers_one_down_join_heartbeat_expiry_offline() {
 
     // Peer 2 and the publisher heartbeat; peer 1 goes quiet and drops out.
     eventually(Duration::from_secs(10), "peer 1 expires", || {
-        p2.peer_heartbeat(&cats, 2).unwrap();
+        p2.peer_heartbeat(&cats, id2).unwrap();
         publisher.publisher_heartbeat(&alice, &cats).unwrap();
         p2.info(&cats).unwrap().peers == 1
     });
-    let sample = client(a.addr).join(&cats, 3).unwrap().peers;
-    assert!(sample.iter().any(|p| p.peer_id == 2));
-    assert!(!sample.iter().any(|p| p.peer_id == 1));
+    let p3 = client(a.addr);
+    let sample = p3.join(&cats, p3.endpoint().peer_id()).unwrap().peers;
+    assert!(sample.iter().any(|p| p.peer_id == id2));
+    assert!(!sample.iter().any(|p| p.peer_id == id1));
 
     // The publisher goes quiet: offline (still listed), then expired.
     eventually(Duration::from_secs(10), "stream offline", || {
@@ -254,7 +257,7 @@ fn register_browse_two_servers_one_down_join_heartbeat_expiry_offline() {
     eventually(Duration::from_secs(15), "stream expired", || {
         streams_json(home.path(), &[a.addr], "cats").1.is_empty()
     });
-    assert_eq!(refused(p1.join(&cats, 1)), ErrorCode::NotFound);
+    assert_eq!(refused(p1.join(&cats, id1)), ErrorCode::NotFound);
 
     // Nobody answering at all is an error naming the servers.
     let (ok, _, stderr) = streams_json(home.path(), &[dead], "");
@@ -289,7 +292,7 @@ fn kill9_and_restart_keeps_the_catalogue() {
     ))));
     let answer = c.request_raw(captured.clone()).unwrap();
     assert_eq!(proto::decode::<Response>(&answer), Ok(Response::Ok));
-    c.join(&three, 7).unwrap();
+    c.join(&three, c.endpoint().peer_id()).unwrap();
     server.kill9();
 
     let server = ServerProc::start(home.path(), &db, &[]);
@@ -319,7 +322,7 @@ fn kill9_and_restart_keeps_the_catalogue() {
     );
     // Heartbeats rebuild the rest.
     c.publisher_heartbeat(&bob, &three).unwrap();
-    c.peer_heartbeat(&three, 7).unwrap();
+    c.peer_heartbeat(&three, c.endpoint().peer_id()).unwrap();
     let info = c.info(&three).unwrap();
     assert_eq!(info.liveness, Liveness::Online);
     assert_eq!(info.peers, 1);
@@ -455,7 +458,8 @@ fn twenty_thousand_random_datagrams_are_dropped_and_counted() {
         }
         // The server keeps answering while it is flooded.
         if i % 2000 == 0 {
-            c.join(&id, 1 + i as u64).expect("answers during the flood");
+            c.join(&id, c.endpoint().peer_id())
+                .expect("answers during the flood");
             c.browse("", 0).expect("answers during the flood");
         }
         // Pace a little so that the kernel does not drop them before the
@@ -485,7 +489,8 @@ fn twenty_thousand_random_datagrams_are_dropped_and_counted() {
     }
     assert_eq!(answers, 0);
     // And the server still answers normally.
-    assert_eq!(c.join(&id, 999_999).unwrap().info.params, params("steady"));
+    let me = c.endpoint().peer_id();
+    assert_eq!(c.join(&id, me).unwrap().info.params, params("steady"));
 }
 
 #[test]

@@ -208,7 +208,7 @@ fn forged_chunks_are_detected_and_never_played() {
         let server = ServerClient::new(ep.clone(), s.server_addr.parse().unwrap());
         let id = StreamId(stream.clone());
         let joined = server
-            .join(&id, 777)
+            .join(&id, ep.peer_id())
             .await
             .expect("the forger joins like anyone");
         let targets: Vec<_> = joined
@@ -221,7 +221,7 @@ fn forged_chunks_are_detected_and_never_played() {
         let hello = wire::encode(&Envelope {
             version: wire::VERSION,
             stream: wire_id(&id),
-            from: 777,
+            from: ep.peer_id(),
             msg: PeerMsg::Hello {
                 up: false,
                 down: true,

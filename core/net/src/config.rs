@@ -36,6 +36,8 @@ pub struct NetConfig {
     pub max_cwnd: usize,
     /// Neighbour states kept at most (protects against spoofed sources).
     pub max_peers: usize,
+    /// Half-open handshakes (address proven, keys not yet) kept at most.
+    pub max_handshakes: usize,
     /// SO_RCVBUF / SO_SNDBUF requested.
     pub socket_buffer: usize,
     /// Test only: probability of dropping each received datagram.
@@ -63,6 +65,7 @@ impl Default for NetConfig {
             event_capacity: 1024,
             max_cwnd: 16 << 20,
             max_peers: 4096,
+            max_handshakes: 256,
             socket_buffer: 4 << 20,
             drop_rate: 0.0,
             send_drop_rate: 0.0,

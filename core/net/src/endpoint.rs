@@ -63,6 +63,7 @@ struct Inner {
     socket: UdpSocket,
     local: SocketAddr,
     cfg: NetConfig,
+    key: crate::auth::StaticKey,
     epoch: Instant,
     shared: Mutex<Shared>,
     events: mpsc::Sender<Event>,
@@ -120,8 +121,19 @@ impl Endpoint {
             Rng::new(t.as_nanos() as u64 ^ (local.port() as u64) << 48 ^ std::process::id() as u64)
                 .next_u64() as u32
         };
+        // Keys and secrets from the OS: nothing about them is predictable
+        // from the outside (the state machine itself never asks the OS).
+        let (key, secret) = {
+            use rand_core::RngCore;
+            let mut seed = [0u8; 32];
+            rand_core::OsRng.fill_bytes(&mut seed);
+            let mut rng = crate::auth::KeyedRng::new(seed);
+            let key = crate::auth::StaticKey::generate(&mut rng);
+            rand_core::OsRng.fill_bytes(&mut seed);
+            (key, seed)
+        };
         let shared = Shared {
-            net: NetState::new(cfg.clone(), session, 0),
+            net: NetState::with_keys(cfg.clone(), session, 0, key.clone(), secret),
             waiters: HashMap::new(),
             requests: HashMap::new(),
             stash: None,
@@ -132,6 +144,7 @@ impl Endpoint {
             socket,
             local,
             cfg,
+            key,
             epoch,
             shared: Mutex::new(shared),
             events: etx,
@@ -267,12 +280,10 @@ impl Endpoint {
         data: Bytes,
     ) -> Result<(), SendError> {
         let now = self.inner.now_us();
-        self.inner
-            .lock()
-            .net
-            .send_chunk(now, to, stream, seq, data)?;
+        let r = self.inner.lock().net.send_chunk(now, to, stream, seq, data);
+        // Also on WouldBlock: the refusal may have started a handshake.
         self.inner.wake.notify_one();
-        Ok(())
+        r
     }
 
     /// [`Endpoint::send_chunk`] for a chunk that is worthless after
@@ -291,12 +302,14 @@ impl Endpoint {
     ) -> Result<(), SendError> {
         let now = self.inner.now_us();
         let d = deadline.saturating_duration_since(self.inner.epoch);
-        self.inner
-            .lock()
-            .net
-            .send_chunk_by(now, to, stream, seq, data, d.as_micros() as u64)?;
+        let r =
+            self.inner
+                .lock()
+                .net
+                .send_chunk_by(now, to, stream, seq, data, d.as_micros() as u64);
+        // Also on WouldBlock: the refusal may have started a handshake.
         self.inner.wake.notify_one();
-        Ok(())
+        r
     }
 
     /// What the data channel towards `to` can take now. Under an upload cap
@@ -348,6 +361,36 @@ impl Endpoint {
     /// A snapshot of all counters.
     pub fn stats(&self) -> NetStats {
         self.inner.lock().net.stats()
+    }
+
+    /// The static public key `addr` proved in its handshake, while the link
+    /// is established: what a claimed peer id is checked against
+    /// ([`crate::peer_id_of`]).
+    pub fn peer_key(&self, addr: SocketAddr) -> Option<[u8; 32]> {
+        self.inner.lock().net.peer_key(addr)
+    }
+
+    /// Drop everything from `addr` unread for `how_long`, and forget it
+    /// ([`NetState::block`]).
+    pub fn block(&self, addr: SocketAddr, how_long: Duration) {
+        let now = self.inner.now_us();
+        let mut sh = self.inner.lock();
+        sh.net.block(addr, now + how_long.as_micros() as u64);
+        sh.requests.retain(|(a, _), _| *a != addr);
+        if self.inner.process_events(&mut sh) {
+            self.inner.capacity_changed.notify_waiters();
+        }
+    }
+
+    /// This endpoint's static public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        *self.inner.key.public()
+    }
+
+    /// This endpoint's peer id: [`crate::peer_id_of`] its static key, the id
+    /// its sessions must use, since peers check it.
+    pub fn peer_id(&self) -> u64 {
+        self.inner.key.peer_id()
     }
 }
 

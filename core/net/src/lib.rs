@@ -17,6 +17,7 @@
 //! Control payloads are bytes; [`encode`] / [`decode`] carry serde types with
 //! postcard.
 
+pub mod auth;
 pub mod config;
 pub mod endpoint;
 pub mod error;
@@ -31,6 +32,7 @@ pub mod wire;
 
 mod rng;
 
+pub use auth::{peer_id_of, StaticKey};
 pub use config::NetConfig;
 pub use endpoint::{Capacity, Endpoint, Event, Events, Upload};
 pub use error::{DecodeMessageError, SendError};
@@ -67,5 +69,23 @@ pub fn fuzz_decode(data: &[u8]) -> bool {
         let mut r = fragment::Reassembler::new(1 << 16, 1 << 16, 1_000_000);
         let _ = r.insert(0, 0u8, &h, payload);
     }
+    // The state machine, as a stranger's first datagram meets it: nothing
+    // it answers may be larger than what it got (no amplification), and it
+    // keeps no neighbour state for an unproven address. (Other channels are
+    // refused unopened, before any state: not worth a key generation here.)
+    if ![wire::CH_HANDSHAKE, wire::CH_SEALED, wire::CH_META].contains(&data[3]) {
+        return true;
+    }
+    let mut net = NetState::new(NetConfig::default(), 1, 0);
+    let from: std::net::SocketAddr = ([127, 0, 0, 9], 4000).into();
+    net.handle_datagram(1, from, data);
+    net.handle_timeout(10_000_000);
+    while let Some(t) = net.poll_transmit(10_000_000) {
+        assert!(
+            t.bytes.len() <= data.len(),
+            "answer larger than the question"
+        );
+    }
+    assert_eq!(net.peer_count(), 0, "no state for an unproven address");
     true
 }

@@ -149,6 +149,44 @@ pub struct DropStats {
     pub version_rejects_received: u64,
     /// Incomplete chunks dropped (timeout or memory budget).
     pub reassembly_expired: u64,
+    /// Datagrams that were not sealed by an established link or whose tag
+    /// did not verify (forged, or from a peer that lost its link).
+    pub unauthenticated: u64,
+    /// Sealed datagrams whose counter was seen before or is too old.
+    pub replayed: u64,
+    /// Handshake initiations with a cookie not issued to their address.
+    pub bad_cookie: u64,
+    /// Handshake packets that match no handshake of ours.
+    pub handshake_unexpected: u64,
+    /// Handshake messages that did not verify.
+    pub handshake_failed: u64,
+    /// Both sides started: the other handshake won.
+    pub handshake_collisions: u64,
+    /// Handshakes this endpoint started.
+    pub handshakes_started: u64,
+    /// Links established, either side.
+    pub handshakes_completed: u64,
+    /// Our handshakes given up (no answer after `max_tries`).
+    pub handshakes_timed_out: u64,
+    /// Half-open handshakes dropped because the table was full.
+    pub handshake_limit: u64,
+    /// Cookie replies sent.
+    pub cookies_sent: u64,
+    /// Cookie requests not answered (over the per-second budget).
+    pub rate_limited: u64,
+    /// Datagrams dropped while waiting for a link (its queue was full).
+    pub link_queue_full: u64,
+    /// Links given up to make room for new ones.
+    pub links_evicted: u64,
+    /// Neighbour states given up to make room.
+    pub peers_evicted: u64,
+    /// Version rejects from addresses we were not handshaking with.
+    pub version_rejects_ignored: u64,
+    /// Sealed datagrams from an address whose handshake waits for its last
+    /// message (`Fin` lost or late; the initiator resends it).
+    pub before_fin: u64,
+    /// Datagrams from blocked addresses ([`crate::NetState::block`]).
+    pub blocked: u64,
 }
 
 impl DropStats {
@@ -162,6 +200,22 @@ impl DropStats {
             + self.unknown_type
             + self.invalid
             + self.bad_fragment
+    }
+
+    /// Datagrams refused for authentication: unsealed, forged, replayed,
+    /// bad cookies and handshake messages that did not verify.
+    pub fn unauthenticated_total(&self) -> u64 {
+        self.unauthenticated
+            + self.replayed
+            + self.bad_cookie
+            + self.handshake_failed
+            + self.handshake_unexpected
+            + self.version_rejects_ignored
+    }
+
+    /// Datagrams refused for lack of room (table bounds).
+    pub fn refused(&self) -> u64 {
+        self.peer_limit + self.handshake_limit + self.link_queue_full + self.blocked
     }
 }
 

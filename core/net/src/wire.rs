@@ -13,10 +13,13 @@
 
 /// "P2".
 pub const MAGIC: [u8; 2] = [0x50, 0x32];
-/// The protocol version this build speaks.
-pub const VERSION: u8 = 1;
-/// The oldest peer version this build still talks to.
-pub const MIN_VERSION: u8 = 1;
+/// The protocol version this build speaks. 2: links are authenticated (an
+/// address cookie, a Noise XX handshake) and every datagram on a link is
+/// sealed; version 1 sent everything in the clear.
+pub const VERSION: u8 = 2;
+/// The oldest peer version this build still talks to (a version-1 peer
+/// cannot authenticate, so it is told it is too old).
+pub const MIN_VERSION: u8 = 2;
 /// Size of the common header.
 pub const HEADER_LEN: usize = 6;
 
@@ -24,6 +27,11 @@ pub const HEADER_LEN: usize = 6;
 pub const CH_CONTROL: u8 = 0;
 /// The data channel: chunk fragments and their acks.
 pub const CH_DATA: u8 = 1;
+/// Handshake packets: the only ones accepted in the clear (since version 2).
+pub const CH_HANDSHAKE: u8 = 2;
+/// A sealed (authenticated, encrypted) datagram of an established link,
+/// whose plaintext is a whole control or data datagram.
+pub const CH_SEALED: u8 = 3;
 /// Version-independent channel (frozen layout).
 pub const CH_META: u8 = 0xFF;
 
@@ -33,15 +41,33 @@ const T_ACK: u8 = 2;
 const T_DATA: u8 = 0;
 const T_DATA_ACK: u8 = 1;
 const T_VERSION_REJECT: u8 = 0;
+const T_COOKIE_REQUEST: u8 = 0;
+const T_COOKIE: u8 = 1;
+const T_INIT: u8 = 2;
+const T_RESP: u8 = 3;
+const T_FIN: u8 = 4;
+const T_SEALED: u8 = 0;
+
+/// Smallest cookie request: a cookie reply ([`COOKIE_LEN`]) is smaller, so
+/// answering a spoofed request amplifies nothing.
+pub const COOKIE_REQUEST_LEN: usize = 64;
+/// Size of a cookie reply.
+pub const COOKIE_LEN: usize = HEADER_LEN + 1 + 8 + crate::auth::COOKIE_LEN;
+/// Smallest handshake initiation (padded): the responder's answer is smaller.
+pub const INIT_LEN: usize = 160;
+/// Bytes sealing adds to a datagram: outer header, type, counter, tag.
+pub const SEAL_OVERHEAD: usize = HEADER_LEN + 1 + 8 + crate::auth::TAG_LEN;
+
+// Sizes on the wire, sealing included (every one of these travels sealed).
 
 /// Bytes a control message costs on top of its payload (worst case: reliable).
-pub const RELIABLE_OVERHEAD: usize = HEADER_LEN + 1 + 4 + 8 + 8 + 4 + 1 + 8;
+pub const RELIABLE_OVERHEAD: usize = SEAL_OVERHEAD + HEADER_LEN + 1 + 4 + 8 + 8 + 4 + 1 + 8;
 /// Bytes of header in a data fragment.
-pub const DATA_OVERHEAD: usize = HEADER_LEN + 1 + 8 + 4 + 8 + 8 + 4 + 4 + 4 + 4;
+pub const DATA_OVERHEAD: usize = SEAL_OVERHEAD + HEADER_LEN + 1 + 8 + 4 + 8 + 8 + 4 + 4 + 4 + 4;
 /// Size of a data ack datagram.
-pub const DATA_ACK_LEN: usize = HEADER_LEN + 1 + 8 + 8 + 4;
+pub const DATA_ACK_LEN: usize = SEAL_OVERHEAD + HEADER_LEN + 1 + 8 + 8 + 4;
 /// Size of a control ack datagram.
-pub const ACK_LEN: usize = HEADER_LEN + 1 + 4 + 8 + 4;
+pub const ACK_LEN: usize = SEAL_OVERHEAD + HEADER_LEN + 1 + 4 + 8 + 4;
 
 /// What a reliable control message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +131,54 @@ pub enum Packet<'a> {
         min: u8,
         /// The newest version it speaks.
         max: u8,
+    },
+    /// "Give me a cookie": the first packet to an address with no link.
+    /// `pad` makes it at least [`COOKIE_REQUEST_LEN`] bytes.
+    CookieRequest {
+        /// The asker's handshake nonce, echoed in the answer.
+        nonce: u64,
+        /// Padding, so that the answer is smaller than the question.
+        pad: &'a [u8],
+    },
+    /// The stateless answer: a MAC over the asker's address and nonce.
+    Cookie {
+        /// The nonce of the request it answers.
+        nonce: u64,
+        /// The MAC ([`crate::auth::COOKIE_LEN`] bytes).
+        cookie: &'a [u8],
+    },
+    /// Noise XX message 1 with the cookie that proves the address; padded
+    /// to at least [`INIT_LEN`].
+    Init {
+        /// The initiator's handshake nonce.
+        nonce: u64,
+        /// The cookie the responder issued for this address and nonce.
+        cookie: &'a [u8],
+        /// Noise XX message 1 (`e`).
+        noise: &'a [u8],
+        /// Padding, so that the answer is smaller than the question.
+        pad: &'a [u8],
+    },
+    /// Noise XX message 2 (the responder's static key).
+    Resp {
+        /// The initiator's handshake nonce.
+        nonce: u64,
+        /// Noise XX message 2 (`e, ee, s, es`).
+        noise: &'a [u8],
+    },
+    /// Noise XX message 3 (the initiator's static key): the link is up.
+    Fin {
+        /// The initiator's handshake nonce.
+        nonce: u64,
+        /// Noise XX message 3 (`s, se`).
+        noise: &'a [u8],
+    },
+    /// A datagram sealed with the link's keys under counter `counter`.
+    Sealed {
+        /// The AEAD nonce: never reused on a link, checked for replays.
+        counter: u64,
+        /// The sealed plaintext datagram and its tag.
+        ciphertext: &'a [u8],
     },
 }
 
@@ -234,6 +308,59 @@ pub fn decode(buf: &[u8], max_len: usize) -> Result<Packet<'_>, DecodeError> {
         return Err(DecodeError::UnknownVersion(version));
     }
     match (channel, r.u8()?) {
+        (CH_HANDSHAKE, T_COOKIE_REQUEST) => {
+            let nonce = r.u64()?;
+            let pad = r.rest();
+            if buf.len() < COOKIE_REQUEST_LEN {
+                return Err(DecodeError::Invalid);
+            }
+            Ok(Packet::CookieRequest { nonce, pad })
+        }
+        (CH_HANDSHAKE, T_COOKIE) => {
+            let nonce = r.u64()?;
+            let cookie = r.take(crate::auth::COOKIE_LEN)?;
+            r.done()?;
+            Ok(Packet::Cookie { nonce, cookie })
+        }
+        (CH_HANDSHAKE, T_INIT) => {
+            let nonce = r.u64()?;
+            let cookie = r.take(crate::auth::COOKIE_LEN)?;
+            let n = u16::from_be_bytes([r.u8()?, r.u8()?]) as usize;
+            let noise = r.take(n)?;
+            let pad = r.rest();
+            if buf.len() < INIT_LEN || noise.is_empty() {
+                return Err(DecodeError::Invalid);
+            }
+            Ok(Packet::Init {
+                nonce,
+                cookie,
+                noise,
+                pad,
+            })
+        }
+        (CH_HANDSHAKE, t @ (T_RESP | T_FIN)) => {
+            let nonce = r.u64()?;
+            let noise = r.rest();
+            if noise.is_empty() {
+                return Err(DecodeError::Invalid);
+            }
+            Ok(if t == T_RESP {
+                Packet::Resp { nonce, noise }
+            } else {
+                Packet::Fin { nonce, noise }
+            })
+        }
+        (CH_SEALED, T_SEALED) => {
+            let counter = r.u64()?;
+            let ciphertext = r.rest();
+            if ciphertext.len() < crate::auth::TAG_LEN {
+                return Err(DecodeError::Invalid);
+            }
+            Ok(Packet::Sealed {
+                counter,
+                ciphertext,
+            })
+        }
         (CH_CONTROL, T_UNRELIABLE) => Ok(Packet::Unreliable { payload: r.rest() }),
         (CH_CONTROL, T_RELIABLE) => {
             let session = r.u32()?;
@@ -345,6 +472,10 @@ impl<'a> Writer<'a> {
         self.out.extend_from_slice(v);
         self
     }
+    fn u16(&mut self, v: u16) -> &mut Self {
+        self.out.extend_from_slice(&v.to_be_bytes());
+        self
+    }
     fn finish(self) {
         let len = self.out.len() - self.start - HEADER_LEN;
         let len = u16::try_from(len).expect("datagram body fits u16");
@@ -420,6 +551,48 @@ pub fn encode_version(p: &Packet<'_>, version: u8, out: &mut Vec<u8>) {
             w.u8(min).u8(max);
             w.finish();
         }
+        Packet::CookieRequest { nonce, pad } => {
+            let mut w = Writer::begin(out, version, CH_HANDSHAKE, T_COOKIE_REQUEST);
+            w.u64(nonce).bytes(pad);
+            w.finish();
+        }
+        Packet::Cookie { nonce, cookie } => {
+            let mut w = Writer::begin(out, version, CH_HANDSHAKE, T_COOKIE);
+            w.u64(nonce).bytes(cookie);
+            w.finish();
+        }
+        Packet::Init {
+            nonce,
+            cookie,
+            noise,
+            pad,
+        } => {
+            let mut w = Writer::begin(out, version, CH_HANDSHAKE, T_INIT);
+            w.u64(nonce)
+                .bytes(cookie)
+                .u16(noise.len() as u16)
+                .bytes(noise)
+                .bytes(pad);
+            w.finish();
+        }
+        Packet::Resp { nonce, noise } => {
+            let mut w = Writer::begin(out, version, CH_HANDSHAKE, T_RESP);
+            w.u64(nonce).bytes(noise);
+            w.finish();
+        }
+        Packet::Fin { nonce, noise } => {
+            let mut w = Writer::begin(out, version, CH_HANDSHAKE, T_FIN);
+            w.u64(nonce).bytes(noise);
+            w.finish();
+        }
+        Packet::Sealed {
+            counter,
+            ciphertext,
+        } => {
+            let mut w = Writer::begin(out, version, CH_SEALED, T_SEALED);
+            w.u64(counter).bytes(ciphertext);
+            w.finish();
+        }
     }
 }
 
@@ -486,6 +659,32 @@ mod tests {
                 delay: 1234,
             },
             Packet::VersionReject { min: 1, max: 1 },
+            Packet::CookieRequest {
+                nonce: 9,
+                pad: &[0; COOKIE_REQUEST_LEN - HEADER_LEN - 9],
+            },
+            Packet::Cookie {
+                nonce: 9,
+                cookie: &[3; crate::auth::COOKIE_LEN],
+            },
+            Packet::Init {
+                nonce: 9,
+                cookie: &[3; crate::auth::COOKIE_LEN],
+                noise: &[4; 32],
+                pad: &[0; INIT_LEN - HEADER_LEN - 1 - 8 - 16 - 2 - 32],
+            },
+            Packet::Resp {
+                nonce: 9,
+                noise: &[5; 96],
+            },
+            Packet::Fin {
+                nonce: 9,
+                noise: &[6; 64],
+            },
+            Packet::Sealed {
+                counter: 77,
+                ciphertext: &[8; 40],
+            },
         ];
         pkts.iter()
             .map(|p| {
@@ -601,7 +800,7 @@ mod tests {
         }
 
         #[test]
-        fn prop_mutated_samples((idx, pos, val, cut) in (0usize..9, any::<usize>(), any::<u8>(), any::<usize>())) {
+        fn prop_mutated_samples((idx, pos, val, cut) in (0usize..15, any::<usize>(), any::<u8>(), any::<usize>())) {
             let mut s = samples()[idx].clone();
             let p = pos % s.len();
             s[p] = val;

@@ -96,8 +96,60 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
             (n.to_string(), v)
         })
         .collect();
+    // Handshake packets as a real initiator and responder write them.
+    let handshake = [
+        (
+            "cookie-request",
+            Packet::CookieRequest {
+                nonce: 7,
+                pad: &[0; 49],
+            },
+        ),
+        (
+            "cookie",
+            Packet::Cookie {
+                nonce: 7,
+                cookie: &[0xC0; 16],
+            },
+        ),
+        (
+            "init",
+            Packet::Init {
+                nonce: 7,
+                cookie: &[0xC0; 16],
+                noise: &[0x11; 32],
+                pad: &[0; 95],
+            },
+        ),
+        (
+            "resp",
+            Packet::Resp {
+                nonce: 7,
+                noise: &[0x22; 96],
+            },
+        ),
+        (
+            "fin",
+            Packet::Fin {
+                nonce: 7,
+                noise: &[0x33; 64],
+            },
+        ),
+        (
+            "sealed",
+            Packet::Sealed {
+                counter: 3,
+                ciphertext: &[0x44; 64],
+            },
+        ),
+    ];
+    for (n, p) in handshake {
+        let mut v = Vec::new();
+        encode(&p, &mut v);
+        out.push((n.to_string(), v));
+    }
     let mut old = Vec::new();
-    encode_version(&Packet::Unreliable { payload: b"old" }, 0, &mut old);
+    encode_version(&Packet::Unreliable { payload: b"old" }, 1, &mut old);
     out.push(("old-version".into(), old));
     let mut newer = Vec::new();
     encode_version(&Packet::VersionReject { min: 2, max: 9 }, 9, &mut newer);
@@ -154,8 +206,8 @@ fn decode_corpus_and_seeded_mutations() {
             let mut v: Vec<u8> = (0..len + 7).map(|_| rng.next() as u8).collect();
             v[0] = 0x50;
             v[1] = 0x32;
-            v[2] = 1;
-            v[3] = [0, 1, 0xFF][rng.below(3)];
+            v[2] = p2ner_net::wire::VERSION;
+            v[3] = [0, 1, 2, 3, 0xFF][rng.below(5)];
             let l = (len as u16).to_be_bytes();
             v[4] = l[0];
             v[5] = l[1];

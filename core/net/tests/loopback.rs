@@ -327,7 +327,10 @@ async fn malformed_datagrams_counted_and_old_versions_told() {
         .unwrap();
     assert_eq!(
         p2ner_net::wire::decode(&buf[..n], 2000),
-        Ok(p2ner_net::wire::Packet::VersionReject { min: 1, max: 1 })
+        Ok(p2ner_net::wire::Packet::VersionReject {
+            min: p2ner_net::wire::MIN_VERSION,
+            max: p2ner_net::wire::VERSION
+        })
     );
     let s = a.stats();
     assert_eq!(s.drops.bad_magic, 1);
@@ -340,8 +343,8 @@ async fn malformed_datagrams_counted_and_old_versions_told() {
     let peer = raw.local_addr().unwrap();
     let mut rej = Vec::new();
     p2ner_net::wire::encode_version(
-        &p2ner_net::wire::Packet::VersionReject { min: 2, max: 3 },
-        3,
+        &p2ner_net::wire::Packet::VersionReject { min: 3, max: 4 },
+        4,
         &mut rej,
     );
     let send = a.send_reliable(peer, Bytes::from_static(b"x"));
@@ -351,7 +354,7 @@ async fn malformed_datagrams_counted_and_old_versions_told() {
     raw.send_to(&rej, to).await.unwrap();
     let r = timeout(Duration::from_secs(5), send).await.unwrap();
     assert!(
-        matches!(r, Err(SendError::Incompatible { min: 2, max: 3, .. })),
+        matches!(r, Err(SendError::Incompatible { min: 3, max: 4, .. })),
         "{r:?}"
     );
 }

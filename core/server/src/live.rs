@@ -213,6 +213,21 @@ impl Live {
         Ok(())
     }
 
+    /// Whether `addr` may see the stream's peers: it joined as `peer_id`
+    /// from that address, or it is the stream's publisher.
+    pub fn may_list(&self, id: &str, peer_id: u64, addr: SocketAddr) -> bool {
+        let Some(s) = self.streams.get(id) else {
+            return false;
+        };
+        if s.publisher.is_some_and(|(a, _)| a == addr) {
+            return true;
+        }
+        s.peers
+            .index
+            .get(&peer_id)
+            .is_some_and(|&i| s.peers.entries[i as usize].addr == addr)
+    }
+
     /// Removes a peer, if it asks from the address it joined from.
     pub fn leave(&mut self, id: &str, peer_id: u64, addr: SocketAddr) -> Result<(), PeerError> {
         let s = self.streams.get_mut(id).ok_or(PeerError::NoSuchStream)?;

@@ -157,7 +157,8 @@ impl Server {
                             if payload[..] == stats_request[..] {
                                 service.set_net_malformed(endpoint.stats().malformed_dropped);
                             }
-                            if let Some(answer) = service.handle_payload(from, &payload, now) {
+                            let key = endpoint.peer_key(from);
+                            if let Some(answer) = service.handle_payload_keyed(from, key, &payload, now) {
                                 endpoint.respond(from, id, Bytes::from(answer));
                             }
                         }
@@ -165,7 +166,8 @@ impl Server {
                         // handled, not answered.
                         Event::Message { from, payload } => {
                             active.insert(from, now);
-                            let _ = service.handle_payload(from, &payload, now);
+                            let key = endpoint.peer_key(from);
+                            let _ = service.handle_payload_keyed(from, key, &payload, now);
                         }
                         Event::Chunk { from, .. } => {
                             active.insert(from, now);

@@ -88,6 +88,8 @@ pub struct Service {
     stats: ServerStats,
     started: Instant,
     last_limiter_sweep: Instant,
+    /// The authenticated key of the request being handled, if any.
+    link_key: Option<[u8; 32]>,
 }
 
 impl Service {
@@ -122,6 +124,7 @@ impl Service {
             stats: ServerStats::default(),
             started: now,
             last_limiter_sweep: now,
+            link_key: None,
         })
     }
 
@@ -134,6 +137,21 @@ impl Service {
         payload: &[u8],
         now: Instant,
     ) -> Option<Vec<u8>> {
+        self.handle_payload_keyed(from, None, payload, now)
+    }
+
+    /// [`Service::handle_payload`] for a request that arrived on a link
+    /// authenticated with static key `key` (p2ner-net): a peer may then join
+    /// only under the peer id of that key ([`p2ner_net::peer_id_of`]), so the
+    /// peer ids this server hands out vouch for the keys behind them.
+    pub fn handle_payload_keyed(
+        &mut self,
+        from: SocketAddr,
+        key: Option<[u8; 32]>,
+        payload: &[u8],
+        now: Instant,
+    ) -> Option<Vec<u8>> {
+        self.link_key = key;
         let decoded = decode::<Request>(payload);
         // Signed requests cost a signature check and a disk write.
         let cost = match &decoded {
@@ -188,6 +206,15 @@ impl Service {
             Request::Signed(s) => self.signed(from, *s, now),
             Request::Join { stream, peer_id } => self.join(from, &stream, peer_id, now),
             Request::Peers { stream, peer_id } => match self.catalogue.contains_key(&stream) {
+                // Only members see who else is there: a stranger knowing a
+                // stream id learns nothing about its peers.
+                true if !self.live.may_list(&stream, peer_id, from) => {
+                    self.stats.rejected += 1;
+                    Response::error(
+                        ErrorCode::Invalid,
+                        format!("join stream {stream} before asking for its peers"),
+                    )
+                }
                 true => {
                     let peers =
                         self.live
@@ -372,6 +399,14 @@ impl Service {
         }
         if !self.catalogue.contains_key(stream) {
             return Err(not_found(stream));
+        }
+        if let Some(key) = self.link_key {
+            if p2ner_net::peer_id_of(&key) != peer_id {
+                return Err(Response::error(
+                    ErrorCode::Invalid,
+                    "peer id does not belong to this link's key",
+                ));
+            }
         }
         let b = &self.cfg.bounds;
         self.live

@@ -24,11 +24,15 @@ fn params(title: &str) -> StreamParams {
     }
 }
 
-async fn client(server: SocketAddr) -> ServerClient {
+async fn client(server: SocketAddr) -> (ServerClient, u64) {
     let (ep, _events) = Endpoint::bind(([127, 0, 0, 1], 0).into(), NetConfig::default())
         .await
         .unwrap();
-    ServerClient::new(ep, server).with_timeout(Duration::from_secs(2))
+    let id = ep.peer_id();
+    (
+        ServerClient::new(ep, server).with_timeout(Duration::from_secs(2)),
+        id,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,22 +48,32 @@ async fn register_join_browse_over_udp() {
     let addr = server.local_addr();
     tokio::spawn(server.run());
 
-    let publisher = client(addr).await;
+    let (publisher, _) = client(addr).await;
     let alice = Identity::from_secret([1; 32]);
     let id = publisher.register(&alice, params("hello")).await.unwrap();
     publisher.publisher_heartbeat(&alice, &id).await.unwrap();
 
-    let viewer = client(addr).await;
-    let joined = viewer.join(&id, 42).await.unwrap();
+    let (viewer, viewer_id) = client(addr).await;
+    // A stranger learns nothing about the swarm: no peer list before joining,
+    // and no joining under an id that is not its key's.
+    let err = viewer.peers(&id, viewer_id).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Invalid));
+    let err = viewer.join(&id, 42).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Invalid));
+    let joined = viewer.join(&id, viewer_id).await.unwrap();
     assert_eq!(joined.info.params, params("hello"));
     assert_eq!(joined.info.liveness, Liveness::Online);
     assert_eq!(joined.peers.len(), 1);
     assert!(joined.peers[0].publisher);
 
-    let second = client(addr).await;
-    let joined = second.join(&id, 43).await.unwrap();
+    let (second, second_id) = client(addr).await;
+    let joined = second.join(&id, second_id).await.unwrap();
     assert_eq!(joined.peers.len(), 2);
-    assert!(joined.peers.iter().any(|p| p.peer_id == 42));
+    assert!(joined.peers.iter().any(|p| p.peer_id == viewer_id));
+    // A member may list; under another member's id it may not.
+    assert_eq!(second.peers(&id, second_id).await.unwrap().len(), 2);
+    let err = second.peers(&id, viewer_id).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Invalid));
 
     let mallory = Identity::from_secret([2; 32]);
     let err = second.remove(&mallory, &id).await.unwrap_err();

@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use super::liveness::{Answer, Gone, Liveness, Step};
 use super::{Report, Reporter};
 use crate::carrier::{self, Carrier};
-use crate::stream::{Session, Summary, UplinkModel};
+use crate::stream::{NetCounters, Session, Summary, UplinkModel};
+use p2ner_proto::server::PUBLISHER_PEER_ID;
 
 /// Engine time: microseconds since the Unix epoch, so that capture times
 /// stamped by a publisher mean the same on every peer of this machine (and,
@@ -36,6 +37,9 @@ const PUBLISHER_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Peers heartbeat less often: a stale peer entry costs a joiner one
 /// failed connection attempt, not the stream.
 const PEER_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// How long an address that claimed a peer id not its key's is ignored.
+const LIAR_BLOCKED_FOR: Duration = Duration::from_secs(60);
 
 /// The stream's id on the wire: a hash of its catalogue id.
 pub fn wire_id(stream: &StreamId) -> u64 {
@@ -91,6 +95,45 @@ pub struct Driver {
     pub router_limited: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// Chunks played and missed at the last second's line.
     pub played_at_last_second: (u64, u64),
+    /// The publisher's address as the server gave it (subscribers): the only
+    /// address that may speak as the publisher's peer id.
+    pub publisher: Option<SocketAddr>,
+}
+
+/// Whether a peer message claiming to be from `claimed` may be believed
+/// when it came from `from`, whose link proved static key `key`: a peer's
+/// id is the hash of its key ([`p2ner_net::peer_id_of`]), and the
+/// publisher's fixed id belongs to the address the server lists for it.
+pub fn claim_ok(
+    claimed: u64,
+    from: SocketAddr,
+    key: Option<[u8; 32]>,
+    publisher: Option<SocketAddr>,
+) -> bool {
+    if claimed == PUBLISHER_PEER_ID {
+        return publisher == Some(from);
+    }
+    key.is_some_and(|k| p2ner_net::peer_id_of(&k) == claimed)
+}
+
+/// Warns at most once per interval, saying how many were suppressed.
+#[derive(Default)]
+struct Throttle {
+    last: Option<tokio::time::Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    fn warn(&mut self, what: impl FnOnce(u64) -> String) {
+        let now = tokio::time::Instant::now();
+        if self.last.is_some_and(|l| now - l < Duration::from_secs(10)) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!("{}", what(self.suppressed));
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
 }
 
 /// Why a run ended.
@@ -149,11 +192,32 @@ impl Driver {
         let mut uplink = UplinkModel::new(cap_bps);
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
+        let mut refused_claims = 0u64;
+        let mut claim_warning = Throttle::default();
         let end = loop {
             tokio::select! {
                 ev = self.events.recv() => {
                     let Some(ev) = ev else { break End::Failed("network endpoint closed".into()) };
                     let now = now_us();
+                    if let p2ner_net::Event::Message { from, payload } = &ev {
+                        if let Some(env) = p2ner_proto::peer::decode(payload) {
+                            let key = self.endpoint.peer_key(*from);
+                            if env.stream == wire && !claim_ok(env.from, *from, key, self.publisher) {
+                                refused_claims += 1;
+                                if key.is_some() {
+                                    // Lying on its own authenticated link:
+                                    // no honest peer does that.
+                                    self.endpoint.block(*from, LIAR_BLOCKED_FOR);
+                                }
+                                let (claimed, from) = (env.from, *from);
+                                claim_warning.warn(|more| format!(
+                                    "refused a message from {from} claiming peer id {claimed:016x}, \
+                                     which is not its key's ({more} more since the last warning)"
+                                ));
+                                continue;
+                            }
+                        }
+                    }
                     let (session, mut net) = self.parts(wire, &unreachable_tx, &peers_tx);
                     carrier::deliver(session, wire, now, ev, &mut net);
                 }
@@ -188,7 +252,7 @@ impl Driver {
                     }
                     if now >= next_second {
                         next_second += 1_000_000;
-                        self.second(now);
+                        self.second(now, refused_claims);
                     }
                     if tokio::time::Instant::now() >= next_heartbeat {
                         next_heartbeat += heartbeat_every;
@@ -226,6 +290,7 @@ impl Driver {
         let (state, reason) = end.state();
         summary.state = state.to_owned();
         summary.reason = reason;
+        summary.net = self.net_counters(refused_claims);
         // Whole datagrams, framing and acknowledgements included.
         // (On a shared endpoint those are every stream's: keep the stream's own.)
         if let Some(limited) = &self.router_limited {
@@ -303,8 +368,21 @@ impl Driver {
         });
     }
 
-    fn second(&mut self, now: u64) {
+    /// The endpoint's drop counters, plus the messages this stream refused
+    /// for a false peer id.
+    fn net_counters(&self, refused_claims: u64) -> NetCounters {
+        let d = self.endpoint.stats().drops;
+        NetCounters {
+            malformed_dropped: d.malformed(),
+            unauthenticated_dropped: d.unauthenticated_total() + refused_claims,
+            rate_limited_dropped: d.rate_limited,
+            refused_dropped: d.refused(),
+        }
+    }
+
+    fn second(&mut self, now: u64, refused_claims: u64) {
         let mut snap = self.session.snapshot(now);
+        snap.net = self.net_counters(refused_claims);
         // Playing means chunks are played now, not that play-out once
         // started: a second that missed chunks and played none is not
         // playing (a subscription whose publisher died, once its buffer ran

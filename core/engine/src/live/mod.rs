@@ -366,6 +366,7 @@ pub async fn start_publish(
         liveness: None,
         played_at_last_second: (0, 0),
         router_limited,
+        publisher: None,
     };
     std::mem::forget(routed);
     Ok((wire, driver))
@@ -410,12 +411,12 @@ pub async fn start_subscribe(
     let wire = wire_id(&stream);
     let events = mux.route(wire)?;
     let routed = Unroute(mux, wire);
-    let peer_id = loop {
-        let id = rand_seed();
-        if id != PUBLISHER_PEER_ID {
-            break id;
-        }
-    };
+    // The endpoint's key's id: peers and the server check it against the
+    // key the link proved.
+    let peer_id = endpoint.peer_id();
+    if peer_id == PUBLISHER_PEER_ID {
+        bail!("this endpoint's key hashes to the publisher's peer id; restart to get another key");
+    }
     let joined = server
         .join(&stream, peer_id)
         .await
@@ -514,6 +515,7 @@ pub async fn start_subscribe(
         liveness: Some(watch),
         played_at_last_second: (0, 0),
         router_limited,
+        publisher: info.publisher_addr,
     };
     std::mem::forget(routed);
     Ok((wire, title, driver))

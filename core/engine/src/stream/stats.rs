@@ -123,6 +123,7 @@ impl StreamStats {
             reason: String::new(),
             refused_actions: self.refused_actions.clone(),
             plugins: self.plugins.clone(),
+            net: NetCounters::default(),
         }
     }
 }
@@ -182,6 +183,9 @@ pub struct Summary {
     /// when no plugin reports any.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub plugins: PluginMetrics,
+    /// Datagrams the network layer refused (see [`NetCounters`]).
+    #[serde(flatten, default)]
+    pub net: NetCounters,
 }
 
 /// What a session dropped or refused from its peers, by reason (see
@@ -204,6 +208,28 @@ pub struct Refused {
     pub book_evicted: u64,
     /// Chunk sends refused: that neighbour had that chunk twice already.
     pub chunks_resend_refused: u64,
+}
+
+/// What the network layer dropped before it reached the stream, so a user
+/// sees an attack or a broken peer (under `p2ner run`: the shared endpoint's
+/// totals).
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct NetCounters {
+    /// Not a valid datagram (framing, version, fields).
+    #[serde(default)]
+    pub malformed_dropped: u64,
+    /// Unsealed, forged or replayed datagrams, bad cookies and handshakes,
+    /// version rejects nobody asked for, and peer messages whose claimed peer
+    /// id is not the one of the link's key.
+    #[serde(default)]
+    pub unauthenticated_dropped: u64,
+    /// Over a rate bound (cookie replies).
+    #[serde(default)]
+    pub rate_limited_dropped: u64,
+    /// Refused for lack of room: address table, half-open handshakes, the
+    /// queue of a link still handshaking.
+    #[serde(default)]
+    pub refused_dropped: u64,
 }
 
 /// One `--stats` line per second.
@@ -235,6 +261,9 @@ pub struct Snapshot {
     /// Plugins' own metrics, asked for this line.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub plugins: PluginMetrics,
+    /// Datagrams the network layer refused so far (see [`NetCounters`]).
+    #[serde(flatten, default)]
+    pub net: NetCounters,
 }
 
 /// Nearest-rank percentile; `None` for no samples.

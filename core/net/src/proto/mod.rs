@@ -20,8 +20,10 @@
 //! call `handle_timeout` next. Reliable sends return a [`SendId`] whose
 //! completion or failure comes back as an event.
 
+mod link;
 mod peer;
 
+use crate::auth::{CookieJar, KeyedRng, StaticKey};
 use crate::config::NetConfig;
 use crate::error::SendError;
 use crate::fragment::{split, Outcome, Reassembler};
@@ -44,6 +46,9 @@ const ACK_EVERY: u32 = 4;
 const ACK_DELAY_US: u64 = 1_000;
 /// Data datagrams encoded per fill of the outbox.
 const SEND_BATCH: usize = 64;
+/// Cookie replies per second at most, to anyone: a flood of cookie requests
+/// costs a bounded upload (each reply is smaller than its request anyway).
+const COOKIES_PER_SEC: u32 = 2_000;
 
 /// Something for the owner of the endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +184,12 @@ impl Datagrams {
         self.items.push((to, start, self.buf.len()));
     }
 
+    fn push_bytes(&mut self, to: SocketAddr, bytes: &[u8]) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(bytes);
+        self.items.push((to, start, self.buf.len()));
+    }
+
     /// Datagrams held.
     pub fn len(&self) -> usize {
         self.items.len()
@@ -208,11 +219,14 @@ impl Datagrams {
     }
 }
 
-/// Datagrams encoded and not yet handed out.
+/// Datagrams encoded and not yet handed out: plaintext, sealed on the way
+/// out, except those marked raw (handshake packets).
 #[derive(Default)]
 struct Outbox {
     dg: Datagrams,
     next: usize,
+    /// Item i goes out unsealed when `raw[i]` (missing: false).
+    raw: Vec<bool>,
 }
 
 impl Outbox {
@@ -224,6 +238,7 @@ impl Outbox {
     }
     fn reset(&mut self) {
         self.dg.clear();
+        self.raw.clear();
         self.next = 0;
     }
 }
@@ -264,13 +279,59 @@ pub struct NetState {
     data_wake: Option<u64>,
     /// Peers with received data not yet acknowledged.
     ack_due: Vec<SocketAddr>,
+    /// This endpoint's static key (its identity on every link).
+    key: StaticKey,
+    /// Issues and checks address cookies.
+    jar: CookieJar,
+    /// Randomness for nonces and ephemeral keys (injected seed).
+    crng: KeyedRng,
+    /// Links: our handshakes in progress and established links.
+    links: HashMap<SocketAddr, link::Link>,
+    /// Responder side: handshakes after a valid cookie, waiting for `Fin`.
+    halves: HashMap<SocketAddr, link::Half>,
+    /// Datagrams of a handshake we abandoned for the peer's (collision).
+    orphans: HashMap<SocketAddr, VecDeque<Vec<u8>>>,
+    /// Handshake timers (at, address); stale entries are skipped.
+    hs_timers: BTreeSet<(u64, SocketAddr)>,
+    /// Sealed datagrams being handed out by `poll_transmit`.
+    sealed: Datagrams,
+    sealed_next: usize,
+    /// Plaintext of the datagram being opened.
+    scratch: Vec<u8>,
+    /// (second, cookie replies in it).
+    cookie_window: (u64, u32),
+    /// Addresses whose datagrams are dropped unread until the given time
+    /// (the application caught them lying, [`NetState::block`]).
+    blocked: HashMap<SocketAddr, u64>,
 }
 
 impl NetState {
     /// A fresh state. `session` identifies this incarnation to peers (pick it
     /// at random: a restarted client must not look like its old self);
     /// `now` is the driver's clock in µs.
+    ///
+    /// Keys and secrets come from a generator seeded by `cfg.seed` and
+    /// `session`: deterministic, for simulations and tests. A real endpoint
+    /// uses [`NetState::with_keys`] with the OS's randomness.
     pub fn new(cfg: NetConfig, session: u32, now: u64) -> Self {
+        let mut rng = KeyedRng::from_seed(cfg.seed ^ ((session as u64) << 32 | session as u64));
+        let key = StaticKey::generate(&mut rng);
+        let secret = rng.bytes32();
+        Self::with_keys(cfg, session, now, key, secret)
+    }
+
+    /// A fresh state with an injected static key, and `secret`, from which
+    /// the cookie secrets and every random nonce and ephemeral key are
+    /// derived (32 random bytes).
+    pub fn with_keys(
+        cfg: NetConfig,
+        session: u32,
+        now: u64,
+        key: StaticKey,
+        secret: [u8; 32],
+    ) -> Self {
+        let mut crng = KeyedRng::new(secret);
+        let jar = CookieJar::new(crng.bytes32());
         let cap = cfg.upload_kbps.map(|k| {
             let rate = k as f64 * 1000.0 / 8.0;
             TokenBucket::new(rate, (rate * 0.005).max(2.0 * cfg.max_payload as f64), now)
@@ -301,6 +362,18 @@ impl NetState {
             capacity_event_queued: false,
             data_wake: None,
             ack_due: Vec::new(),
+            key,
+            jar,
+            crng,
+            links: HashMap::new(),
+            halves: HashMap::new(),
+            orphans: HashMap::new(),
+            hs_timers: BTreeSet::new(),
+            sealed: Datagrams::default(),
+            sealed_next: 0,
+            scratch: Vec::new(),
+            cookie_window: (0, 0),
+            blocked: HashMap::new(),
             session,
             cfg,
         }
@@ -324,27 +397,80 @@ impl NetState {
             self.drops.injected_recv += 1;
             return;
         }
+        if let Some(&until) = self.blocked.get(&from) {
+            if now < until {
+                self.drops.blocked += 1;
+                return;
+            }
+            self.blocked.remove(&from);
+        }
         let pkt = match wire::decode(buf, self.cfg.max_payload.max(wire::HEADER_LEN)) {
             Ok(p) => p,
             Err(e) => {
                 self.count_malformed(from, e);
                 if let DecodeError::UnknownVersion(v) = e {
-                    if v < wire::MIN_VERSION && wire::peek_version(buf).is_some() {
+                    // Never larger than the question: a reject is 9 bytes.
+                    if v < wire::MIN_VERSION
+                        && wire::peek_version(buf).is_some()
+                        && buf.len() >= wire::HEADER_LEN + 3
+                    {
                         self.reject_version(from, now);
                     }
                 }
                 return;
             }
         };
-        if self.peer(from, now).is_none() {
-            return;
+        match pkt {
+            Packet::CookieRequest { .. }
+            | Packet::Cookie { .. }
+            | Packet::Init { .. }
+            | Packet::Resp { .. }
+            | Packet::Fin { .. } => self.handle_handshake(now, from, pkt),
+            Packet::Sealed {
+                counter,
+                ciphertext,
+            } => {
+                if !self.open(now, from, counter, ciphertext) {
+                    return;
+                }
+                let plain = std::mem::take(&mut self.scratch);
+                match wire::decode(&plain, usize::MAX) {
+                    Ok(
+                        inner @ (Packet::Unreliable { .. }
+                        | Packet::Reliable { .. }
+                        | Packet::Ack { .. }
+                        | Packet::Data(..)
+                        | Packet::DataAck { .. }),
+                    ) => {
+                        if self.peer(from, now).is_some() {
+                            self.handle_packet(now, from, buf.len(), inner);
+                        }
+                    }
+                    Ok(_) => self.count_malformed(from, DecodeError::Invalid),
+                    Err(e) => self.count_malformed(from, e),
+                }
+                self.scratch = plain;
+            }
+            Packet::VersionReject { .. } => {
+                // Unauthenticated by nature: believed only from an address
+                // we are starting a handshake with, never against a link
+                // that proved it speaks our version.
+                let ours = self.links.get(&from).is_some_and(|l| !l.established());
+                if ours && self.peer(from, now).is_some() {
+                    self.links.remove(&from);
+                    self.handle_packet(now, from, buf.len(), pkt);
+                } else {
+                    self.drops.version_rejects_ignored += 1;
+                }
+            }
+            _ => self.drops.unauthenticated += 1,
         }
-        self.handle_packet(now, from, buf.len(), pkt);
     }
 
     /// Run the timers that are due: reliable retransmissions and failures,
     /// data loss detection, delayed acks, deadlines, reassembly expiry.
     pub fn handle_timeout(&mut self, now: u64) {
+        self.handshake_timeouts(now);
         while let Some(&(at, sid)) = self.timers.first() {
             if at > now {
                 break;
@@ -358,6 +484,9 @@ impl NetState {
                 if let Some(peer) = self.peers.get_mut(&to) {
                     peer.stats.reliable_failed += 1;
                 }
+                // The other side may have lost the link (a restart): the
+                // next send starts a new handshake.
+                self.links.remove(&to);
                 self.settle(sid);
                 self.emit(NetEvent::Failed(
                     sid,
@@ -410,21 +539,33 @@ impl NetState {
     /// first; then data, as the windows, pacers and upload cap allow at
     /// `now` (data timers start here, when the datagram is handed out).
     pub fn poll_transmit(&mut self, now: u64) -> Option<Transmit<'_>> {
-        if self.out.drained() {
-            self.out.reset();
-            let mut dg = std::mem::take(&mut self.out.dg);
-            self.fill(now, &mut dg, SEND_BATCH);
-            self.out.dg = dg;
-            if self.out.drained() {
+        if self.sealed_next >= self.sealed.len() {
+            self.sealed.clear();
+            self.sealed_next = 0;
+            let mut dg = std::mem::take(&mut self.sealed);
+            while dg.is_empty() {
+                if self.out.drained() {
+                    self.out.reset();
+                    let mut plain = std::mem::take(&mut self.out.dg);
+                    self.fill(now, &mut plain, SEND_BATCH);
+                    self.out.dg = plain;
+                    if self.out.drained() {
+                        break;
+                    }
+                }
+                self.take_out(now, &mut dg, SEND_BATCH);
+            }
+            self.sealed = dg;
+            if self.sealed.is_empty() {
                 return None;
             }
         }
-        let (to, s, e) = self.out.dg.items[self.out.next];
-        self.out.next += 1;
+        let (to, s, e) = self.sealed.items[self.sealed_next];
+        self.sealed_next += 1;
         self.meter.record(now, e - s);
         Some(Transmit {
             to,
-            bytes: &self.out.dg.buf[s..e],
+            bytes: &self.sealed.buf[s..e],
         })
     }
 
@@ -433,32 +574,29 @@ impl NetState {
     /// filled): send and clear `out`, then call again.
     pub fn poll_transmits(&mut self, now: u64, max: usize, out: &mut Datagrams) -> bool {
         let before = out.bytes();
-        if !self.out.drained() {
-            if out.is_empty() && self.out.next == 0 && self.out.dg.len() <= max {
-                std::mem::swap(out, &mut self.out.dg);
-            } else {
-                while out.len() < max && !self.out.drained() {
-                    let (to, s, e) = self.out.dg.items[self.out.next];
-                    self.out.next += 1;
-                    let start = out.buf.len();
-                    out.buf.extend_from_slice(&self.out.dg.buf[s..e]);
-                    out.items.push((to, start, out.buf.len()));
+        // Whatever poll_transmit had sealed and not handed out goes first.
+        while self.sealed_next < self.sealed.len() && out.len() < max {
+            let (to, s, e) = self.sealed.items[self.sealed_next];
+            self.sealed_next += 1;
+            out.push_bytes(to, &self.sealed.buf[s..e]);
+        }
+        loop {
+            if out.len() >= max {
+                break;
+            }
+            if self.out.drained() {
+                self.out.reset();
+                let mut plain = std::mem::take(&mut self.out.dg);
+                self.fill(now, &mut plain, max - out.len());
+                self.out.dg = plain;
+                if self.out.drained() {
+                    break;
                 }
             }
+            self.take_out(now, out, max);
         }
-        if self.out.drained() {
-            self.out.reset();
-        }
-        let full = if out.len() < max {
-            let room = max - out.len();
-            let n = out.len();
-            self.fill(now, out, room);
-            out.len() - n >= room
-        } else {
-            true
-        };
         self.meter.record(now, out.bytes() - before);
-        full || !self.out.drained()
+        out.len() >= max || !self.out.drained()
     }
 
     /// Only the datagrams that need no window (control messages, acks,
@@ -469,11 +607,7 @@ impl NetState {
     pub fn poll_immediate(&mut self, now: u64, out: &mut Datagrams) {
         let before = out.bytes();
         while !self.out.drained() {
-            let (to, s, e) = self.out.dg.items[self.out.next];
-            self.out.next += 1;
-            let start = out.buf.len();
-            out.buf.extend_from_slice(&self.out.dg.buf[s..e]);
-            out.items.push((to, start, out.buf.len()));
+            self.take_out(now, out, usize::MAX);
         }
         self.out.reset();
         self.meter.record(now, out.bytes() - before);
@@ -496,6 +630,9 @@ impl NetState {
         let mut t = self.data_wake;
         let mut at = |x: u64| t = Some(t.map_or(x, |y: u64| y.min(x)));
         if let Some((x, _)) = self.timers.first() {
+            at(*x);
+        }
+        if let Some((x, _)) = self.hs_timers.first() {
             at(*x);
         }
         if !self.ack_due.is_empty() {
@@ -574,7 +711,11 @@ impl NetState {
         payload: &[u8],
     ) -> Result<(), SendError> {
         self.check_control_size(payload.len())?;
-        if self.charge_control(to, now, wire::HEADER_LEN + 1 + payload.len()) {
+        if self.charge_control(
+            to,
+            now,
+            wire::SEAL_OVERHEAD + wire::HEADER_LEN + 1 + payload.len(),
+        ) {
             self.out.push(to, &Packet::Unreliable { payload });
         }
         Ok(())
@@ -674,6 +815,30 @@ impl NetState {
         self.ack_due.retain(|a| *a != peer);
     }
 
+    /// Drop everything from `addr` unread until `until` (µs), and forget its
+    /// link and state: for a peer the application caught lying on its own
+    /// authenticated link (a peer id that is not its key's), whose every
+    /// further datagram would cost a decryption and an event for nothing.
+    /// At most `max_peers` addresses are blocked; the one released soonest
+    /// makes room.
+    pub fn block(&mut self, addr: SocketAddr, until: u64) {
+        if self.blocked.len() >= self.cfg.max_peers.max(1) && !self.blocked.contains_key(&addr) {
+            if let Some(a) = self
+                .blocked
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(a, _)| *a)
+            {
+                self.blocked.remove(&a);
+            }
+        }
+        self.blocked.insert(addr, until);
+        self.forget(addr);
+        self.links.remove(&addr);
+        self.halves.remove(&addr);
+        self.orphans.remove(&addr);
+    }
+
     /// A snapshot of all counters.
     pub fn stats(&self) -> NetStats {
         let mut total = self.retired.clone();
@@ -740,8 +905,16 @@ impl NetState {
 
     fn peer(&mut self, addr: SocketAddr, now: u64) -> Option<&mut Peer> {
         if self.peers.len() >= self.cfg.max_peers && !self.peers.contains_key(&addr) {
-            self.drops.peer_limit += 1;
-            return None;
+            match self.eviction_victim() {
+                Some(v) => {
+                    self.forget(v);
+                    self.drops.peers_evicted += 1;
+                }
+                None => {
+                    self.drops.peer_limit += 1;
+                    return None;
+                }
+            }
         }
         let cfg = &self.cfg;
         Some(
@@ -749,6 +922,23 @@ impl NetState {
                 .entry(addr)
                 .or_insert_with(|| Peer::new(cfg, now)),
         )
+    }
+
+    /// The neighbour state to give up when the table is full: one without
+    /// an established link first (unproven), then the one that gave the
+    /// least (chunks and messages received), least recently heard from.
+    fn eviction_victim(&self) -> Option<SocketAddr> {
+        self.peers
+            .iter()
+            .min_by_key(|(a, p)| {
+                let link = self.links.get(a);
+                (
+                    link.is_some_and(|l| l.established()),
+                    p.stats.chunks_recv + p.stats.control.datagrams_recv,
+                    link.map_or(0, |l| l.last_rx),
+                )
+            })
+            .map(|(a, _)| *a)
     }
 
     fn cap_bps(&self) -> Option<u64> {
@@ -787,6 +977,11 @@ impl NetState {
             Some(p) => (p.tx.cc.cwnd(), p.tx.inflight_bytes + p.tx.queued_bytes),
             None => (2 * mss, 0),
         };
+        if !self.is_established(to) {
+            // Data waits for the link: the handshake runs when the first
+            // control message goes (a Hello).
+            return 0;
+        }
         let own = cwnd.saturating_sub(outstanding);
         match self.global_limit() {
             Some(g) => {
@@ -1106,6 +1301,7 @@ impl NetState {
                     ));
                 }
             }
+            _ => {}
         }
     }
 
@@ -1184,13 +1380,16 @@ impl NetState {
         }
         self.rejects_sent.insert(to, now);
         self.drops.version_rejects_sent += 1;
-        self.out.push(
-            to,
+        let mut rej = Vec::new();
+        wire::encode(
             &Packet::VersionReject {
                 min: wire::MIN_VERSION,
                 max: wire::VERSION,
             },
+            &mut rej,
         );
+        // In the clear: the old peer has no link with us, nor could it.
+        self.out.push_raw(to, &rej);
     }
 
     fn queue_chunk(
@@ -1211,6 +1410,18 @@ impl NetState {
         }
         if deadline_us != u64::MAX && self.expire_queues(now) {
             self.capacity_changed();
+        }
+        if let Some((min, max)) = self.peers.get(&to).and_then(|p| p.incompatible) {
+            return Err(SendError::Incompatible {
+                peer: to,
+                min,
+                max,
+                ours: wire::VERSION,
+            });
+        }
+        if !self.is_established(to) {
+            self.start_link(now, to);
+            return Err(SendError::WouldBlock);
         }
         if self.room(to) == 0 {
             return Err(SendError::WouldBlock);

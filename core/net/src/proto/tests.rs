@@ -34,6 +34,24 @@ fn shuttle(now: u64, from: &mut NetState, from_addr: SocketAddr, to: &mut NetSta
     n
 }
 
+/// Runs the handshake between `a` (at `addr(1)`) and `b` (at `addr(2)`),
+/// started by a probe message from `a`, and drops the probe and events.
+fn connect(now: u64, a: &mut NetState, b: &mut NetState) {
+    a.send_unreliable(now, addr(2), b"probe").unwrap();
+    // Bounded: the handshake is five messages.
+    for _ in 0..6 {
+        shuttle(now, a, addr(1), b);
+        shuttle(now, b, addr(2), a);
+    }
+    assert!(a.is_established(addr(2)) && b.is_established(addr(1)));
+    // Something sealed from `b` confirms the link at `a` (no more `Fin`).
+    b.send_unreliable(now, addr(1), b"probe").unwrap();
+    shuttle(now, b, addr(2), a);
+    assert_eq!(a.poll_timeout(), None, "no handshake timer left");
+    events(a);
+    events(b);
+}
+
 fn events(s: &mut NetState) -> Vec<NetEvent> {
     std::iter::from_fn(|| s.poll_event()).collect()
 }
@@ -49,6 +67,7 @@ fn idle_state_has_no_timeout_and_nothing_to_send() {
 #[test]
 fn reliable_acked_event_and_timer_cleared() {
     let (mut a, mut b) = (NetState::new(cfg(), 1, 0), NetState::new(cfg(), 2, 0));
+    connect(0, &mut a, &mut b);
     let id = a
         .send_reliable(0, addr(2), Bytes::from_static(b"x"))
         .unwrap();
@@ -99,7 +118,8 @@ fn unacked_fails_after_max_tries_with_backoff() {
 
 #[test]
 fn cancel_stops_retransmissions_silently() {
-    let mut a = NetState::new(cfg(), 1, 0);
+    let (mut a, mut b) = (NetState::new(cfg(), 1, 0), NetState::new(cfg(), 2, 0));
+    connect(0, &mut a, &mut b);
     let id = a
         .send_reliable(0, addr(2), Bytes::from_static(b"x"))
         .unwrap();
@@ -128,6 +148,7 @@ fn forget_fails_pending_with_closed() {
 #[test]
 fn request_response_matched_and_cancelled_requests_ignored() {
     let (mut a, mut b) = (NetState::new(cfg(), 1, 0), NetState::new(cfg(), 2, 0));
+    connect(0, &mut a, &mut b);
     let (_, rid) = a.request(0, addr(2), Bytes::from_static(b"q")).unwrap();
     let (_, rid2) = a.request(0, addr(2), Bytes::from_static(b"q2")).unwrap();
     a.cancel_request(addr(2), rid2);
@@ -162,6 +183,7 @@ fn deliveries_bounded_and_reliable_left_unacked_when_behind() {
         ..cfg()
     };
     let (mut a, mut b) = (NetState::new(cfg(), 1, 0), NetState::new(small, 2, 0));
+    connect(0, &mut a, &mut b);
     for i in 0..5u8 {
         a.send_reliable(0, addr(2), Bytes::from(vec![i])).unwrap();
     }
@@ -189,6 +211,8 @@ fn version_reject_fails_pending_and_refuses_new_sends() {
     let id = a
         .send_reliable(0, addr(2), Bytes::from_static(b"x"))
         .unwrap();
+    // The cookie request goes out: a reject is believed only in answer.
+    while a.poll_transmit(0).is_some() {}
     let mut rej = Vec::new();
     wire::encode_version(&Packet::VersionReject { min: 7, max: 9 }, 9, &mut rej);
     a.handle_datagram(5, addr(2), &rej);
@@ -211,6 +235,7 @@ fn version_reject_fails_pending_and_refuses_new_sends() {
 #[test]
 fn chunk_round_trip_and_capacity_event() {
     let (mut a, mut b) = (NetState::new(cfg(), 1, 0), NetState::new(cfg(), 2, 0));
+    connect(0, &mut a, &mut b);
     let data = Bytes::from(vec![9u8; 5000]);
     a.send_chunk(0, addr(2), 3, 4, data.clone()).unwrap();
     assert!(a.capacity(0, addr(2)).queued_bytes > 0);
@@ -236,7 +261,8 @@ fn chunk_round_trip_and_capacity_event() {
 #[test]
 fn batch_transmit_matches_single() {
     let mk = || {
-        let mut a = NetState::new(cfg(), 1, 0);
+        let (mut a, mut b) = (NetState::new(cfg(), 1, 0), NetState::new(cfg(), 2, 0));
+        connect(0, &mut a, &mut b);
         for i in 0..3 {
             a.send_unreliable(0, addr(2), &[i]).unwrap();
         }

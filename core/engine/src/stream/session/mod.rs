@@ -538,6 +538,7 @@ impl Session {
                 self.ask_metrics();
                 self.stats.plugins.clone()
             },
+            net: Default::default(),
         }
     }
 

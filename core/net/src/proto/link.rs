@@ -1,0 +1,621 @@
+//! The authenticated link to one address: the handshake that proves the
+//! address and the keys, and sealing/opening of every later datagram.
+//!
+//! Flow (initiator I, responder R), each step retransmitted on I's timer:
+//!
+//! 1. I → R `CookieRequest { nonce }`, padded to 64 bytes.
+//! 2. R → I `Cookie { nonce, mac(addr, nonce) }`: 31 bytes, no state at R.
+//! 3. I → R `Init { nonce, cookie, XX msg 1 }`, padded to 160 bytes. R checks
+//!    the cookie: the address is proven, R may keep a half-open handshake
+//!    (bounded by `NetConfig::max_handshakes`).
+//! 4. R → I `Resp { nonce, XX msg 2 }` (R's static key).
+//! 5. I → R `Fin { nonce, XX msg 3 }` (I's static key): both have the link.
+//!    I resends `Fin` until something sealed arrives from R.
+//!
+//! Datagrams the application sends before the link is up wait here (a few
+//! per address) and go out sealed once it is.
+//!
+//! Both sides starting at once (a mesh overlay connecting both ways): the
+//! handshake with the larger nonce wins, the other side abandons its own.
+
+use super::{NetState, Outbox};
+use crate::auth::{StaticKey, TAG_LEN, XX_MSG1_LEN};
+use crate::wire::{self, Packet};
+use snow::{HandshakeState, StatelessTransportState};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+/// Datagrams kept per address while its handshake runs.
+pub(crate) const QUEUE_PER_LINK: usize = 64;
+/// A half-open handshake at the responder is forgotten after this long.
+const HALF_TTL_US: u64 = 10_000_000;
+
+pub(crate) enum LinkState {
+    /// We asked for a cookie.
+    WantCookie { request: Vec<u8> },
+    /// We sent `Init`; waiting for `Resp`.
+    WantResp {
+        init: Vec<u8>,
+        hs: Box<HandshakeState>,
+    },
+    Established {
+        transport: Box<StatelessTransportState>,
+        remote: [u8; 32],
+        tx: u64,
+        rx: crate::auth::ReplayWindow,
+        /// Initiator: `Fin` until anything sealed arrives from the peer.
+        fin: Option<Vec<u8>>,
+    },
+}
+
+pub(crate) struct Link {
+    pub(crate) state: LinkState,
+    /// Our handshake's nonce (initiator) or the peer's (responder).
+    pub(crate) nonce: u64,
+    pub(crate) tries: u32,
+    /// When the handshake timer fires next (0: none).
+    pub(crate) next_at: u64,
+    /// Last authenticated datagram from the peer.
+    pub(crate) last_rx: u64,
+    /// Plaintext datagrams waiting for the link.
+    pub(crate) queued: VecDeque<Vec<u8>>,
+}
+
+impl Link {
+    pub(crate) fn established(&self) -> bool {
+        matches!(self.state, LinkState::Established { .. })
+    }
+    pub(crate) fn remote(&self) -> Option<&[u8; 32]> {
+        match &self.state {
+            LinkState::Established { remote, .. } => Some(remote),
+            _ => None,
+        }
+    }
+}
+
+/// A handshake the responder holds after a valid cookie.
+pub(crate) struct Half {
+    pub(crate) nonce: u64,
+    pub(crate) hs: Box<HandshakeState>,
+    pub(crate) resp: Vec<u8>,
+    pub(crate) expires: u64,
+}
+
+fn encode(p: &Packet<'_>) -> Vec<u8> {
+    let mut v = Vec::new();
+    wire::encode(p, &mut v);
+    v
+}
+
+impl NetState {
+    fn hs_backoff(&self, tries: u32) -> u64 {
+        let base = self.cfg.rto_initial.as_micros() as u64;
+        let max = self.cfg.rto_max.as_micros() as u64;
+        base.saturating_mul(1 << tries.min(16))
+            .min(max.max(base))
+            .max(1)
+    }
+
+    fn arm(&mut self, addr: SocketAddr, at: u64) {
+        self.hs_timers.insert((at, addr));
+    }
+
+    /// Make sure a handshake with `to` runs (data is waiting for the link):
+    /// [`NetEvent::CapacityChanged`](super::NetEvent) follows once it is up.
+    pub(super) fn start_link(&mut self, now: u64, to: SocketAddr) {
+        if !self.links.contains_key(&to) && !self.halves.contains_key(&to) {
+            self.queue_for_link(now, to, Vec::new());
+            if let Some(l) = self.links.get_mut(&to) {
+                l.queued.retain(|q| !q.is_empty());
+            }
+        }
+    }
+
+    /// The application wants `bytes` (a plaintext datagram) sent to `to`,
+    /// which has no established link: keep it and make sure a handshake runs.
+    pub(super) fn queue_for_link(&mut self, now: u64, to: SocketAddr, bytes: Vec<u8>) {
+        if !self.links.contains_key(&to) {
+            if self.links.len() >= self.cfg.max_peers && !self.evict_link(to) {
+                self.drops.peer_limit += 1;
+                return;
+            }
+            let nonce = self.crng.u64();
+            let pad = vec![0; wire::COOKIE_REQUEST_LEN - wire::HEADER_LEN - 1 - 8];
+            let request = encode(&Packet::CookieRequest { nonce, pad: &pad });
+            self.out.push_raw(to, &request);
+            let at = now + self.hs_backoff(0);
+            self.links.insert(
+                to,
+                Link {
+                    state: LinkState::WantCookie { request },
+                    nonce,
+                    tries: 1,
+                    next_at: at,
+                    last_rx: now,
+                    queued: VecDeque::new(),
+                },
+            );
+            self.arm(to, at);
+            self.drops.handshakes_started += 1;
+        }
+        let link = self.links.get_mut(&to).expect("inserted");
+        if link.queued.len() >= QUEUE_PER_LINK {
+            link.queued.pop_front();
+            self.drops.link_queue_full += 1;
+        }
+        link.queued.push_back(bytes);
+    }
+
+    /// Make room in the link table for `new`: drop a link that is neither
+    /// established nor has a neighbour state, or the established link heard
+    /// from least recently that has no neighbour state.
+    fn evict_link(&mut self, new: SocketAddr) -> bool {
+        let victim = self
+            .links
+            .iter()
+            .filter(|(a, _)| **a != new && !self.peers.contains_key(*a))
+            .min_by_key(|(_, l)| (l.established(), l.last_rx))
+            .map(|(a, _)| *a);
+        match victim {
+            Some(v) => {
+                self.links.remove(&v);
+                self.drops.links_evicted += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A handshake packet from `from`. Answers are never larger than what
+    /// they answer until the address is proven.
+    pub(super) fn handle_handshake(&mut self, now: u64, from: SocketAddr, pkt: Packet<'_>) {
+        match pkt {
+            Packet::CookieRequest { nonce, .. } => {
+                if !self.cookie_budget(now) {
+                    self.drops.rate_limited += 1;
+                    return;
+                }
+                let cookie = self.jar.issue(now, from, nonce);
+                self.drops.cookies_sent += 1;
+                self.out.push_raw(
+                    from,
+                    &encode(&Packet::Cookie {
+                        nonce,
+                        cookie: &cookie,
+                    }),
+                );
+            }
+            Packet::Cookie { nonce, cookie } => {
+                let Some(link) = self.links.get_mut(&from) else {
+                    self.drops.handshake_unexpected += 1;
+                    return;
+                };
+                if link.nonce != nonce || !matches!(link.state, LinkState::WantCookie { .. }) {
+                    self.drops.handshake_unexpected += 1;
+                    return;
+                }
+                let rng = crate::auth::KeyedRng::new(self.crng.bytes32());
+                let mut hs = Box::new(self.key.handshake(true, rng));
+                let mut msg = [0u8; 64];
+                let Ok(n) = hs.write_message(&[], &mut msg) else {
+                    return;
+                };
+                let fixed = wire::HEADER_LEN + 1 + 8 + cookie.len() + 2 + n;
+                let pad = vec![0; wire::INIT_LEN.saturating_sub(fixed)];
+                let init = encode(&Packet::Init {
+                    nonce,
+                    cookie,
+                    noise: &msg[..n],
+                    pad: &pad,
+                });
+                self.out.push_raw(from, &init);
+                let at = now + self.hs_backoff(0);
+                let link = self.links.get_mut(&from).expect("checked");
+                link.state = LinkState::WantResp { init, hs };
+                link.tries = 1;
+                link.next_at = at;
+                self.arm(from, at);
+            }
+            Packet::Init {
+                nonce,
+                cookie,
+                noise,
+                ..
+            } => {
+                if !self.jar.check(now, from, nonce, cookie) {
+                    self.drops.bad_cookie += 1;
+                    return;
+                }
+                if noise.len() != XX_MSG1_LEN {
+                    self.drops.handshake_failed += 1;
+                    return;
+                }
+                if let Some(link) = self.links.get(&from) {
+                    if !link.established() {
+                        // Both sides started: the larger nonce wins.
+                        if link.nonce > nonce {
+                            self.drops.handshake_collisions += 1;
+                            return;
+                        }
+                        let queued = std::mem::take(&mut self.links.get_mut(&from).unwrap().queued);
+                        self.links.remove(&from);
+                        self.orphans.insert(from, queued);
+                    }
+                }
+                if let Some(h) = self.halves.get(&from) {
+                    if h.nonce == nonce {
+                        let resp = h.resp.clone();
+                        self.out.push_raw(from, &resp);
+                        return;
+                    }
+                }
+                if self.halves.len() >= self.cfg.max_handshakes.max(1)
+                    && !self.halves.contains_key(&from)
+                {
+                    // Forget the oldest half-open handshake.
+                    if let Some(old) = self
+                        .halves
+                        .iter()
+                        .min_by_key(|(_, h)| h.expires)
+                        .map(|(a, _)| *a)
+                    {
+                        self.halves.remove(&old);
+                        self.orphans.remove(&old);
+                        self.drops.handshake_limit += 1;
+                    }
+                }
+                let rng = crate::auth::KeyedRng::new(self.crng.bytes32());
+                let mut hs = Box::new(self.key.handshake(false, rng));
+                let mut scratch = [0u8; 128];
+                if hs.read_message(noise, &mut scratch).is_err() {
+                    self.drops.handshake_failed += 1;
+                    return;
+                }
+                let mut msg = [0u8; 128];
+                let Ok(n) = hs.write_message(&[], &mut msg) else {
+                    self.drops.handshake_failed += 1;
+                    return;
+                };
+                let resp = encode(&Packet::Resp {
+                    nonce,
+                    noise: &msg[..n],
+                });
+                self.out.push_raw(from, &resp);
+                let expires = now + HALF_TTL_US;
+                self.halves.insert(
+                    from,
+                    Half {
+                        nonce,
+                        hs,
+                        resp,
+                        expires,
+                    },
+                );
+                self.arm(from, expires);
+            }
+            Packet::Resp { nonce, noise } => {
+                let Some(link) = self.links.get_mut(&from) else {
+                    self.drops.handshake_unexpected += 1;
+                    return;
+                };
+                if link.nonce != nonce {
+                    self.drops.handshake_unexpected += 1;
+                    return;
+                }
+                let LinkState::WantResp { hs, .. } = &mut link.state else {
+                    self.drops.handshake_unexpected += 1;
+                    return;
+                };
+                let mut scratch = [0u8; 128];
+                if hs.read_message(noise, &mut scratch).is_err() {
+                    self.drops.handshake_failed += 1;
+                    return;
+                }
+                let mut msg = [0u8; 128];
+                let Ok(n) = hs.write_message(&[], &mut msg) else {
+                    self.drops.handshake_failed += 1;
+                    return;
+                };
+                let fin = encode(&Packet::Fin {
+                    nonce,
+                    noise: &msg[..n],
+                });
+                self.out.push_raw(from, &fin);
+                let LinkState::WantResp { hs, .. } =
+                    std::mem::replace(&mut link.state, LinkState::WantCookie { request: vec![] })
+                else {
+                    unreachable!("matched above")
+                };
+                let at = now + self.hs_backoff(0);
+                self.establish(now, from, *hs, Some(fin), at);
+            }
+            Packet::Fin { nonce, noise } => {
+                let Some(h) = self.halves.get_mut(&from) else {
+                    self.drops.handshake_unexpected += 1;
+                    return;
+                };
+                if h.nonce != nonce {
+                    self.drops.handshake_unexpected += 1;
+                    return;
+                }
+                let mut scratch = [0u8; 128];
+                if h.hs.read_message(noise, &mut scratch).is_err() {
+                    self.drops.handshake_failed += 1;
+                    return;
+                }
+                let h = self.halves.remove(&from).expect("present");
+                let queued = self.orphans.remove(&from).unwrap_or_default();
+                self.establish(now, from, *h.hs, None, 0);
+                if let Some(l) = self.links.get_mut(&from) {
+                    l.nonce = nonce;
+                    for q in queued {
+                        l.queued.push_back(q);
+                    }
+                }
+                self.flush_link_queue(from);
+            }
+            _ => {}
+        }
+    }
+
+    /// The handshake with `addr` finished: keep its keys, make (or keep) the
+    /// neighbour state, send what waited.
+    fn establish(
+        &mut self,
+        now: u64,
+        addr: SocketAddr,
+        hs: HandshakeState,
+        fin: Option<Vec<u8>>,
+        fin_at: u64,
+    ) {
+        let Some(remote) = hs
+            .get_remote_static()
+            .and_then(|r| <[u8; 32]>::try_from(r).ok())
+        else {
+            self.drops.handshake_failed += 1;
+            return;
+        };
+        let Ok(transport) = hs.into_stateless_transport_mode() else {
+            self.drops.handshake_failed += 1;
+            return;
+        };
+        let old = self.links.remove(&addr);
+        if let Some(old_remote) = old.as_ref().and_then(|l| l.remote()) {
+            if *old_remote != remote && self.peers.contains_key(&addr) {
+                // Someone else now (a restart with a new key): nothing of
+                // the old neighbour state applies.
+                self.forget(addr);
+            }
+        }
+        let nonce = old.as_ref().map_or(0, |l| l.nonce);
+        let queued = old.map(|l| l.queued).unwrap_or_default();
+        self.links.insert(
+            addr,
+            Link {
+                state: LinkState::Established {
+                    transport: Box::new(transport),
+                    remote,
+                    tx: 0,
+                    rx: Default::default(),
+                    fin: fin.clone(),
+                },
+                nonce,
+                tries: 1,
+                next_at: if fin.is_some() { fin_at } else { 0 },
+                last_rx: now,
+                queued,
+            },
+        );
+        if fin.is_some() {
+            self.arm(addr, fin_at);
+        }
+        self.drops.handshakes_completed += 1;
+        let _ = self.peer(addr, now);
+        self.flush_link_queue(addr);
+    }
+
+    /// What waited for the link goes out (sealed when handed out).
+    fn flush_link_queue(&mut self, addr: SocketAddr) {
+        let Some(l) = self.links.get_mut(&addr) else {
+            return;
+        };
+        for q in std::mem::take(&mut l.queued) {
+            self.out.push_bytes(addr, &q);
+        }
+        self.capacity_changed();
+    }
+
+    /// Handshake timers due at `now`: retransmissions, give-ups, expiry.
+    pub(super) fn handshake_timeouts(&mut self, now: u64) {
+        while let Some(&(at, addr)) = self.hs_timers.first() {
+            if at > now {
+                break;
+            }
+            self.hs_timers.pop_first();
+            if self.halves.get(&addr).is_some_and(|h| h.expires == at) {
+                self.halves.remove(&addr);
+                self.orphans.remove(&addr);
+            }
+            let max_tries = self.cfg.max_tries.max(1);
+            let Some(link) = self.links.get_mut(&addr) else {
+                continue;
+            };
+            if link.next_at != at {
+                continue;
+            }
+            if link.tries >= max_tries {
+                link.next_at = 0;
+                match &mut link.state {
+                    LinkState::Established { fin, .. } => *fin = None,
+                    _ => {
+                        self.links.remove(&addr);
+                        self.drops.handshakes_timed_out += 1;
+                    }
+                }
+                continue;
+            }
+            let bytes = match &link.state {
+                LinkState::WantCookie { request } => request.clone(),
+                LinkState::WantResp { init, .. } => init.clone(),
+                LinkState::Established { fin: Some(f), .. } => f.clone(),
+                LinkState::Established { fin: None, .. } => continue,
+            };
+            let tries = link.tries;
+            link.tries += 1;
+            let next = now + self.hs_backoff(tries);
+            self.links.get_mut(&addr).expect("present").next_at = next;
+            self.out.push_raw(addr, &bytes);
+            self.arm(addr, next);
+        }
+    }
+
+    /// Open a sealed datagram from `from`; the plaintext is in
+    /// `self.scratch` on success.
+    pub(super) fn open(&mut self, now: u64, from: SocketAddr, counter: u64, ct: &[u8]) -> bool {
+        if !self.links.get(&from).is_some_and(Link::established) {
+            if self.halves.contains_key(&from) {
+                // Its `Fin` was lost or is late: the initiator resends it.
+                self.drops.before_fin += 1;
+            } else {
+                self.drops.unauthenticated += 1;
+            }
+            return false;
+        }
+        let link = self.links.get_mut(&from).expect("checked");
+        let LinkState::Established {
+            transport, rx, fin, ..
+        } = &mut link.state
+        else {
+            return false;
+        };
+        if !rx.fresh(counter) {
+            self.drops.replayed += 1;
+            return false;
+        }
+        self.scratch.resize(ct.len(), 0);
+        match transport.read_message(counter, ct, &mut self.scratch) {
+            Ok(n) => {
+                self.scratch.truncate(n);
+                rx.mark(counter);
+                if fin.take().is_some() {
+                    // Confirmed: the peer has the link, no more `Fin`.
+                    self.hs_timers.remove(&(link.next_at, from));
+                    link.next_at = 0;
+                }
+                link.last_rx = now;
+                true
+            }
+            Err(_) => {
+                self.drops.unauthenticated += 1;
+                false
+            }
+        }
+    }
+
+    /// Move datagrams from the outbox to `dst`, sealing those of established
+    /// links; the rest wait for their handshake (which this may start).
+    pub(super) fn take_out(&mut self, now: u64, dst: &mut super::Datagrams, max: usize) {
+        while dst.len() < max && !self.out.drained() {
+            let i = self.out.next;
+            self.out.next += 1;
+            let (to, s, e) = self.out.dg.items[i];
+            if self.out.is_raw(i) {
+                dst.push_bytes(to, &self.out.dg.buf[s..e]);
+                continue;
+            }
+            let NetState { links, out, .. } = self;
+            if let Some(Link {
+                state: LinkState::Established { transport, tx, .. },
+                ..
+            }) = links.get_mut(&to)
+            {
+                let counter = *tx;
+                *tx += 1;
+                seal(transport, counter, to, &out.dg.buf[s..e], dst);
+            } else if self.halves.contains_key(&to) {
+                // We are answering its handshake: wait for that one rather
+                // than start a second (two handshakes racing could leave
+                // each end with the other's keys).
+                let plain = self.out.dg.buf[s..e].to_vec();
+                let q = self.orphans.entry(to).or_default();
+                if q.len() >= QUEUE_PER_LINK {
+                    q.pop_front();
+                    self.drops.link_queue_full += 1;
+                }
+                q.push_back(plain);
+            } else {
+                let plain = self.out.dg.buf[s..e].to_vec();
+                self.queue_for_link(now, to, plain);
+            }
+        }
+    }
+
+    /// The static public key of the established link with `addr`.
+    pub fn peer_key(&self, addr: SocketAddr) -> Option<[u8; 32]> {
+        self.links.get(&addr).and_then(|l| l.remote().copied())
+    }
+
+    /// Whether the link with `addr` is established (both keys proven).
+    pub fn is_established(&self, addr: SocketAddr) -> bool {
+        self.links.get(&addr).is_some_and(Link::established)
+    }
+
+    /// This endpoint's static key.
+    pub fn static_key(&self) -> &StaticKey {
+        &self.key
+    }
+
+    /// At most `COOKIES_PER_SEC` cookie replies a second, whoever asks.
+    fn cookie_budget(&mut self, now: u64) -> bool {
+        let second = now / 1_000_000;
+        if self.cookie_window.0 != second {
+            self.cookie_window = (second, 0);
+        }
+        self.cookie_window.1 += 1;
+        self.cookie_window.1 <= super::COOKIES_PER_SEC
+    }
+}
+
+fn seal(
+    transport: &StatelessTransportState,
+    counter: u64,
+    to: SocketAddr,
+    plain: &[u8],
+    dst: &mut super::Datagrams,
+) {
+    let start = dst.buf.len();
+    dst.buf.extend_from_slice(&wire::MAGIC);
+    dst.buf.push(wire::VERSION);
+    dst.buf.push(wire::CH_SEALED);
+    dst.buf.extend_from_slice(&[0, 0]);
+    dst.buf.push(0);
+    dst.buf.extend_from_slice(&counter.to_be_bytes());
+    let ct = dst.buf.len();
+    dst.buf.resize(ct + plain.len() + TAG_LEN, 0);
+    match transport.write_message(counter, plain, &mut dst.buf[ct..]) {
+        Ok(n) => {
+            dst.buf.truncate(ct + n);
+            let len = (dst.buf.len() - start - wire::HEADER_LEN) as u16;
+            dst.buf[start + 4..start + 6].copy_from_slice(&len.to_be_bytes());
+            dst.items.push((to, start, dst.buf.len()));
+        }
+        Err(_) => dst.buf.truncate(start),
+    }
+}
+
+impl Outbox {
+    /// A datagram that goes out as it is (handshake packets).
+    pub(super) fn push_raw(&mut self, to: SocketAddr, bytes: &[u8]) {
+        self.push_bytes(to, bytes);
+        let i = self.dg.items.len() - 1;
+        self.raw.resize(i, false);
+        self.raw.push(true);
+    }
+    /// An encoded plaintext datagram, sealed when handed out.
+    pub(super) fn push_bytes(&mut self, to: SocketAddr, bytes: &[u8]) {
+        self.dg.push_bytes(to, bytes);
+    }
+    fn is_raw(&self, i: usize) -> bool {
+        self.raw.get(i).copied().unwrap_or(false)
+    }
+}
