@@ -16,7 +16,9 @@ use p2ner_net::{Event, NetStats, SendError};
 use p2ner_plugin_api::Capacity;
 use p2ner_proto::peer as wire;
 
-use crate::stream::{Session, SessionOutput, Summary, UplinkModel, DATAGRAM_OVERHEAD};
+use crate::stream::{
+    Session, SessionOutput, Summary, UplinkModel, CONTROL_OVERHEAD, DATAGRAM_OVERHEAD,
+};
 
 /// How long a chunk handed to the data channel may wait there before it
 /// leaves (µs); past that it is dropped (and counted), never sent late.
@@ -90,7 +92,10 @@ pub fn flush(
     now: u64,
 ) -> u64 {
     let mut refused = 0;
-    let max_payload = net.max_payload().max(1) as u64;
+    // Payload bytes per fragment, as the network layer splits chunks.
+    let per_fragment = (net.max_payload() as u64)
+        .saturating_sub(DATAGRAM_OVERHEAD)
+        .max(1);
     for t in session.drain() {
         match t {
             SessionOutput::SendMessage {
@@ -98,7 +103,7 @@ pub fn flush(
                 bytes,
                 reliable,
             } => {
-                uplink.sent(now, bytes.len() as u64 + DATAGRAM_OVERHEAD);
+                uplink.sent(now, bytes.len() as u64 + CONTROL_OVERHEAD);
                 if reliable {
                     net.send_reliable(to, Bytes::from(bytes));
                 } else if let Err(e) = net.send_unreliable(to, Bytes::from(bytes)) {
@@ -107,7 +112,10 @@ pub fn flush(
             }
             SessionOutput::SendChunk { to, seq, data } => {
                 let len = data.len() as u64;
-                uplink.sent(now, len + len.div_ceil(max_payload) * DATAGRAM_OVERHEAD);
+                uplink.sent(
+                    now,
+                    len + len.div_ceil(per_fragment).max(1) * DATAGRAM_OVERHEAD,
+                );
                 match net.send_chunk_by(to, stream, seq, data, CHUNK_LEAVES_WITHIN_US) {
                     Ok(()) => {}
                     Err(SendError::WouldBlock) => refused += 1,

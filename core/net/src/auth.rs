@@ -16,9 +16,11 @@
 //!   is [`peer_id_of`] its static key, so a peer list that carries ids (the
 //!   server's) vouches for keys, and a claimed id can be checked against the
 //!   key of the link a message came from.
-//! - Sealed datagrams carry an explicit 64-bit counter (UDP reorders and
-//!   loses), checked against a sliding [`ReplayWindow`] after the AEAD tag
-//!   verified, so a captured datagram cannot be replayed.
+//! - Sealed datagrams carry the low 32 bits of a 64-bit counter (UDP
+//!   reorders and loses; the receiver rebuilds the rest from the highest
+//!   counter it authenticated, as QUIC does with packet numbers), checked
+//!   against a sliding [`ReplayWindow`] after the AEAD tag verified, so a
+//!   captured datagram cannot be replayed.
 //!
 //! Nothing here reads a clock or the OS's randomness: time is a parameter and
 //! every random byte comes from a [`KeyedRng`] seeded by the caller, so the
@@ -296,6 +298,12 @@ impl ReplayWindow {
     fn bit(&self, n: u64) -> (usize, u64) {
         let i = n % REPLAY_WINDOW;
         ((i / 64) as usize, 1u64 << (i % 64))
+    }
+
+    /// The counter after the newest one seen: what a truncated counter is
+    /// expanded against ([`crate::wire::expand_counter`]).
+    pub fn next(&self) -> u64 {
+        self.top
     }
 
     /// Whether `n` may be accepted (not seen, not too old). Check before

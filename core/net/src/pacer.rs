@@ -65,6 +65,13 @@ impl TokenBucket {
         self.tokens -= bytes as f64;
     }
 
+    /// Give back tokens spent on bytes that were not sent after all (a
+    /// packet charged as a datagram of its own that shared one).
+    pub fn refund(&mut self, now_us: u64, bytes: usize) {
+        self.refill(now_us);
+        self.tokens = (self.tokens + bytes as f64).min(self.burst);
+    }
+
     /// When the bucket will next be ready (µs).
     pub fn ready_at(&mut self, now_us: u64) -> u64 {
         self.refill(now_us);

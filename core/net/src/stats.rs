@@ -185,6 +185,9 @@ pub struct DropStats {
     /// Sealed datagrams from an address whose handshake waits for its last
     /// message (`Fin` lost or late; the initiator resends it).
     pub before_fin: u64,
+    /// Packets that rode in another packet's sealed datagram (acks, data
+    /// acks, control messages to the same peer) instead of one of their own.
+    pub frames_shared: u64,
     /// Datagrams from blocked addresses ([`crate::NetState::block`]).
     pub blocked: u64,
 }

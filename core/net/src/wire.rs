@@ -2,11 +2,19 @@
 //! decides whether bytes from the network are acceptable.
 //!
 //! Every datagram is `magic (2) | version (1) | channel (1) | length (2, BE)`
-//! followed by exactly `length` bytes of body whose first byte is the packet
-//! type within the channel. The length makes truncation detectable, the magic
-//! rejects stray traffic, and the version lets a newer peer tell an older one
-//! it is too old: the [`Packet::VersionReject`] on the `META` channel has a
-//! layout frozen for all versions, so every version can read it.
+//! followed by exactly `length` bytes of body. The length makes truncation
+//! detectable, the magic rejects stray traffic, and the version lets a newer
+//! peer tell an older one it is too old: the [`Packet::VersionReject`] on the
+//! `META` channel has a layout frozen for all versions, so every version can
+//! read it.
+//!
+//! On the wire since version 2 only handshake packets, version rejects and
+//! [`Packet::Sealed`] datagrams travel. A sealed datagram's plaintext is a
+//! sequence of *frames*, each a control or data packet without the outer
+//! header (see [`encode_frame`] and [`Frames`]): several small messages to
+//! one peer (an ack, a data ack, a request) share one header, one counter
+//! and one tag. That is why sealing costs less than the 6-byte header it
+//! would otherwise add per packet once two or more frames share a datagram.
 //!
 //! Decoding never panics and never allocates: it borrows from the input and
 //! checks every length before reading. All integers are big-endian.
@@ -46,7 +54,6 @@ const T_COOKIE: u8 = 1;
 const T_INIT: u8 = 2;
 const T_RESP: u8 = 3;
 const T_FIN: u8 = 4;
-const T_SEALED: u8 = 0;
 
 /// Smallest cookie request: a cookie reply ([`COOKIE_LEN`]) is smaller, so
 /// answering a spoofed request amplifies nothing.
@@ -55,19 +62,41 @@ pub const COOKIE_REQUEST_LEN: usize = 64;
 pub const COOKIE_LEN: usize = HEADER_LEN + 1 + 8 + crate::auth::COOKIE_LEN;
 /// Smallest handshake initiation (padded): the responder's answer is smaller.
 pub const INIT_LEN: usize = 160;
-/// Bytes sealing adds to a datagram: outer header, type, counter, tag.
-pub const SEAL_OVERHEAD: usize = HEADER_LEN + 1 + 8 + crate::auth::TAG_LEN;
+/// Bytes of the truncated counter a sealed datagram carries: the receiver
+/// rebuilds the 64-bit AEAD nonce from the highest one it authenticated
+/// ([`expand_counter`]), as QUIC does with packet numbers.
+pub const COUNTER_LEN: usize = 4;
+/// Bytes sealing adds to a datagram, whatever it carries: outer header,
+/// counter, tag.
+pub const SEAL_OVERHEAD: usize = HEADER_LEN + COUNTER_LEN + crate::auth::TAG_LEN;
+/// Bytes of a frame's header when another frame follows it (kind byte and
+/// length); the last frame of a datagram has only the kind byte.
+pub const FRAME_HEADER_LEN: usize = 3;
+/// Bit of a frame's kind byte that says a length follows (another frame
+/// comes after this one).
+const FRAME_MORE: u8 = 0x80;
 
-// Sizes on the wire, sealing included (every one of these travels sealed).
+/// What a packet of `encoded` bytes (as [`encode`] writes it, header
+/// included) costs as a frame that carries its length.
+pub const fn frame_len(encoded: usize) -> usize {
+    encoded - HEADER_LEN + FRAME_HEADER_LEN
+}
 
+// Sizes on the wire as the worst case (a sealed datagram of its own): what
+// is charged to the upload cap and counted when a packet is queued. A packet
+// that shares a datagram gives back [`SHARED_SAVING`].
 /// Bytes a control message costs on top of its payload (worst case: reliable).
-pub const RELIABLE_OVERHEAD: usize = SEAL_OVERHEAD + HEADER_LEN + 1 + 4 + 8 + 8 + 4 + 1 + 8;
-/// Bytes of header in a data fragment.
-pub const DATA_OVERHEAD: usize = SEAL_OVERHEAD + HEADER_LEN + 1 + 8 + 4 + 8 + 8 + 4 + 4 + 4 + 4;
-/// Size of a data ack datagram.
-pub const DATA_ACK_LEN: usize = SEAL_OVERHEAD + HEADER_LEN + 1 + 8 + 8 + 4;
-/// Size of a control ack datagram.
-pub const ACK_LEN: usize = SEAL_OVERHEAD + HEADER_LEN + 1 + 4 + 8 + 4;
+pub const RELIABLE_OVERHEAD: usize = SEAL_OVERHEAD + 1 + 1 + 4 + 8 + 8 + 4 + 1 + 8;
+/// Bytes a data fragment costs beyond its payload (a sealed datagram of its
+/// own): the engine's uplink model charges exactly this per datagram.
+pub const DATA_OVERHEAD: usize = SEAL_OVERHEAD + 1 + 1 + 8 + 4 + 8 + 8 + 4 + 4 + 4 + 4;
+/// Size of a data ack datagram of its own.
+pub const DATA_ACK_LEN: usize = SEAL_OVERHEAD + 1 + 1 + 8 + 8 + 4;
+/// Size of a control ack datagram of its own.
+pub const ACK_LEN: usize = SEAL_OVERHEAD + 1 + 1 + 4 + 8 + 4;
+/// What a packet that rides in another packet's datagram saves: the outer
+/// header, counter and tag, less the length its frame then carries.
+pub const SHARED_SAVING: usize = SEAL_OVERHEAD - (FRAME_HEADER_LEN - 1);
 
 /// What a reliable control message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,10 +202,12 @@ pub enum Packet<'a> {
         /// Noise XX message 3 (`s, se`).
         noise: &'a [u8],
     },
-    /// A datagram sealed with the link's keys under counter `counter`.
+    /// A datagram sealed with the link's keys: its frames, encrypted and
+    /// authenticated.
     Sealed {
-        /// The AEAD nonce: never reused on a link, checked for replays.
-        counter: u64,
+        /// The low 32 bits of the AEAD nonce (never reused on a link,
+        /// checked for replays after [`expand_counter`]).
+        counter: u32,
         /// The sealed plaintext datagram and its tag.
         ciphertext: &'a [u8],
     },
@@ -307,60 +338,24 @@ pub fn decode(buf: &[u8], max_len: usize) -> Result<Packet<'_>, DecodeError> {
     if !(MIN_VERSION..=VERSION).contains(&version) {
         return Err(DecodeError::UnknownVersion(version));
     }
+    if channel == CH_SEALED {
+        let counter = r.u32()?;
+        let ciphertext = r.rest();
+        if ciphertext.len() < crate::auth::TAG_LEN + 1 {
+            return Err(DecodeError::Invalid);
+        }
+        return Ok(Packet::Sealed {
+            counter,
+            ciphertext,
+        });
+    }
+    decode_body(channel, body)
+}
+
+/// Decode a packet's body (type byte onwards) on `channel`.
+fn decode_body(channel: u8, body: &[u8]) -> Result<Packet<'_>, DecodeError> {
+    let mut r = Reader { buf: body };
     match (channel, r.u8()?) {
-        (CH_HANDSHAKE, T_COOKIE_REQUEST) => {
-            let nonce = r.u64()?;
-            let pad = r.rest();
-            if buf.len() < COOKIE_REQUEST_LEN {
-                return Err(DecodeError::Invalid);
-            }
-            Ok(Packet::CookieRequest { nonce, pad })
-        }
-        (CH_HANDSHAKE, T_COOKIE) => {
-            let nonce = r.u64()?;
-            let cookie = r.take(crate::auth::COOKIE_LEN)?;
-            r.done()?;
-            Ok(Packet::Cookie { nonce, cookie })
-        }
-        (CH_HANDSHAKE, T_INIT) => {
-            let nonce = r.u64()?;
-            let cookie = r.take(crate::auth::COOKIE_LEN)?;
-            let n = u16::from_be_bytes([r.u8()?, r.u8()?]) as usize;
-            let noise = r.take(n)?;
-            let pad = r.rest();
-            if buf.len() < INIT_LEN || noise.is_empty() {
-                return Err(DecodeError::Invalid);
-            }
-            Ok(Packet::Init {
-                nonce,
-                cookie,
-                noise,
-                pad,
-            })
-        }
-        (CH_HANDSHAKE, t @ (T_RESP | T_FIN)) => {
-            let nonce = r.u64()?;
-            let noise = r.rest();
-            if noise.is_empty() {
-                return Err(DecodeError::Invalid);
-            }
-            Ok(if t == T_RESP {
-                Packet::Resp { nonce, noise }
-            } else {
-                Packet::Fin { nonce, noise }
-            })
-        }
-        (CH_SEALED, T_SEALED) => {
-            let counter = r.u64()?;
-            let ciphertext = r.rest();
-            if ciphertext.len() < crate::auth::TAG_LEN {
-                return Err(DecodeError::Invalid);
-            }
-            Ok(Packet::Sealed {
-                counter,
-                ciphertext,
-            })
-        }
         (CH_CONTROL, T_UNRELIABLE) => Ok(Packet::Unreliable { payload: r.rest() }),
         (CH_CONTROL, T_RELIABLE) => {
             let session = r.u32()?;
@@ -433,6 +428,48 @@ pub fn decode(buf: &[u8], max_len: usize) -> Result<Packet<'_>, DecodeError> {
                 largest,
                 bitmap,
                 delay,
+            })
+        }
+        (CH_HANDSHAKE, T_COOKIE_REQUEST) => {
+            let nonce = r.u64()?;
+            let pad = r.rest();
+            if body.len() + HEADER_LEN < COOKIE_REQUEST_LEN {
+                return Err(DecodeError::Invalid);
+            }
+            Ok(Packet::CookieRequest { nonce, pad })
+        }
+        (CH_HANDSHAKE, T_COOKIE) => {
+            let nonce = r.u64()?;
+            let cookie = r.take(crate::auth::COOKIE_LEN)?;
+            r.done()?;
+            Ok(Packet::Cookie { nonce, cookie })
+        }
+        (CH_HANDSHAKE, T_INIT) => {
+            let nonce = r.u64()?;
+            let cookie = r.take(crate::auth::COOKIE_LEN)?;
+            let n = u16::from_be_bytes([r.u8()?, r.u8()?]) as usize;
+            let noise = r.take(n)?;
+            let pad = r.rest();
+            if body.len() + HEADER_LEN < INIT_LEN || noise.is_empty() {
+                return Err(DecodeError::Invalid);
+            }
+            Ok(Packet::Init {
+                nonce,
+                cookie,
+                noise,
+                pad,
+            })
+        }
+        (CH_HANDSHAKE, t @ (T_RESP | T_FIN)) => {
+            let nonce = r.u64()?;
+            let noise = r.rest();
+            if noise.is_empty() {
+                return Err(DecodeError::Invalid);
+            }
+            Ok(if t == T_RESP {
+                Packet::Resp { nonce, noise }
+            } else {
+                Packet::Fin { nonce, noise }
             })
         }
         _ => Err(DecodeError::UnknownType),
@@ -589,10 +626,113 @@ pub fn encode_version(p: &Packet<'_>, version: u8, out: &mut Vec<u8>) {
             counter,
             ciphertext,
         } => {
-            let mut w = Writer::begin(out, version, CH_SEALED, T_SEALED);
-            w.u64(counter).bytes(ciphertext);
-            w.finish();
+            let start = out.len();
+            out.extend_from_slice(&MAGIC);
+            out.extend_from_slice(&[version, CH_SEALED, 0, 0]);
+            out.extend_from_slice(&counter.to_be_bytes());
+            out.extend_from_slice(ciphertext);
+            let len =
+                u16::try_from(out.len() - start - HEADER_LEN).expect("datagram body fits u16");
+            out[start + 4..start + 6].copy_from_slice(&len.to_be_bytes());
         }
+    }
+}
+
+/// Append the packet `encoded` (as [`encode`] wrote it: a control or data
+/// packet with its header) to a sealed datagram's plaintext as a frame.
+/// `more`: another frame will follow, so this one carries its length.
+/// Returns false (and appends nothing) for anything that is not a control
+/// or data packet of ours.
+pub fn encode_frame(encoded: &[u8], more: bool, out: &mut Vec<u8>) -> bool {
+    if encoded.len() < HEADER_LEN + 1 || encoded[0..2] != MAGIC {
+        return false;
+    }
+    let channel = encoded[3];
+    if channel != CH_CONTROL && channel != CH_DATA {
+        return false;
+    }
+    let body = &encoded[HEADER_LEN..];
+    if more {
+        let Ok(len) = u16::try_from(body.len()) else {
+            return false;
+        };
+        out.push(channel | FRAME_MORE);
+        out.extend_from_slice(&len.to_be_bytes());
+    } else {
+        out.push(channel);
+    }
+    out.extend_from_slice(body);
+    true
+}
+
+/// The frames of a sealed datagram's plaintext, in order: each decoded
+/// packet and the bytes its frame took. Stops after the first error.
+pub struct Frames<'a> {
+    buf: &'a [u8],
+    failed: bool,
+}
+
+impl<'a> Frames<'a> {
+    /// The frames of `plain`.
+    pub fn new(plain: &'a [u8]) -> Self {
+        Frames {
+            buf: plain,
+            failed: false,
+        }
+    }
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Result<(Packet<'a>, usize), DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.is_empty() || self.failed {
+            return None;
+        }
+        let kind = self.buf[0];
+        let channel = kind & !FRAME_MORE;
+        let (body, used) = if kind & FRAME_MORE != 0 {
+            if self.buf.len() < FRAME_HEADER_LEN {
+                self.failed = true;
+                return Some(Err(DecodeError::Truncated));
+            }
+            let len = u16::from_be_bytes([self.buf[1], self.buf[2]]) as usize;
+            let end = FRAME_HEADER_LEN + len;
+            if self.buf.len() <= end {
+                // Missing, or nothing after a frame that says more follows.
+                self.failed = true;
+                return Some(Err(DecodeError::BadLength));
+            }
+            (&self.buf[FRAME_HEADER_LEN..end], end)
+        } else {
+            (&self.buf[1..], self.buf.len())
+        };
+        self.buf = &self.buf[used..];
+        let r = match channel {
+            CH_CONTROL | CH_DATA => decode_body(channel, body).map(|p| (p, used)),
+            _ => Err(DecodeError::UnknownType),
+        };
+        if r.is_err() {
+            self.failed = true;
+        }
+        Some(r)
+    }
+}
+
+/// The full 64-bit counter closest to `next` (the counter after the
+/// highest one authenticated so far) whose low 32 bits are `truncated`
+/// (QUIC's packet number decoding, RFC 9000 appendix A.3). Reordering up to
+/// 2^31 datagrams is told apart; the replay window is far narrower anyway.
+pub fn expand_counter(next: u64, truncated: u32) -> u64 {
+    const WIN: u64 = 1 << 32;
+    const HALF: u64 = WIN / 2;
+    let candidate = (next & !(WIN - 1)) | truncated as u64;
+    if candidate + HALF <= next && candidate < u64::MAX - WIN {
+        candidate + WIN
+    } else if candidate > next + HALF && candidate >= WIN {
+        candidate - WIN
+    } else {
+        candidate
     }
 }
 

@@ -97,6 +97,33 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         })
         .collect();
     // Handshake packets as a real initiator and responder write them.
+    // Frames as a sealed datagram's plaintext holds them (an ack, a data ack
+    // and a last frame without a length), so mutations reach the frame
+    // decoder through `fuzz_decode`.
+    let mut frames = Vec::new();
+    for (p, more) in [
+        (
+            Packet::Ack {
+                session: 1,
+                id: 2,
+                ts_echo: 3,
+            },
+            true,
+        ),
+        (
+            Packet::DataAck {
+                largest: 9,
+                bitmap: 3,
+                delay: 4,
+            },
+            true,
+        ),
+        (Packet::Unreliable { payload: b"last" }, false),
+    ] {
+        let mut v = Vec::new();
+        encode(&p, &mut v);
+        assert!(p2ner_net::wire::encode_frame(&v, more, &mut frames));
+    }
     let handshake = [
         (
             "cookie-request",
@@ -140,6 +167,13 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
             Packet::Sealed {
                 counter: 3,
                 ciphertext: &[0x44; 64],
+            },
+        ),
+        (
+            "sealed-frames",
+            Packet::Sealed {
+                counter: 4,
+                ciphertext: &frames,
             },
         ),
     ];

@@ -219,7 +219,10 @@ async fn request_response_and_unreliable() {
         Err(SendError::TooLarge { .. })
     ));
     let s = a.stats();
-    assert!(s.total.control.datagrams_sent >= 40);
+    // 20 requests, each a datagram; acks of the responses ride with the
+    // next request instead of datagrams of their own.
+    assert!(s.total.control.datagrams_sent >= 20);
+    assert!(s.drops.frames_shared > 0, "{:?}", s.drops);
     let json = serde_json::to_string(&s).unwrap();
     assert!(json.contains(&b.local_addr().to_string()));
 }

@@ -21,7 +21,7 @@ pub use session::{
     MAX_SENDS_PER_CHUNK, NEIGHBOUR_RATE, STRANGER_RATE,
 };
 pub use stats::{percentile, NetCounters, Refused, Snapshot, StreamStats, Summary};
-pub use uplink::{UplinkModel, DATAGRAM_OVERHEAD, QUEUE_TARGET_US};
+pub use uplink::{UplinkModel, CONTROL_OVERHEAD, DATAGRAM_OVERHEAD, QUEUE_TARGET_US};
 
 use bytes::Bytes;
 

@@ -14,8 +14,15 @@ use p2ner_plugin_api::Upload;
 /// nothing handed to the data channel waits long enough to miss its
 /// deadline, long enough to keep the link busy between two ticks.
 pub const QUEUE_TARGET_US: u64 = 60_000;
-/// Per-datagram bytes on the wire besides the payload (framing, UDP, IP).
-pub const DATAGRAM_OVERHEAD: u64 = 40;
+/// Bytes a chunk's datagram carries besides its payload, as the network
+/// layer frames and seals it and charges it to the upload cap: the model must
+/// drain exactly as the cap does, or the session is told of room the cap
+/// does not have (or left idle).
+pub const DATAGRAM_OVERHEAD: u64 = p2ner_net::wire::DATA_OVERHEAD as u64;
+/// Bytes a reliable control message costs besides its payload when it
+/// travels in a datagram of its own (the worst case, which the network
+/// layer charges first; sharing a datagram gives some back).
+pub const CONTROL_OVERHEAD: u64 = p2ner_net::wire::RELIABLE_OVERHEAD as u64;
 
 /// The upload link as a queue that drains at the cap: what the session is told it may still send, in the live engine and the simulator alike.
 #[derive(Debug, Clone)]

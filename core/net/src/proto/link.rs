@@ -471,7 +471,7 @@ impl NetState {
 
     /// Open a sealed datagram from `from`; the plaintext is in
     /// `self.scratch` on success.
-    pub(super) fn open(&mut self, now: u64, from: SocketAddr, counter: u64, ct: &[u8]) -> bool {
+    pub(super) fn open(&mut self, now: u64, from: SocketAddr, counter: u32, ct: &[u8]) -> bool {
         if !self.links.get(&from).is_some_and(Link::established) {
             if self.halves.contains_key(&from) {
                 // Its `Fin` was lost or is late: the initiator resends it.
@@ -488,6 +488,7 @@ impl NetState {
         else {
             return false;
         };
+        let counter = wire::expand_counter(rx.next(), counter);
         if !rx.fresh(counter) {
             self.drops.replayed += 1;
             return false;
@@ -514,24 +515,27 @@ impl NetState {
 
     /// Move datagrams from the outbox to `dst`, sealing those of established
     /// links; the rest wait for their handshake (which this may start).
+    ///
+    /// Everything waiting for one peer in this batch (later outbox items,
+    /// held acks, a due data ack) rides in the same sealed datagram as long
+    /// as it fits `max_payload`: one header, counter and tag for all of
+    /// them. Each packet was charged as a datagram of its own when queued;
+    /// one that shares a datagram gives [`wire::SHARED_SAVING`] back to the
+    /// upload cap and the counters.
     pub(super) fn take_out(&mut self, now: u64, dst: &mut super::Datagrams, max: usize) {
         while dst.len() < max && !self.out.drained() {
             let i = self.out.next;
             self.out.next += 1;
+            if self.out.is_taken(i) {
+                continue;
+            }
             let (to, s, e) = self.out.dg.items[i];
             if self.out.is_raw(i) {
                 dst.push_bytes(to, &self.out.dg.buf[s..e]);
                 continue;
             }
-            let NetState { links, out, .. } = self;
-            if let Some(Link {
-                state: LinkState::Established { transport, tx, .. },
-                ..
-            }) = links.get_mut(&to)
-            {
-                let counter = *tx;
-                *tx += 1;
-                seal(transport, counter, to, &out.dg.buf[s..e], dst);
+            if self.is_established(to) {
+                self.seal_for(now, to, i, dst);
             } else if self.halves.contains_key(&to) {
                 // We are answering its handshake: wait for that one rather
                 // than start a second (two handshakes racing could leave
@@ -548,6 +552,119 @@ impl NetState {
                 self.queue_for_link(now, to, plain);
             }
         }
+    }
+
+    /// Seal outbox item `first` for `to`, with everything else for `to` that
+    /// fits, into one datagram on `dst`.
+    fn seal_for(&mut self, now: u64, to: SocketAddr, first: usize, dst: &mut super::Datagrams) {
+        let limit = self.cfg.max_payload;
+        // Bytes of the datagram if every frame carried its length; the last
+        // one does not, hence the `- 2` when checking the fit.
+        let fits = |size: usize, add: usize| size + add - (wire::FRAME_HEADER_LEN - 1) <= limit;
+        let mut group = std::mem::take(&mut self.group);
+        group.clear();
+        let (_, s, e) = self.out.dg.items[first];
+        let mut size = wire::SEAL_OVERHEAD + wire::frame_len(e - s);
+        group.push((s, e));
+        for j in self.out.next..self.out.dg.items.len() {
+            let (t, s, e) = self.out.dg.items[j];
+            if t != to || self.out.is_raw(j) || self.out.is_taken(j) {
+                continue;
+            }
+            let add = wire::frame_len(e - s);
+            if fits(size, add) {
+                size += add;
+                group.push((s, e));
+                self.out.take(j);
+            }
+        }
+        // Acks held back for a chance to ride along.
+        let mut extra = std::mem::take(&mut self.extra);
+        extra.clear();
+        let mut extra_items: Vec<(usize, usize)> = Vec::new();
+        if let Some(h) = self.held.get_mut(&to) {
+            let mut kept = Vec::new();
+            for pkt in h.pkts.drain(..) {
+                let add = wire::frame_len(pkt.len());
+                if fits(size, add) {
+                    size += add;
+                    let st = extra.len();
+                    extra.extend_from_slice(&pkt);
+                    extra_items.push((st, extra.len()));
+                } else {
+                    kept.push(pkt);
+                }
+            }
+            h.pkts = kept;
+            if h.pkts.is_empty() {
+                self.held.remove(&to);
+            }
+        }
+        // A data ack that is due soon goes now, while a datagram goes anyway.
+        if let Some(p) = self.peers.get_mut(&to) {
+            let add =
+                wire::frame_len(wire::DATA_ACK_LEN - wire::SEAL_OVERHEAD - 1 + wire::HEADER_LEN);
+            if p.rx.unacked > 0 && fits(size, add) {
+                let st = extra.len();
+                let mut ob = super::Outbox::default();
+                Self::data_ack(p, to, &mut ob);
+                if let Some(&(_, a, b)) = ob.dg.items.first() {
+                    extra.extend_from_slice(&ob.dg.buf[a..b]);
+                    extra_items.push((st, extra.len()));
+                }
+            }
+        }
+        let mut plain = std::mem::take(&mut self.scratch_tx);
+        plain.clear();
+        let n = group.len() + extra_items.len();
+        let mut k = 0;
+        let mut shared = [0u64; 2];
+        for &(s, e) in &group {
+            let bytes = &self.out.dg.buf[s..e];
+            k += 1;
+            wire::encode_frame(bytes, k < n, &mut plain);
+            if k > 1 {
+                shared[(bytes[3] == wire::CH_DATA) as usize] += 1;
+            }
+        }
+        for &(s, e) in &extra_items {
+            let bytes = &extra[s..e];
+            k += 1;
+            wire::encode_frame(bytes, k < n, &mut plain);
+            if k > 1 {
+                shared[(bytes[3] == wire::CH_DATA) as usize] += 1;
+            }
+        }
+        let saved = (n - 1) * wire::SHARED_SAVING;
+        if saved > 0 {
+            if let Some(c) = self.cap.as_mut() {
+                c.refund(now, saved);
+            }
+            if let Some(p) = self.peers.get_mut(&to) {
+                for (ch, c) in [&mut p.stats.control, &mut p.stats.data]
+                    .into_iter()
+                    .enumerate()
+                {
+                    c.bytes_sent = c
+                        .bytes_sent
+                        .saturating_sub(shared[ch] * wire::SHARED_SAVING as u64);
+                    c.datagrams_sent = c.datagrams_sent.saturating_sub(shared[ch]);
+                }
+            }
+            self.drops.frames_shared += (n - 1) as u64;
+        }
+        if let Some(Link {
+            state: LinkState::Established { transport, tx, .. },
+            ..
+        }) = self.links.get_mut(&to)
+        {
+            let counter = *tx;
+            *tx += 1;
+            seal(transport, counter, to, &plain, dst);
+        }
+        self.scratch_tx = plain;
+        self.group = group;
+        self.extra = extra;
     }
 
     /// The static public key of the established link with `addr`.
@@ -588,8 +705,8 @@ fn seal(
     dst.buf.push(wire::VERSION);
     dst.buf.push(wire::CH_SEALED);
     dst.buf.extend_from_slice(&[0, 0]);
-    dst.buf.push(0);
-    dst.buf.extend_from_slice(&counter.to_be_bytes());
+    // The low bits only: the receiver rebuilds the rest.
+    dst.buf.extend_from_slice(&(counter as u32).to_be_bytes());
     let ct = dst.buf.len();
     dst.buf.resize(ct + plain.len() + TAG_LEN, 0);
     match transport.write_message(counter, plain, &mut dst.buf[ct..]) {
@@ -617,5 +734,15 @@ impl Outbox {
     }
     fn is_raw(&self, i: usize) -> bool {
         self.raw.get(i).copied().unwrap_or(false)
+    }
+    /// Item i already went out inside an earlier item's datagram.
+    fn is_taken(&self, i: usize) -> bool {
+        self.taken.get(i).copied().unwrap_or(false)
+    }
+    fn take(&mut self, i: usize) {
+        if self.taken.len() <= i {
+            self.taken.resize(i + 1, false);
+        }
+        self.taken[i] = true;
     }
 }

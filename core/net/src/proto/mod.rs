@@ -227,6 +227,8 @@ struct Outbox {
     next: usize,
     /// Item i goes out unsealed when `raw[i]` (missing: false).
     raw: Vec<bool>,
+    /// Item i went out inside an earlier item's datagram (missing: false).
+    taken: Vec<bool>,
 }
 
 impl Outbox {
@@ -239,8 +241,15 @@ impl Outbox {
     fn reset(&mut self) {
         self.dg.clear();
         self.raw.clear();
+        self.taken.clear();
         self.next = 0;
     }
+}
+
+/// Encoded packets held for one peer, and since when.
+struct Held {
+    since: u64,
+    pkts: Vec<Vec<u8>>,
 }
 
 fn us32(now_us: u64) -> u32 {
@@ -298,6 +307,15 @@ pub struct NetState {
     sealed_next: usize,
     /// Plaintext of the datagram being opened.
     scratch: Vec<u8>,
+    /// Plaintext of the datagram being sealed.
+    scratch_tx: Vec<u8>,
+    /// Outbox ranges going into the datagram being sealed.
+    group: Vec<(usize, usize)>,
+    /// Held packets going into the datagram being sealed.
+    extra: Vec<u8>,
+    /// Acks held back up to [`ACK_DELAY_US`] so they can ride in a datagram
+    /// that goes to the same peer anyway (an answer, a data fragment).
+    held: HashMap<SocketAddr, Held>,
     /// (second, cookie replies in it).
     cookie_window: (u64, u32),
     /// Addresses whose datagrams are dropped unread until the given time
@@ -372,6 +390,10 @@ impl NetState {
             sealed: Datagrams::default(),
             sealed_next: 0,
             scratch: Vec::new(),
+            scratch_tx: Vec::new(),
+            group: Vec::new(),
+            extra: Vec::new(),
+            held: HashMap::new(),
             cookie_window: (0, 0),
             blocked: HashMap::new(),
             session,
@@ -434,20 +456,23 @@ impl NetState {
                     return;
                 }
                 let plain = std::mem::take(&mut self.scratch);
-                match wire::decode(&plain, usize::MAX) {
-                    Ok(
-                        inner @ (Packet::Unreliable { .. }
-                        | Packet::Reliable { .. }
-                        | Packet::Ack { .. }
-                        | Packet::Data(..)
-                        | Packet::DataAck { .. }),
-                    ) => {
-                        if self.peer(from, now).is_some() {
-                            self.handle_packet(now, from, buf.len(), inner);
+                // The datagram's bytes are shared out over its frames (the
+                // first one also carries the seal) so that the counters add
+                // up to what arrived.
+                let mut extra = buf.len() - plain.len();
+                let mut first = true;
+                for frame in wire::Frames::new(&plain) {
+                    match frame {
+                        Ok((inner, used)) => {
+                            if self.peer(from, now).is_none() {
+                                break;
+                            }
+                            let len = used + std::mem::take(&mut extra);
+                            self.handle_packet(now, from, len, first, inner);
+                            first = false;
                         }
+                        Err(e) => self.count_malformed(from, e),
                     }
-                    Ok(_) => self.count_malformed(from, DecodeError::Invalid),
-                    Err(e) => self.count_malformed(from, e),
                 }
                 self.scratch = plain;
             }
@@ -458,7 +483,7 @@ impl NetState {
                 let ours = self.links.get(&from).is_some_and(|l| !l.established());
                 if ours && self.peer(from, now).is_some() {
                     self.links.remove(&from);
-                    self.handle_packet(now, from, buf.len(), pkt);
+                    self.handle_packet(now, from, buf.len(), true, pkt);
                 } else {
                     self.drops.version_rejects_ignored += 1;
                 }
@@ -496,6 +521,7 @@ impl NetState {
                 self.transmit_reliable(now, sid);
             }
         }
+        self.release_due(now);
         if !self.ack_due.is_empty() {
             let due = std::mem::take(&mut self.ack_due);
             for addr in due {
@@ -635,6 +661,9 @@ impl NetState {
         if let Some((x, _)) = self.hs_timers.first() {
             at(*x);
         }
+        if let Some(h) = self.held.values().map(|h| h.since).min() {
+            at(h + ACK_DELAY_US);
+        }
         if !self.ack_due.is_empty() {
             let oldest = self
                 .ack_due
@@ -711,11 +740,7 @@ impl NetState {
         payload: &[u8],
     ) -> Result<(), SendError> {
         self.check_control_size(payload.len())?;
-        if self.charge_control(
-            to,
-            now,
-            wire::SEAL_OVERHEAD + wire::HEADER_LEN + 1 + payload.len(),
-        ) {
+        if self.charge_control(to, now, wire::SEAL_OVERHEAD + 2 + payload.len()) {
             self.out.push(to, &Packet::Unreliable { payload });
         }
         Ok(())
@@ -813,6 +838,7 @@ impl NetState {
         self.requests.retain(|(a, _)| *a != peer);
         self.rejects_sent.remove(&peer);
         self.ack_due.retain(|a| *a != peer);
+        self.held.remove(&peer);
     }
 
     /// Drop everything from `addr` unread until `until` (µs), and forget its
@@ -1119,7 +1145,14 @@ impl NetState {
         }
     }
 
-    fn handle_packet(&mut self, now: u64, from: SocketAddr, len: usize, pkt: Packet<'_>) {
+    fn handle_packet(
+        &mut self,
+        now: u64,
+        from: SocketAddr,
+        len: usize,
+        first: bool,
+        pkt: Packet<'_>,
+    ) {
         let Some(p) = self.peers.get_mut(&from) else {
             return;
         };
@@ -1130,7 +1163,7 @@ impl NetState {
                 &mut p.stats.control
             };
             c.bytes_recv += len as u64;
-            c.datagrams_recv += 1;
+            c.datagrams_recv += first as u64;
         };
         match pkt {
             Packet::Unreliable { payload } => {
@@ -1203,7 +1236,7 @@ impl NetState {
                         p.stats.control.bytes_sent += wire::ACK_LEN as u64;
                         p.stats.control.datagrams_sent += 1;
                     }
-                    self.out.push(from, &ack);
+                    self.hold(now, from, &ack);
                 }
                 if let Some(c) = self.cap.as_mut() {
                     c.take(now, wire::ACK_LEN);
@@ -1302,6 +1335,49 @@ impl NetState {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Keep an ack for `to` back for up to [`ACK_DELAY_US`]: whatever goes
+    /// to `to` before then (the answer the application is about to send, a
+    /// data fragment) carries it in the same sealed datagram. Held packets
+    /// are bounded per peer (a datagram's worth) and by the peer table.
+    fn hold(&mut self, now: u64, to: SocketAddr, pkt: &Packet<'_>) {
+        let mut v = Vec::new();
+        wire::encode(pkt, &mut v);
+        let h = self.held.entry(to).or_insert_with(|| Held {
+            since: now,
+            pkts: Vec::new(),
+        });
+        h.pkts.push(v);
+        let bytes: usize = h.pkts.iter().map(|p| wire::frame_len(p.len())).sum();
+        if bytes + wire::SEAL_OVERHEAD >= self.cfg.max_payload / 2 {
+            self.release_held(to);
+        }
+    }
+
+    /// Held packets for `to` go into the outbox (they share a datagram).
+    fn release_held(&mut self, to: SocketAddr) {
+        if let Some(h) = self.held.remove(&to) {
+            for p in h.pkts {
+                self.out.push_bytes(to, &p);
+            }
+        }
+    }
+
+    /// Held packets older than [`ACK_DELAY_US`] go out on their own.
+    fn release_due(&mut self, now: u64) {
+        if self.held.is_empty() {
+            return;
+        }
+        let due: Vec<SocketAddr> = self
+            .held
+            .iter()
+            .filter(|(_, h)| now.saturating_sub(h.since) >= ACK_DELAY_US)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in due {
+            self.release_held(a);
         }
     }
 
