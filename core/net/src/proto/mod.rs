@@ -38,12 +38,17 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 
-/// Data datagrams acked by the receiver every this many (and when the
-/// driver calls [`NetState::flush_acks`], and after [`ACK_DELAY_US`]).
-const ACK_EVERY: u32 = 4;
-/// Longest a received data datagram waits for its ack when the driver never
-/// calls `flush_acks` (a simulator delivering one datagram at a time).
-const ACK_DELAY_US: u64 = 1_000;
+/// Data datagrams acked by the receiver every this many at once (as TCP's
+/// and QUIC's delayed acks); a datagram left over is acked by whatever goes
+/// to its sender first, or after [`ACK_DELAY_US`]. Under an upload cap
+/// fragments arrive far apart, so acking each when the socket runs dry
+/// meant one sealed ack datagram per fragment.
+const ACK_EVERY: u32 = 2;
+/// Longest an ack (data or reliable) is held for something going the same
+/// way to ride with. Small against the loss timers (RTO and the data loss
+/// timeout are at least several times this), so holding never looks like
+/// a loss.
+const ACK_DELAY_US: u64 = 5_000;
 /// Data datagrams encoded per fill of the outbox.
 const SEND_BATCH: usize = 64;
 /// Cookie replies per second at most, to anyone: a flood of cookie requests
@@ -549,12 +554,17 @@ impl NetState {
         self.reassembly.expire(now);
     }
 
-    /// Acknowledge all received data now. A socket driver calls it when the
-    /// socket has no more datagrams waiting, so acks are as prompt as
-    /// possible without one ack per datagram at high rates.
-    pub fn flush_acks(&mut self, _now: u64) {
+    /// Acknowledge the received data whose ack delay is over. A socket
+    /// driver calls it when the socket has no more datagrams waiting. Acks
+    /// not yet due stay held: every second data datagram is acked at once
+    /// anyway, and a held ack rides in the next datagram to its peer.
+    pub fn flush_acks(&mut self, now: u64) {
         for addr in std::mem::take(&mut self.ack_due) {
             if let Some(p) = self.peers.get_mut(&addr) {
+                if p.rx.unacked > 0 && now.saturating_sub(p.rx.unacked_since_us) < ACK_DELAY_US {
+                    self.ack_due.push(addr);
+                    continue;
+                }
                 p.rx.ack_listed = false;
                 Self::data_ack(p, addr, &mut self.out);
             }
