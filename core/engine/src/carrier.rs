@@ -94,7 +94,7 @@ pub fn flush(
     let mut refused = 0;
     // Payload bytes per fragment, as the network layer splits chunks.
     let per_fragment = (net.max_payload() as u64)
-        .saturating_sub(DATAGRAM_OVERHEAD)
+        .saturating_sub(p2ner_net::wire::DATA_OVERHEAD as u64)
         .max(1);
     for t in session.drain() {
         match t {

@@ -82,18 +82,73 @@ pub const fn frame_len(encoded: usize) -> usize {
     encoded - HEADER_LEN + FRAME_HEADER_LEN
 }
 
-// Sizes on the wire as the worst case (a sealed datagram of its own): what
-// is charged to the upload cap and counted when a packet is queued. A packet
-// that shares a datagram gives back [`SHARED_SAVING`].
-/// Bytes a control message costs on top of its payload (worst case: reliable).
-pub const RELIABLE_OVERHEAD: usize = SEAL_OVERHEAD + 1 + 1 + 4 + 8 + 8 + 4 + 1 + 8;
-/// Bytes a data fragment costs beyond its payload (a sealed datagram of its
-/// own): the engine's uplink model charges exactly this per datagram.
-pub const DATA_OVERHEAD: usize = SEAL_OVERHEAD + 1 + 1 + 8 + 4 + 8 + 8 + 4 + 4 + 4 + 4;
-/// Size of a data ack datagram of its own.
-pub const DATA_ACK_LEN: usize = SEAL_OVERHEAD + 1 + 1 + 8 + 8 + 4;
-/// Size of a control ack datagram of its own.
-pub const ACK_LEN: usize = SEAL_OVERHEAD + 1 + 1 + 4 + 8 + 4;
+// Sizes on the wire, sealing included. Counters and offsets are LEB128
+// varints (ids, packet numbers and sequence numbers are small in practice,
+// and every byte of a header is paid on each of hundreds of datagrams a
+// second); the `*_len` functions give a packet's exact size as a sealed
+// datagram of its own, which is what is charged to the upload cap and
+// counted when it is queued. A packet that shares a datagram gives back
+// [`SHARED_SAVING`].
+
+/// Bytes of `v` as a varint.
+pub const fn var_len(v: u64) -> usize {
+    let bits = 64 - (v | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
+}
+
+/// Bytes a control message costs on top of its payload at most (a
+/// reliable request or response with the largest ids): what bounds a
+/// control payload.
+pub const RELIABLE_OVERHEAD: usize = SEAL_OVERHEAD + 1 + 1 + 4 + 10 + 10 + 4 + 1 + 10;
+/// Bytes a data fragment costs beyond its payload at most: chunks are split
+/// so that a fragment fits `max_payload` whatever its numbers.
+pub const DATA_OVERHEAD: usize = SEAL_OVERHEAD + 1 + 1 + 10 + 4 + 8 + 10 + 5 + 5 + 5 + 5;
+/// Bytes a data fragment costs beyond its payload in a long-running stream
+/// (packet and sequence numbers below 2^21, chunks below 2 MB, up to 127
+/// fragments): what the engine's uplink model charges per datagram, as the
+/// network layer charges the cap the exact size.
+pub const DATA_OVERHEAD_TYPICAL: usize = SEAL_OVERHEAD + 1 + 1 + 3 + 4 + 8 + 3 + 3 + 3 + 1 + 1;
+/// Size of a data ack datagram of its own, at most.
+pub const DATA_ACK_LEN: usize = SEAL_OVERHEAD + 1 + 1 + 10 + 8 + 4;
+/// Size of a control ack datagram of its own, at most.
+pub const ACK_LEN: usize = SEAL_OVERHEAD + 1 + 1 + 4 + 10 + 4;
+
+/// Exact size of a reliable message as a sealed datagram of its own.
+pub const fn reliable_len(id: u64, floor: u64, kind: ReliableKind, payload: usize) -> usize {
+    let rid = match kind {
+        ReliableKind::Message => 0,
+        ReliableKind::Request(r) | ReliableKind::Response(r) => var_len(r),
+    };
+    let below = if floor > id { 0 } else { id - floor };
+    SEAL_OVERHEAD + 1 + 1 + 4 + var_len(id) + var_len(below) + 4 + 1 + rid + payload
+}
+
+/// Exact size of a control ack as a sealed datagram of its own.
+pub const fn ack_len(id: u64) -> usize {
+    SEAL_OVERHEAD + 1 + 1 + 4 + var_len(id) + 4
+}
+
+/// Exact size of a data ack as a sealed datagram of its own.
+pub const fn data_ack_len(largest: u64) -> usize {
+    SEAL_OVERHEAD + 1 + 1 + var_len(largest) + 8 + 4
+}
+
+/// Exact size of a data fragment as a sealed datagram of its own.
+pub const fn data_len(h: &DataHeader, payload: usize) -> usize {
+    SEAL_OVERHEAD
+        + 1
+        + 1
+        + var_len(h.pkt)
+        + 4
+        + 8
+        + var_len(h.seq)
+        + var_len(h.chunk_len as u64)
+        + var_len(h.offset as u64)
+        + var_len(h.index as u64)
+        + var_len(h.count as u64)
+        + payload
+}
+
 /// What a packet that rides in another packet's datagram saves: the outer
 /// header, counter and tag, less the length its frame then carries.
 pub const SHARED_SAVING: usize = SEAL_OVERHEAD - (FRAME_HEADER_LEN - 1);
@@ -286,6 +341,29 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(b);
         Ok(u64::from_be_bytes(a))
     }
+    /// An unsigned LEB128 integer, minimally encoded (a longer encoding of
+    /// the same value is refused, so every accepted datagram re-encodes to
+    /// its own bytes).
+    fn var(&mut self) -> Result<u64, DecodeError> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let b = self.u8()?;
+            if i == 9 && b > 1 {
+                return Err(DecodeError::Invalid);
+            }
+            v |= ((b & 0x7f) as u64) << (7 * i);
+            if b & 0x80 == 0 {
+                if b == 0 && i > 0 {
+                    return Err(DecodeError::Invalid);
+                }
+                return Ok(v);
+            }
+        }
+        Err(DecodeError::Invalid)
+    }
+    fn var32(&mut self) -> Result<u32, DecodeError> {
+        u32::try_from(self.var()?).map_err(|_| DecodeError::Invalid)
+    }
     fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)
     }
@@ -359,21 +437,19 @@ fn decode_body(channel: u8, body: &[u8]) -> Result<Packet<'_>, DecodeError> {
         (CH_CONTROL, T_UNRELIABLE) => Ok(Packet::Unreliable { payload: r.rest() }),
         (CH_CONTROL, T_RELIABLE) => {
             let session = r.u32()?;
-            let id = r.u64()?;
-            let floor = r.u64()?;
+            let id = r.var()?;
+            let below = r.var()?;
             let ts = r.u32()?;
             let kind = match r.u8()? {
-                0 => {
-                    if r.u64()? != 0 {
-                        return Err(DecodeError::Invalid);
-                    }
-                    ReliableKind::Message
-                }
-                1 => ReliableKind::Request(r.u64()?),
-                2 => ReliableKind::Response(r.u64()?),
+                0 => ReliableKind::Message,
+                1 => ReliableKind::Request(r.var()?),
+                2 => ReliableKind::Response(r.var()?),
                 _ => return Err(DecodeError::Invalid),
             };
-            if id == 0 || floor > id {
+            let Some(floor) = id.checked_sub(below) else {
+                return Err(DecodeError::Invalid);
+            };
+            if id == 0 {
                 return Err(DecodeError::Invalid);
             }
             Ok(Packet::Reliable {
@@ -387,7 +463,7 @@ fn decode_body(channel: u8, body: &[u8]) -> Result<Packet<'_>, DecodeError> {
         }
         (CH_CONTROL, T_ACK) => {
             let session = r.u32()?;
-            let id = r.u64()?;
+            let id = r.var()?;
             let ts_echo = r.u32()?;
             r.done()?;
             Ok(Packet::Ack {
@@ -398,14 +474,14 @@ fn decode_body(channel: u8, body: &[u8]) -> Result<Packet<'_>, DecodeError> {
         }
         (CH_DATA, T_DATA) => {
             let h = DataHeader {
-                pkt: r.u64()?,
+                pkt: r.var()?,
                 ts: r.u32()?,
                 stream: r.u64()?,
-                seq: r.u64()?,
-                chunk_len: r.u32()?,
-                offset: r.u32()?,
-                index: r.u32()?,
-                count: r.u32()?,
+                seq: r.var()?,
+                chunk_len: r.var32()?,
+                offset: r.var32()?,
+                index: r.var32()?,
+                count: r.var32()?,
             };
             let payload = r.rest();
             let end = h.offset as u64 + payload.len() as u64;
@@ -420,7 +496,7 @@ fn decode_body(channel: u8, body: &[u8]) -> Result<Packet<'_>, DecodeError> {
             Ok(Packet::Data(h, payload))
         }
         (CH_DATA, T_DATA_ACK) => {
-            let largest = r.u64()?;
+            let largest = r.var()?;
             let bitmap = r.u64()?;
             let delay = r.u32()?;
             r.done()?;
@@ -509,6 +585,17 @@ impl<'a> Writer<'a> {
         self.out.extend_from_slice(v);
         self
     }
+    fn var(&mut self, mut v: u64) -> &mut Self {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                self.out.push(b);
+                return self;
+            }
+            self.out.push(b | 0x80);
+        }
+    }
     fn u16(&mut self, v: u16) -> &mut Self {
         self.out.extend_from_slice(&v.to_be_bytes());
         self
@@ -543,11 +630,11 @@ pub fn encode_version(p: &Packet<'_>, version: u8, out: &mut Vec<u8>) {
             payload,
         } => {
             let mut w = Writer::begin(out, version, CH_CONTROL, T_RELIABLE);
-            w.u32(session).u64(id).u64(floor).u32(ts);
+            w.u32(session).var(id).var(id - floor.min(id)).u32(ts);
             match kind {
-                ReliableKind::Message => w.u8(0).u64(0),
-                ReliableKind::Request(r) => w.u8(1).u64(r),
-                ReliableKind::Response(r) => w.u8(2).u64(r),
+                ReliableKind::Message => w.u8(0),
+                ReliableKind::Request(r) => w.u8(1).var(r),
+                ReliableKind::Response(r) => w.u8(2).var(r),
             };
             w.bytes(payload);
             w.finish();
@@ -558,19 +645,19 @@ pub fn encode_version(p: &Packet<'_>, version: u8, out: &mut Vec<u8>) {
             ts_echo,
         } => {
             let mut w = Writer::begin(out, version, CH_CONTROL, T_ACK);
-            w.u32(session).u64(id).u32(ts_echo);
+            w.u32(session).var(id).u32(ts_echo);
             w.finish();
         }
         Packet::Data(h, payload) => {
             let mut w = Writer::begin(out, version, CH_DATA, T_DATA);
-            w.u64(h.pkt)
+            w.var(h.pkt)
                 .u32(h.ts)
                 .u64(h.stream)
-                .u64(h.seq)
-                .u32(h.chunk_len)
-                .u32(h.offset)
-                .u32(h.index)
-                .u32(h.count)
+                .var(h.seq)
+                .var(h.chunk_len as u64)
+                .var(h.offset as u64)
+                .var(h.index as u64)
+                .var(h.count as u64)
                 .bytes(payload);
             w.finish();
         }
@@ -580,7 +667,7 @@ pub fn encode_version(p: &Packet<'_>, version: u8, out: &mut Vec<u8>) {
             delay,
         } => {
             let mut w = Writer::begin(out, version, CH_DATA, T_DATA_ACK);
-            w.u64(largest).u64(bitmap).u32(delay);
+            w.var(largest).u64(bitmap).u32(delay);
             w.finish();
         }
         Packet::VersionReject { min, max } => {

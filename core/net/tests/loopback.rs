@@ -75,7 +75,10 @@ async fn reliable_exactly_once_under_10_percent_loss() {
     let sa = a.stats();
     let sb = b.stats();
     assert!(sa.total.retransmissions > 0, "loss caused retransmissions");
-    assert!(sb.drops.injected_recv > 0 && sa.drops.injected_recv > 0);
+    // The 300 messages and their acks share few datagrams, so which end's
+    // injected loss struck varies; some did.
+    let injected = |s: &p2ner_net::stats::NetStats| s.drops.injected_recv + s.drops.injected_send;
+    assert!(injected(&sa) + injected(&sb) > 0, "{:?}", sb.drops);
     assert!(
         sb.total.duplicates_suppressed > 0,
         "lost acks caused duplicates that were suppressed"

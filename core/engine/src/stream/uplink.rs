@@ -18,11 +18,13 @@ pub const QUEUE_TARGET_US: u64 = 60_000;
 /// layer frames and seals it and charges it to the upload cap: the model must
 /// drain exactly as the cap does, or the session is told of room the cap
 /// does not have (or left idle).
-pub const DATAGRAM_OVERHEAD: u64 = p2ner_net::wire::DATA_OVERHEAD as u64;
+pub const DATAGRAM_OVERHEAD: u64 = p2ner_net::wire::DATA_OVERHEAD_TYPICAL as u64;
 /// Bytes a reliable control message costs besides its payload when it
 /// travels in a datagram of its own (the worst case, which the network
 /// layer charges first; sharing a datagram gives some back).
-pub const CONTROL_OVERHEAD: u64 = p2ner_net::wire::RELIABLE_OVERHEAD as u64;
+pub const CONTROL_OVERHEAD: u64 =
+    p2ner_net::wire::reliable_len(1 << 14, 1 << 14, p2ner_net::wire::ReliableKind::Message, 0)
+        as u64;
 
 /// The upload link as a queue that drains at the cap: what the session is told it may still send, in the live engine and the simulator alike.
 #[derive(Debug, Clone)]

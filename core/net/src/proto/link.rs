@@ -602,8 +602,9 @@ impl NetState {
         }
         // A data ack that is due soon goes now, while a datagram goes anyway.
         if let Some(p) = self.peers.get_mut(&to) {
-            let add =
-                wire::frame_len(wire::DATA_ACK_LEN - wire::SEAL_OVERHEAD - 1 + wire::HEADER_LEN);
+            let add = wire::frame_len(
+                wire::data_ack_len(p.rx.largest) - wire::SEAL_OVERHEAD - 1 + wire::HEADER_LEN,
+            );
             if p.rx.unacked > 0 && fits(size, add) {
                 let st = extra.len();
                 let mut ob = super::Outbox::default();
