@@ -571,6 +571,13 @@ impl NetState {
             if t != to || self.out.is_raw(j) || self.out.is_taken(j) {
                 continue;
             }
+            // Data fragments keep their order (a later one sent first
+            // reads as a loss of those before it at the sender's loss
+            // detection); only control packets and acks ride.
+            let b = &self.out.dg.buf[s..e];
+            if b[3] == wire::CH_DATA && b.get(wire::HEADER_LEN) == Some(&0) {
+                continue;
+            }
             let add = wire::frame_len(e - s);
             if fits(size, add) {
                 size += add;
