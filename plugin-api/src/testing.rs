@@ -47,9 +47,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use abi_stable::std_types::RVec;
 
 use crate::{
-    Capacity, ChunkInfo, Link, LinkView, Metric, Metrics, Overlay, OverlayAction, OverlayContext,
-    OverlayOut, PeerId, PeerInfo, Playout, PlayoutView, Refusal, RefusalKind, SchedAction,
-    SchedContext, SchedOut, Scheduler, Setup, Upload, View,
+    Capacity, ChunkInfo, Link, LinkView, Metric, Metrics, NeighbourUpload, Overlay, OverlayAction,
+    OverlayContext, OverlayOut, PeerId, PeerInfo, Playout, PlayoutView, Refusal, RefusalKind,
+    SchedAction, SchedContext, SchedOut, Scheduler, Setup, Upload, View,
 };
 
 /// The actions one event produced, in order, with views a test asserts on.
@@ -717,6 +717,15 @@ impl<S: Scheduler> Swarm<S> {
                     newest_seq: newest.into(),
                     useful_chunks: useful,
                     duplicate_chunks: dup,
+                    // Adverts arrive instantly here: each node's upload is
+                    // its configured cap, its queue what it has in flight.
+                    advert: NeighbourUpload {
+                        capacity_bps: self.upload_bps(j),
+                        capped: true,
+                        rate_bps: 0,
+                        queued_us: self.nodes[j].busy_until_us.saturating_sub(self.now_us),
+                        received_us: self.now_us,
+                    },
                 }
             })
             .collect();

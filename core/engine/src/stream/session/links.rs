@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use p2ner_plugin_api::{Capacity, Link, NeighbourReport, PeerId, PeerInfo};
+use p2ner_plugin_api::{Capacity, Link, NeighbourReport, NeighbourUpload, PeerId, PeerInfo};
 use p2ner_proto::peer::{self as wire, Envelope, PeerMsg};
 
 use super::guard::{Bucket, MAX_PLUGIN_MESSAGE, NEIGHBOUR_RATE};
@@ -44,6 +44,10 @@ pub(super) struct Neighbour {
     pub(super) up_bps: u64,
     /// The newest chunk it sent us.
     pub(super) newest_seq: Option<u64>,
+    /// What it last advertised of its upload (in its `Ping`).
+    pub(super) advert: NeighbourUpload,
+    /// When we last told it ours.
+    pub(super) last_advert_us: u64,
 }
 
 impl Session {
@@ -106,7 +110,17 @@ impl Session {
                     self.set_link(now_us, peer, wire::mirror(up, down), false);
                 }
             }
-            PeerMsg::Ping => {}
+            PeerMsg::Ping(advert) => {
+                if let Some(n) = self.neighbours.get_mut(&peer) {
+                    n.advert = NeighbourUpload {
+                        capacity_bps: advert.capacity_bps,
+                        capped: advert.capped,
+                        rate_bps: advert.rate_bps,
+                        queued_us: advert.queued_us,
+                        received_us: now_us,
+                    };
+                }
+            }
             PeerMsg::Overlay(payload) => {
                 let r = self.overlay.on_message(
                     now_us,
@@ -192,8 +206,12 @@ impl Session {
                 LinkState::Up if now_us > n.last_heard_us + self.cfg.neighbour_timeout_us => {
                     dead.push(id)
                 }
-                LinkState::Up if now_us >= n.last_sent_us + self.cfg.keepalive_us => {
-                    ping.push(n.addr)
+                // A busy link still gets this peer's upload once per
+                // keepalive interval, so neighbours' views stay fresh.
+                LinkState::Up
+                    if now_us >= n.last_sent_us.min(n.last_advert_us) + self.cfg.keepalive_us =>
+                {
+                    ping.push(id)
                 }
                 _ => {}
             }
@@ -202,8 +220,24 @@ impl Session {
             tracing::debug!(stream = %self.cfg.name, %peer, "neighbour timed out");
             self.link_down(now_us, peer, true, true);
         }
-        for addr in ping {
-            self.send(addr, env_msg(&self.cfg, PeerMsg::Ping), false, now_us);
+        let advert = wire::Advert {
+            capacity_bps: self.upload.capacity_bps,
+            capped: self.upload.capped,
+            rate_bps: self.upload.rate_bps,
+            queued_us: self.upload.queued_us,
+        };
+        for peer in ping {
+            let Some(n) = self.neighbours.get_mut(&peer) else {
+                continue;
+            };
+            n.last_advert_us = now_us;
+            let addr = n.addr;
+            self.send(
+                addr,
+                env_msg(&self.cfg, PeerMsg::Ping(advert)),
+                false,
+                now_us,
+            );
         }
     }
 
@@ -247,6 +281,8 @@ impl Session {
                 down_bps: 0,
                 up_bps: 0,
                 newest_seq: None,
+                advert: NeighbourUpload::default(),
+                last_advert_us: now_us,
             },
         );
     }
