@@ -476,7 +476,8 @@ struct Node<S> {
 /// the sender's uplink (refused when that queue holds more than
 /// [`QUEUE_TARGET_US`]) and arrives after its serialisation time plus the
 /// latency; a message arrives after the latency. Refused actions come back through `on_refused` as the engine
-/// does it.
+/// does it. Each `LinkView::advert` is the neighbour's configured upload
+/// and its current queue, as if adverts travelled instantly.
 pub struct Swarm<S> {
     cfg: SwarmConfig,
     nodes: Vec<Node<S>>,
@@ -1013,6 +1014,42 @@ mod tests {
             assert!(r.played > 70, "{r:?}");
             assert_eq!(r.missed, 0, "{r:?}");
             assert!(r.duplicates > 0, "flooding duplicates: {r:?}");
+        }
+    }
+
+    /// Remembers what the publisher advertised, as seen in the view.
+    #[derive(Default)]
+    struct Watch(Option<NeighbourUpload>);
+
+    impl Scheduler for Watch {
+        fn on_view(&mut self, _: u64, view: &View, _: &mut SchedOut<'_>) {
+            self.0 = view.link(PeerId(1)).map(|l| l.advert);
+        }
+        fn metrics(&mut self, m: &mut Metrics<'_>) {
+            if let Some(a) = self.0 {
+                m.counter("publisher_capacity_bps", a.capacity_bps);
+                m.counter("received_us", a.received_us);
+            }
+        }
+    }
+
+    #[test]
+    fn the_swarms_view_carries_each_neighbours_advert() {
+        let mut swarm = Swarm::new(
+            SwarmConfig {
+                peers: 2,
+                source_upload_bps: 7_000_000,
+                upload_bps: 3_000_000,
+                ..SwarmConfig::default()
+            },
+            |_| Watch::default(),
+        );
+        swarm.run_for(1_000_000);
+        for i in 1..=2 {
+            let m = &swarm.result(i).metrics;
+            let get = |name: &str| m.iter().find(|x| x.name.as_str() == name).map(|x| x.value);
+            assert_eq!(get("publisher_capacity_bps"), Some(7_000_000.0), "{m:?}");
+            assert!(get("received_us") > Some(0.0), "{m:?}");
         }
     }
 
