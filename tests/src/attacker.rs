@@ -37,15 +37,19 @@ pub struct Attacker {
 }
 
 impl Attacker {
-    /// Binds `bind`, joins `stream` at `server` as `peer_id`, and starts
-    /// draining what it receives (counting it) on the current runtime.
-    pub async fn join(server: &str, stream: &str, bind: &str, peer_id: u64) -> Attacker {
+    /// Binds `bind`, joins `stream` at `server`, and starts draining what it
+    /// receives (counting it) on the current runtime. Links are
+    /// authenticated, so the attacker joins under the id of its endpoint's
+    /// key (the server and peers refuse any other); `_wanted` is the id a
+    /// test would have liked, kept so callers read the same.
+    pub async fn join(server: &str, stream: &str, bind: &str, _wanted: u64) -> Attacker {
         let (endpoint, mut events) =
             Endpoint::bind(bind.parse().expect("an address"), NetConfig::default())
                 .await
                 .expect("bind");
         let client = ServerClient::new(endpoint.clone(), server.parse().expect("an address"));
         let id = StreamId(stream.to_owned());
+        let peer_id = endpoint.peer_id();
         let joined = client
             .join(&id, peer_id)
             .await

@@ -238,7 +238,7 @@ fn forged_ping_from_the_attackers_address() {
         while Instant::now() < end {
             for (x, y) in a.pairs() {
                 n += 1;
-                let ping = a.envelope(x.peer_id, PeerMsg::Ping);
+                let ping = a.envelope(x.peer_id, PeerMsg::Ping(Default::default()));
                 a.raw_message(y.addr, &ping, n);
                 let _ = a.ep.send_unreliable(y.addr, Bytes::from(ping));
                 a.raw_send(
@@ -348,7 +348,7 @@ fn three_hundred_thousand_sender_ids_from_one_address() {
         let before: Vec<u64> = pids.iter().map(|&p| rss_kb(p)).collect();
         a.rt.block_on(async {
             for id in 0..300_000u64 {
-                let m = a.envelope(0x1000_0000 + id, PeerMsg::Ping);
+                let m = a.envelope(0x1000_0000 + id, PeerMsg::Ping(Default::default()));
                 let _ = a.ep.send_unreliable(victim, Bytes::from(m.clone()));
                 if id % 2 == 0 {
                     a.raw_message(victim, &m, id + 1);
