@@ -119,7 +119,7 @@ pub const fn reliable_len(id: u64, floor: u64, kind: ReliableKind, payload: usiz
         ReliableKind::Message => 0,
         ReliableKind::Request(r) | ReliableKind::Response(r) => var_len(r),
     };
-    let below = if floor > id { 0 } else { id - floor };
+    let below = id.saturating_sub(floor);
     SEAL_OVERHEAD + 1 + 1 + 4 + var_len(id) + var_len(below) + 4 + 1 + rid + payload
 }
 
