@@ -216,3 +216,67 @@ fn push_over_tree_with_a_publisher_of_1_5x_the_bitrate() {
     eprintln!("push x tree, publisher 1.5x, load 0.5: {}", report(&r));
     assert!(mean_continuity(&r) >= 0.98, "{}", report(&r));
 }
+
+/// Not a check: where a capped push x tree run loses, per upload class
+/// (continuity, what each class uploaded against its cap, duplicates) and
+/// on the wire (queue drops). `P2NER_DEBUG_LOAD` (0.9), run with
+/// `cargo test -p p2ner-tests --test sim -- --ignored --nocapture push_over_tree_breakdown`.
+#[test]
+#[ignore = "a diagnostic that prints, it asserts nothing"]
+fn push_over_tree_breakdown() {
+    let load: f64 = std::env::var("P2NER_DEBUG_LOAD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.9);
+    // RUST_LOG=p2ner_scheduler_push=trace,p2ner_overlay_tree=trace shows
+    // each peer's parents, depths and queue once a second.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    let mut cfg = capped("push", "tree", load, 50);
+    if let Ok(k) = std::env::var("P2NER_DEBUG_STRIPES") {
+        cfg.scheduler.1 = p2ner_plugin_api::Params::new().with("stripes", &k);
+        cfg.overlay.1 = p2ner_plugin_api::Params::new().with("stripes", &k);
+    }
+    if let Ok(v) = std::env::var("P2NER_DEBUG_PUSH") {
+        for kv in v.split(',') {
+            if let Some((k, v)) = kv.split_once('=') {
+                cfg.scheduler.1 = cfg.scheduler.1.clone().with(k, v);
+            }
+        }
+    }
+    let caps = cfg.peer_uploads_kbps.clone();
+    let r = run(&cfg);
+    let secs = cfg.duration_us as f64 / 1e6;
+    for (class, cap) in caps.iter().enumerate() {
+        let members: Vec<_> = r
+            .subscribers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % caps.len() == class)
+            .map(|(_, s)| s)
+            .collect();
+        let k = members.len() as f64;
+        let mean = |f: &dyn Fn(&p2ner_engine::stream::Summary) -> f64| {
+            members.iter().map(|s| f(s)).sum::<f64>() / k
+        };
+        eprintln!(
+            "cap {cap} kbit/s: continuity {:.3} (min {:.3}) up {:.0} kbit/s = {:.0}% of cap, down {:.0} kbit/s, late {:.0} missed {:.0} dup {:.0} overhead {:.1}%",
+            mean(&|s| s.continuity),
+            members.iter().map(|s| s.continuity).fold(1.0, f64::min),
+            mean(&|s| s.bytes_up as f64 * 8.0 / 1000.0 / secs),
+            100.0 * mean(&|s| s.bytes_up as f64 * 8.0 / 1000.0 / secs) / *cap as f64,
+            mean(&|s| s.bytes_down as f64 * 8.0 / 1000.0 / secs),
+            mean(&|s| s.chunks_late as f64),
+            mean(&|s| s.chunks_missed as f64),
+            mean(&|s| s.duplicate_chunks as f64),
+            100.0 * mean(&|s| s.overhead),
+        );
+    }
+    eprintln!(
+        "publisher up {:.0} kbit/s; links {:?}",
+        r.source_bytes_up as f64 * 8.0 / 1000.0 / secs,
+        r.links
+    );
+}
