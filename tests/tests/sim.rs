@@ -234,7 +234,8 @@ fn push_over_tree_breakdown() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .try_init();
-    let mut cfg = capped("push", "tree", load, 50);
+    let overlay = std::env::var("P2NER_DEBUG_OVERLAY").unwrap_or_else(|_| "tree".into());
+    let mut cfg = capped("push", &overlay, load, 50);
     if let Ok(k) = std::env::var("P2NER_DEBUG_STRIPES") {
         cfg.scheduler.1 = p2ner_plugin_api::Params::new().with("stripes", &k);
         cfg.overlay.1 = p2ner_plugin_api::Params::new().with("stripes", &k);

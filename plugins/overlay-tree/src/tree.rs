@@ -126,6 +126,19 @@ pub struct Tree {
 /// traffic and the data channel's framing (the push scheduler's 0.97 of
 /// the uplink for subscriptions, less the engine's ~3 % per chunk).
 const UPLOAD_FOR_CHILDREN: f64 = 0.94;
+/// Whole child slots in `fraction` slots' worth of upload, by the push
+/// scheduler's rule (the two agree on what a peer forwards): rounded when
+/// that over-commits by at most a twentieth, floored otherwise.
+fn slots(fraction: f64) -> usize {
+    let fraction = fraction.max(0.0);
+    let rounded = fraction.round();
+    if rounded <= fraction * 1.05 {
+        rounded as usize
+    } else {
+        fraction.floor() as usize
+    }
+}
+
 /// Children per stripe at most, however much a peer can upload.
 const MAX_SLOTS: usize = 32;
 
@@ -759,8 +772,7 @@ impl Overlay for Tree {
     fn on_upload(&mut self, _now_us: u64, upload: Upload, _out: &mut OverlayOut<'_>) {
         self.stripe_copies = (upload.capped && upload.stream_bps > 0).then(|| {
             let stripe_bps = upload.stream_bps as f64 / self.stripes as f64;
-            // Rounded as the push scheduler's substream slots are.
-            (upload.capacity_bps as f64 * UPLOAD_FOR_CHILDREN / stripe_bps).round() as usize
+            slots(upload.capacity_bps as f64 * UPLOAD_FOR_CHILDREN / stripe_bps)
         });
     }
 

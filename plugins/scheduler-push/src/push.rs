@@ -118,10 +118,28 @@ const UPLOAD_FOR_SUBSCRIBERS: f64 = 0.97;
 const SEAL_BYTES: u64 = 160;
 /// A depth above this is a loop counting to infinity: not connected.
 const MAX_DEPTH: u8 = 64;
+/// Share of a capped uplink repairs may take ahead of the subscriptions.
+const REPAIR_SHARE: f64 = 0.1;
 /// How long a substream without a parent waits before it takes a parent
 /// no closer to the publisher than it was: time for the news that the
 /// path through this peer is gone to reach its descendants.
 const HOLD_DOWN_US: u64 = 300_000;
+
+/// Whole slots in `fraction` slots' worth of upload: rounded, not floored,
+/// when that over-commits by at most a twentieth (within the share held back). A whole slot lost per peer
+/// is 5-10 % of the swarm's upload at 8 substreams, more than the bound
+/// leaves at load 0.9; a peer over by part of a slot pushes a little less
+/// to its least important subscriber, which repairs the rest. The tree
+/// overlay rounds its child slots by the same rule.
+pub fn slots(fraction: f64) -> u64 {
+    let fraction = fraction.max(0.0);
+    let rounded = fraction.round();
+    if rounded <= fraction * 1.05 {
+        rounded as u64
+    } else {
+        fraction.floor() as u64
+    }
+}
 
 /// The stripe a peer forwards in the `tree` overlay with `stripes` trees:
 /// the tree's own rule (a hash of the id), repeated here so a scheduler can
@@ -178,6 +196,9 @@ pub struct Push {
     feasible: Vec<u8>,
     /// Per substream, since when it has had no parent.
     orphaned_at: Vec<Option<u64>>,
+    /// Bytes repairs may take ahead of the pushes, and when last filled.
+    repair_tokens: u64,
+    repair_filled_at_us: Option<u64>,
     /// The second last traced (a diagnostic, off unless TRACE is on).
     traced_s: u64,
 }
@@ -266,6 +287,8 @@ impl Push {
             depths: vec![NO_DEPTH; stripes],
             feasible: vec![NO_DEPTH; stripes],
             orphaned_at: vec![None; stripes],
+            repair_tokens: 0,
+            repair_filled_at_us: None,
             traced_s: u64::MAX,
         };
         if push.repair_timeout_us == 0 || push.map_every_us == 0 {
@@ -326,16 +349,6 @@ impl Push {
         floor.max(theirs)
     }
 
-    /// The oldest chunk still pushed to a subscriber that forwards its
-    /// substream, whatever its own play-out position: `lookback` behind the
-    /// newest, as for a subscriber not playing yet.
-    fn forwarded_from(&self, _now_us: u64) -> u64 {
-        let theirs = self
-            .newest_known
-            .map_or(0, |newest| newest.saturating_sub(self.lookback));
-        self.keep_from().max(theirs)
-    }
-
     /// Whether chunk `seq` handed over now can reach `n` before it plays
     /// there: it leaves behind what is queued on the uplink, takes its own
     /// transmission time and half a round trip. A neighbour not playing yet
@@ -365,11 +378,7 @@ impl Push {
         let overhead = self.chunk_cost() as f64 / self.chunk_bytes() as f64;
         let stripe_bps = self.stream_bps() as f64 * overhead / self.stripes as f64;
         let capacity_bps = self.capacity_bps()?;
-        // Rounded, not floored: a whole substream slot lost per peer is
-        // 5-10 % of the swarm's upload at 8 substreams, more than the bound
-        // leaves at load 0.9. A peer over by part of a slot pushes a little
-        // less to its least important subscriber, which repairs the rest.
-        Some((capacity_bps as f64 * UPLOAD_FOR_SUBSCRIBERS / stripe_bps.max(1.0)).round() as u32)
+        Some(slots(capacity_bps as f64 * UPLOAD_FOR_SUBSCRIBERS / stripe_bps.max(1.0)) as u32)
     }
 
     /// The stream's rate: the engine's word, else the chunk size over its
@@ -491,36 +500,25 @@ impl Push {
         out.send_chunk(peer, seq);
     }
 
-    /// Pushes of subscribed substreams, freshest first, then repair
-    /// requests (each only if it can still arrive in time), while the
-    /// budgets last.
+    /// Repair requests within their share, pushes of subscribed
+    /// substreams, freshest first, then the other repair requests (each
+    /// only if it can still arrive in time), while the budgets last.
     pub(crate) fn send_round(&mut self, now_us: u64, out: &mut SchedOut<'_>) {
         self.refill(now_us);
+        self.serve_repairs(now_us, true, out);
 
         // Pushes: (priority, peer, seq) for every subscribed chunk a
         // subscriber lacks and can still play.
-        let stripes = self.stripes as u64;
-        let mut wanted: Vec<(u64, u64, u64, PeerId, u64)> = Vec::new();
+        let mut wanted: Vec<(u64, u64, PeerId, u64)> = Vec::new();
         for (&peer, n) in &self.neighbours {
             if !n.link.downstream || n.subscribed == 0 || n.budget.is_none_or(|b| b == 0) {
                 continue;
             }
-            let stripe = stripe_of(peer, self.stripes) as u64;
-            // A subscriber that forwards a substream gets its chunks even
-            // when too late for its own playback: its subtree plays later
-            // than it may, and a chunk it never gets is lost to all of it.
-            let forwarded = self.forwarded_from(now_us);
             let seqs: Vec<u64> = self
                 .have
-                .range(self.useful_from(n, now_us).min(forwarded)..)
+                .range(self.useful_from(n, now_us)..)
                 .filter(|&&s| n.subscribed & self.stripe_bit(s) != 0 && !n.have.contains(&s))
-                .filter(|&&s| {
-                    if s % stripes == stripe {
-                        s >= forwarded
-                    } else {
-                        s >= self.useful_from(n, now_us) && self.arrives_in_time(n, s, now_us)
-                    }
-                })
+                .filter(|&&s| self.arrives_in_time(n, s, now_us))
                 .copied()
                 .collect();
             let deprivation = seqs.len() as u64;
@@ -533,18 +531,11 @@ impl Push {
                     Target::MostDeprived => u64::MAX - deprivation,
                     Target::Random => self.rng.next_u64(),
                 };
-                // A chunk goes to the subscribers that forward its
-                // substream first (its own stripe's peers, the stronger
-                // uplinks first): a copy to a leaf can wait, one to a
-                // forwarder delays its whole subtree. Each hop then adds
-                // about one chunk's transmission, not one per subscriber.
-                let leaf = u64::from(seq % stripes != stripe);
-                let order = leaf << 32 | u64::from(u32::MAX - n.upload_kbps);
-                wanted.push((first, order, second, peer, seq));
+                wanted.push((first, second, peer, seq));
             }
         }
         wanted.sort_unstable();
-        for (_, _, _, peer, seq) in wanted {
+        for (_, _, peer, seq) in wanted {
             if !self.upload_allows() {
                 return;
             }
@@ -553,14 +544,33 @@ impl Push {
             }
             self.spend(peer, seq, now_us, out);
         }
-        // Repairs with what the subscriptions leave: served first, they
-        // took the upload the subscribed substreams needed, so more chunks
-        // went missing and more repairs were asked (a collapse near the
-        // bound, worst at the publisher).
+        // Then repairs with what the subscriptions leave.
+        self.serve_repairs(now_us, false, out);
+    }
+
+    /// Serves queued repair requests while the budgets last; `first`: the
+    /// ones ahead of the pushes, which under a cap may take only
+    /// [`REPAIR_SHARE`] of the uplink. Served first without a bound, they
+    /// took the upload the subscribed substreams needed, so more chunks
+    /// went missing and more repairs were asked: a collapse near the bound,
+    /// worst at the publisher.
+    fn serve_repairs(&mut self, now_us: u64, first: bool, out: &mut SchedOut<'_>) {
+        let cost = self.chunk_cost();
+        if first {
+            if let Some(bps) = self.capacity_bps() {
+                let since = self
+                    .repair_filled_at_us
+                    .map_or(0, |at| now_us.saturating_sub(at));
+                let add = (bps as f64 * REPAIR_SHARE / 8.0 * since as f64 / 1e6) as u64;
+                self.repair_tokens = (self.repair_tokens + add).min(2 * cost);
+                self.repair_filled_at_us = Some(now_us);
+            }
+        }
+        let limited = first && self.capacity_bps().is_some();
         let peers: Vec<PeerId> = self.neighbours.keys().copied().collect();
         for peer in peers {
             loop {
-                if !self.upload_allows() {
+                if !self.upload_allows() || (limited && self.repair_tokens < cost) {
                     return;
                 }
                 let n = &self.neighbours[&peer];
@@ -572,6 +582,9 @@ impl Push {
                 };
                 let n = &self.neighbours[&peer];
                 if self.have.contains(&seq) && self.arrives_in_time(n, seq, now_us) {
+                    if limited {
+                        self.repair_tokens -= cost;
+                    }
                     self.spend(peer, seq, now_us, out);
                 }
             }
@@ -757,23 +770,29 @@ impl Push {
             return;
         };
         let stripes = self.stripes;
-        self.neighbours.get_mut(&peer).expect("checked").subscribed = mask;
-        // (own stripe, upload, already held, peer, bit): best first.
-        let mut all: Vec<(bool, u32, PeerId, u16)> = Vec::new();
+        let n = self.neighbours.get_mut(&peer).expect("checked");
+        let held = n.subscribed;
+        n.subscribed = mask;
+        // (own stripe, already held, upload, peer, bit): best first. What
+        // is held stays against newcomers of the same class: a subscriber
+        // pushed out looks for another parent, pushes out someone there,
+        // and near the bound the weakest uplinks end up with none at all.
+        let mut all: Vec<(bool, bool, u32, PeerId, u16)> = Vec::new();
         for (&id, n) in &self.neighbours {
             for s in 0..stripes {
                 let bit = 1u16 << s;
                 if n.subscribed & bit != 0 {
-                    all.push((stripe_of(id, stripes) == s, n.upload_kbps, id, bit));
+                    let kept = id != peer || held & bit != 0;
+                    all.push((stripe_of(id, stripes) == s, kept, n.upload_kbps, id, bit));
                 }
             }
         }
         if all.len() <= units as usize {
             return;
         }
-        all.sort_unstable_by(|a, b| (b.0, b.1, a.2).cmp(&(a.0, a.1, b.2)));
+        all.sort_unstable_by(|a, b| (b.0, b.1, b.2, a.3).cmp(&(a.0, a.1, a.2, b.3)));
         let mut refused: BTreeMap<PeerId, u16> = BTreeMap::new();
-        for &(_, _, id, bit) in &all[units as usize..] {
+        for &(_, _, _, id, bit) in &all[units as usize..] {
             *refused.entry(id).or_default() |= bit;
         }
         for (id, mask) in refused {
