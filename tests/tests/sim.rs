@@ -260,6 +260,14 @@ fn push_over_tree_breakdown() {
         .try_init();
     let overlay = std::env::var("P2NER_DEBUG_OVERLAY").unwrap_or_else(|_| "tree".into());
     let mut cfg = capped("push", &overlay, load, 50);
+    // P2NER_DEBUG_UNCAPPED=1: the default swarm (ample upload) instead.
+    if std::env::var_os("P2NER_DEBUG_UNCAPPED").is_some() {
+        cfg = SimConfig {
+            scheduler: ("push".into(), p2ner_plugin_api::Params::new()),
+            overlay: (overlay.clone(), p2ner_plugin_api::Params::new()),
+            ..SimConfig::default()
+        };
+    }
     if let Ok(k) = std::env::var("P2NER_DEBUG_STRIPES") {
         cfg.scheduler.1 = p2ner_plugin_api::Params::new().with("stripes", &k);
         cfg.overlay.1 = p2ner_plugin_api::Params::new().with("stripes", &k);
