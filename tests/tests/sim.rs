@@ -104,7 +104,7 @@ fn pull_over_mesh_plays_a_capped_swarm_at_load_0_7() {
     eprintln!("pull x mesh at load 0.7: {}", report(&r));
     assert!(mean_continuity(&r) >= 0.995, "{}", report(&r));
     assert!(
-        r.subscribers.iter().all(|s| s.continuity >= 0.94),
+        r.subscribers.iter().all(|s| s.continuity >= 0.96),
         "{}",
         report(&r)
     );
@@ -195,7 +195,7 @@ fn push_over_tree_at_load_0_5_plays_99_percent() {
     eprintln!("push x tree at load 0.5: {}", report(&r));
     assert!(mean_continuity(&r) >= 0.98, "{}", report(&r));
     assert!(
-        r.subscribers.iter().all(|s| s.continuity >= 0.94),
+        r.subscribers.iter().all(|s| s.continuity >= 0.96),
         "{}",
         report(&r)
     );
@@ -213,14 +213,14 @@ fn push_over_tree_at_load_0_8_plays_93_percent() {
 }
 
 #[test]
-fn push_over_tree_at_load_0_9_plays_85_percent_not_yet_99() {
+fn push_over_tree_at_load_0_9_plays_86_percent_not_yet_99() {
     let r = run(&capped("push", "tree", 0.9, 50));
     eprintln!("push x tree at load 0.9: {}", report(&r));
-    assert!(mean_continuity(&r) >= 0.84, "{}", report(&r));
-    assert!(p10(&r) >= 0.77, "{}", report(&r));
-    // 18 % since tree peers keep slack for repairs (16.4 % before): more
+    assert!(mean_continuity(&r) >= 0.85, "{}", report(&r));
+    assert!(p10(&r) >= 0.78, "{}", report(&r));
+    // 18.6 % since tree peers keep slack for repairs (16.4 % before): more
     // repair traffic at the weakest uplinks, for 0.01-0.07 more continuity
-    // at loads 0.5-0.8 and the same here.
+    // at loads 0.5-0.8 and 0.005 more here.
     assert!(mean_overhead(&r) <= 0.19, "{}", report(&r));
 }
 
