@@ -300,7 +300,7 @@ pub fn caps_for_load(bitrate_kbps: u64, n: usize, source_kbps: u64, load: f64) -
 pub fn capped_overlay_params(overlay: &str) -> p2ner_plugin_api::Params {
     let params = p2ner_plugin_api::Params::new();
     if overlay == "tree" {
-        params.with("stripes", "4")
+        params.with("stripes", "8")
     } else {
         params
     }
