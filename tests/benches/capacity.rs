@@ -140,8 +140,16 @@ fn simulated(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> 
                 r.source_bytes_up as f64 / (cfg.source_upload_kbps * 125 * secs).max(1) as f64,
             )
         },
-        duplicates: r.subscribers.iter().map(|s| s.duplicate_chunks).sum::<u64>() as f64
-            / r.subscribers.iter().map(|s| s.chunks_played).sum::<u64>().max(1) as f64,
+        duplicates: r
+            .subscribers
+            .iter()
+            .map(|s| s.duplicate_chunks)
+            .sum::<u64>() as f64
+            / r.subscribers
+                .iter()
+                .map(|s| s.chunks_played)
+                .sum::<u64>()
+                .max(1) as f64,
         counters: {
             let mut sum = std::collections::BTreeMap::new();
             for m in r
@@ -218,7 +226,9 @@ fn real(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> Figur
         overhead: sums.iter().map(|v| f(v, "overhead")).collect(),
         control_per_s: sums
             .iter()
-            .filter_map(|v| v["plugins"][format!("scheduler.{scheduler}")]["sent_messages"].as_f64())
+            .filter_map(|v| {
+                v["plugins"][format!("scheduler.{scheduler}")]["sent_messages"].as_f64()
+            })
             .map(|v| v / secs as f64)
             .collect(),
         counters: Default::default(),
@@ -303,7 +313,10 @@ fn main() {
                     .iter()
                     .map(|(k, v)| format!("{k} {v:.1}"))
                     .collect();
-                println!("  {scheduler:>4} x {overlay:<4} sim per peer and second: {}", per_s.join(", "));
+                println!(
+                    "  {scheduler:>4} x {overlay:<4} sim per peer and second: {}",
+                    per_s.join(", ")
+                );
             }
             if with_real {
                 let real = real(n, secs, load, scheduler, overlay);

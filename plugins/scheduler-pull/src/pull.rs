@@ -258,7 +258,11 @@ impl Pull {
         if self.have_share_percent == 0 {
             return self.have_every_us;
         }
-        let downstream = self.neighbours.values().filter(|n| n.link.downstream).count() as u64;
+        let downstream = self
+            .neighbours
+            .values()
+            .filter(|n| n.link.downstream)
+            .count() as u64;
         let affordable_bps = (u.capacity_bps * self.have_share_percent / 100).max(1);
         (downstream * HAVE_COST_BITS * 1_000_000 / affordable_bps).min(self.have_every_us)
     }

@@ -446,7 +446,11 @@ fn announcements_are_batched_per_have_ms_and_counted() {
         }
     }
     assert_eq!(haves.len(), 4, "{haves:?}");
-    let to_1: Vec<u64> = haves.iter().filter(|h| h.0 == 1).flat_map(|h| h.1.clone()).collect();
+    let to_1: Vec<u64> = haves
+        .iter()
+        .filter(|h| h.0 == 1)
+        .flat_map(|h| h.1.clone())
+        .collect();
     assert_eq!(to_1, (0..10).collect::<Vec<_>>());
     assert_eq!(metric(&mut pull, "sent_have"), 4.0);
     assert_eq!(metric(&mut pull, "sent_messages"), 4.0);
@@ -463,12 +467,18 @@ fn announcements_wait_only_as_long_as_they_are_costly() {
     // Uncapped: every tick.
     assert_eq!(pull.have_interval_us(), 0);
     // Two neighbours on 1 Mbit/s: 2 x 400 bits at 5 % of it, 16 ms.
-    step(&mut pull, |p, o| p.on_upload(0, capped(1_000_000, u64::MAX, 0), o));
+    step(&mut pull, |p, o| {
+        p.on_upload(0, capped(1_000_000, u64::MAX, 0), o)
+    });
     assert_eq!(pull.have_interval_us(), 16_000);
     // On 100 kbit/s they would take 160 ms; at most have_ms (200) apart.
-    step(&mut pull, |p, o| p.on_upload(0, capped(100_000, u64::MAX, 0), o));
+    step(&mut pull, |p, o| {
+        p.on_upload(0, capped(100_000, u64::MAX, 0), o)
+    });
     assert_eq!(pull.have_interval_us(), 160_000);
-    step(&mut pull, |p, o| p.on_upload(0, capped(10_000, u64::MAX, 0), o));
+    step(&mut pull, |p, o| {
+        p.on_upload(0, capped(10_000, u64::MAX, 0), o)
+    });
     assert_eq!(pull.have_interval_us(), 200_000);
 }
 
