@@ -138,7 +138,7 @@ pub use host::{HostServices, HostServicesRef, LogLevel};
 pub use params::{Param, ParamDef, Params};
 pub use rng::Rng;
 pub use types::{Link, MediaChunk, NeighbourReport, PeerId, PeerInfo, StreamFormat, Upload};
-pub use view::{ChunkInfo, LinkView, PlayoutView, Setup, View};
+pub use view::{ChunkInfo, LinkView, NeighbourUpload, PlayoutView, Setup, View};
 
 /// Re-exported so that plugin code and generated code name one copy.
 pub use abi_stable;

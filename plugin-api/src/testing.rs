@@ -47,9 +47,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use abi_stable::std_types::RVec;
 
 use crate::{
-    Capacity, ChunkInfo, Link, LinkView, Metric, Metrics, Overlay, OverlayAction, OverlayContext,
-    OverlayOut, PeerId, PeerInfo, Playout, PlayoutView, Refusal, RefusalKind, SchedAction,
-    SchedContext, SchedOut, Scheduler, Setup, Upload, View,
+    Capacity, ChunkInfo, Link, LinkView, Metric, Metrics, NeighbourUpload, Overlay, OverlayAction,
+    OverlayContext, OverlayOut, PeerId, PeerInfo, Playout, PlayoutView, Refusal, RefusalKind,
+    SchedAction, SchedContext, SchedOut, Scheduler, Setup, Upload, View,
 };
 
 /// The actions one event produced, in order, with views a test asserts on.
@@ -476,7 +476,8 @@ struct Node<S> {
 /// the sender's uplink (refused when that queue holds more than
 /// [`QUEUE_TARGET_US`]) and arrives after its serialisation time plus the
 /// latency; a message arrives after the latency. Refused actions come back through `on_refused` as the engine
-/// does it.
+/// does it. Each `LinkView::advert` is the neighbour's configured upload
+/// and its current queue, as if adverts travelled instantly.
 pub struct Swarm<S> {
     cfg: SwarmConfig,
     nodes: Vec<Node<S>>,
@@ -717,6 +718,15 @@ impl<S: Scheduler> Swarm<S> {
                     newest_seq: newest.into(),
                     useful_chunks: useful,
                     duplicate_chunks: dup,
+                    // Adverts arrive instantly here: each node's upload is
+                    // its configured cap, its queue what it has in flight.
+                    advert: NeighbourUpload {
+                        capacity_bps: self.upload_bps(j),
+                        capped: true,
+                        rate_bps: 0,
+                        queued_us: self.nodes[j].busy_until_us.saturating_sub(self.now_us),
+                        received_us: self.now_us,
+                    },
                 }
             })
             .collect();
@@ -1004,6 +1014,42 @@ mod tests {
             assert!(r.played > 70, "{r:?}");
             assert_eq!(r.missed, 0, "{r:?}");
             assert!(r.duplicates > 0, "flooding duplicates: {r:?}");
+        }
+    }
+
+    /// Remembers what the publisher advertised, as seen in the view.
+    #[derive(Default)]
+    struct Watch(Option<NeighbourUpload>);
+
+    impl Scheduler for Watch {
+        fn on_view(&mut self, _: u64, view: &View, _: &mut SchedOut<'_>) {
+            self.0 = view.link(PeerId(1)).map(|l| l.advert);
+        }
+        fn metrics(&mut self, m: &mut Metrics<'_>) {
+            if let Some(a) = self.0 {
+                m.counter("publisher_capacity_bps", a.capacity_bps);
+                m.counter("received_us", a.received_us);
+            }
+        }
+    }
+
+    #[test]
+    fn the_swarms_view_carries_each_neighbours_advert() {
+        let mut swarm = Swarm::new(
+            SwarmConfig {
+                peers: 2,
+                source_upload_bps: 7_000_000,
+                upload_bps: 3_000_000,
+                ..SwarmConfig::default()
+            },
+            |_| Watch::default(),
+        );
+        swarm.run_for(1_000_000);
+        for i in 1..=2 {
+            let m = &swarm.result(i).metrics;
+            let get = |name: &str| m.iter().find(|x| x.name.as_str() == name).map(|x| x.value);
+            assert_eq!(get("publisher_capacity_bps"), Some(7_000_000.0), "{m:?}");
+            assert!(get("received_us") > Some(0.0), "{m:?}");
         }
     }
 

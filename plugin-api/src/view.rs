@@ -104,6 +104,34 @@ pub struct LinkView {
     pub useful_chunks: u64,
     /// Chunks from it that were already here, since the link came up.
     pub duplicate_chunks: u64,
+    /// What the neighbour last advertised of its own upload: the other
+    /// direction's capacity, which only it can know. Appended after the
+    /// fields above; all zeros until its first advert and for a neighbour
+    /// whose engine predates adverts.
+    pub advert: NeighbourUpload,
+}
+
+/// A neighbour's own [`crate::Upload`], as it advertises it to its
+/// neighbours (once per keepalive interval, 1 s, when it changed; every 5 s
+/// on a busy link when it did not): what a pull
+/// scheduler needs to choose the holder with the most spare upload.
+/// It is as old as `received_us` says, and 0 means unknown throughout.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NeighbourUpload {
+    /// What its uplink can carry, bit/s: its cap when `capped`, otherwise
+    /// the highest rate it measured (0 unknown).
+    pub capacity_bps: u64,
+    /// `capacity_bps` is a configured cap, not an estimate.
+    pub capped: bool,
+    /// What it sent over its last second, to all its neighbours, bit/s:
+    /// `capacity_bps - rate_bps` is its spare upload.
+    pub rate_bps: u64,
+    /// How long its send queue takes to drain, µs: a chunk it is asked
+    /// for now leaves no earlier than this.
+    pub queued_us: u64,
+    /// When this peer received the advert, engine time µs (0 never).
+    pub received_us: u64,
 }
 
 /// Everything a scheduler sees of the stream at one tick: delivered every

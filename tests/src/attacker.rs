@@ -134,7 +134,7 @@ impl Attacker {
     pub fn ping(&self, to: SocketAddr) {
         let _ = self
             .endpoint
-            .send_unreliable(to, self.envelope(PeerMsg::Ping));
+            .send_unreliable(to, self.envelope(PeerMsg::Ping(Default::default())));
     }
 
     /// A scheduler message (unreliable, as announcements travel).

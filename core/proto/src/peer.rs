@@ -49,12 +49,89 @@ pub enum PeerMsg {
         /// The sender receives media on this link.
         down: bool,
     },
-    /// Liveness, sent when nothing else was sent to the neighbour for a while.
-    Ping,
+    /// Liveness and the sender's upload, sent when nothing else was sent to
+    /// the neighbour for a while and at least every keepalive interval: a
+    /// pull scheduler picks holders by what they can upload, which only
+    /// they know. An older peer's `Ping` carries no advert and decodes as
+    /// [`Advert::default`] (all unknown); an older peer reads a newer `Ping`
+    /// as a plain one (postcard leaves the advert as unread trailing bytes).
+    Ping(Advert),
     /// A message of the stream's overlay plugin, opaque here.
     Overlay(Vec<u8>),
     /// A message of the stream's scheduler plugin, opaque here.
     Scheduler(Vec<u8>),
+}
+
+/// What a peer advertises of its own upload, in its `Ping`.
+///
+/// Fields are encoded in order and only ever appended: decoding stops at
+/// the end of the message, so a field an older sender did not write reads
+/// as 0 (unknown), and fields a newer sender appended are left unread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Advert {
+    /// What its uplink can carry, bit/s (its cap, or the highest rate it
+    /// measured; 0 unknown).
+    pub capacity_bps: u64,
+    /// `capacity_bps` is a configured cap, not an estimate.
+    pub capped: bool,
+    /// What it sent over its last second, all neighbours, bit/s.
+    pub rate_bps: u64,
+    /// How long its send queue takes to drain, µs.
+    pub queued_us: u64,
+}
+
+/// Advert fields in encoding order; appending one means appending here
+/// and in both impls below.
+const ADVERT_FIELDS: usize = 4;
+
+impl Serialize for Advert {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(ADVERT_FIELDS)?;
+        t.serialize_element(&self.capacity_bps)?;
+        t.serialize_element(&self.capped)?;
+        t.serialize_element(&self.rate_bps)?;
+        t.serialize_element(&self.queued_us)?;
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Advert {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Advert;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an upload advert")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Advert, A::Error> {
+                // The advert is the last thing in its envelope: running out
+                // of bytes (an older sender) ends it, and what was not
+                // written stays unknown.
+                let mut a = Advert::default();
+                let Ok(Some(v)) = seq.next_element() else {
+                    return Ok(a);
+                };
+                a.capacity_bps = v;
+                let Ok(Some(v)) = seq.next_element() else {
+                    return Ok(a);
+                };
+                a.capped = v;
+                let Ok(Some(v)) = seq.next_element() else {
+                    return Ok(a);
+                };
+                a.rate_bps = v;
+                if let Ok(Some(v)) = seq.next_element() {
+                    a.queued_us = v;
+                }
+                Ok(a)
+            }
+        }
+        d.deserialize_tuple(ADVERT_FIELDS, V)
+    }
 }
 
 impl PeerMsg {
@@ -231,6 +308,59 @@ mod tests {
                 Err(ChunkError::Malformed)
             );
         }
+    }
+
+    /// The first release's `Ping`, as an older peer encodes it.
+    #[derive(Serialize, Deserialize)]
+    enum OldMsg {
+        Hello { up: bool, down: bool },
+        Welcome,
+        Bye,
+        SetLink { up: bool, down: bool },
+        Ping,
+    }
+
+    #[test]
+    fn adverts_cross_versions_both_ways() {
+        let advert = Advert {
+            capacity_bps: 8_000_000,
+            capped: true,
+            rate_bps: 3_000_000,
+            queued_us: 12_345,
+        };
+        let env = Envelope {
+            version: VERSION,
+            stream: 1,
+            from: 2,
+            msg: PeerMsg::Ping(advert),
+        };
+        assert_eq!(decode(&encode(&env)), Some(env.clone()));
+
+        // An older peer's Ping decodes, its advert unknown.
+        let old = postcard::to_allocvec(&(VERSION, 1u64, 2u64, OldMsg::Ping)).unwrap();
+        let got = decode(&old).unwrap();
+        assert_eq!(got.msg, PeerMsg::Ping(Advert::default()));
+        // A sender that wrote only some fields: the rest read as unknown.
+        let mut partial = old.clone();
+        partial.extend(postcard::to_allocvec(&(8_000_000u64, true)).unwrap());
+        assert_eq!(
+            decode(&partial).unwrap().msg,
+            PeerMsg::Ping(Advert {
+                capacity_bps: 8_000_000,
+                capped: true,
+                ..Advert::default()
+            })
+        );
+        // A newer sender's appended fields are left unread.
+        let mut newer = encode(&env);
+        newer.extend(postcard::to_allocvec(&77u64).unwrap());
+        assert_eq!(decode(&newer), Some(env.clone()));
+
+        // An older peer reads a newer Ping as a plain one.
+        let (v, s, f, m): (u8, u64, u64, OldMsg) = postcard::from_bytes(&encode(&env)).unwrap();
+        assert_eq!((v, s, f), (VERSION, 1, 2));
+        assert!(matches!(m, OldMsg::Ping));
+        let _ = (OldMsg::Welcome, OldMsg::Bye);
     }
 
     #[test]

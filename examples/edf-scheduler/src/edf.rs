@@ -38,6 +38,9 @@ struct Neighbour {
     /// As this peer measures it (from `on_view`).
     down_bps: u64,
     rtt_us: u64,
+    /// Upload it says it has to spare (its advert's capacity less its
+    /// rate), bit/s; 0 unknown or none.
+    spare_bps: u64,
 }
 
 /// Counters reported through `metrics`.
@@ -156,12 +159,14 @@ impl Edf {
     }
 
     /// Expected time until `peer` delivers one more chunk, µs: what it
-    /// already owes us plus this chunk at the rate we see from it, plus a
-    /// round trip. A neighbour we have not received from yet is assumed to
-    /// send at the stream's rate, so new neighbours get tried.
+    /// already owes us plus this chunk at the best rate we can expect from
+    /// it, plus a round trip. The rate is the most of what we see from it,
+    /// what it advertises to spare, and the stream's own rate: judged only
+    /// from what it sent us, a holder rarely asked looks slow and chunks it
+    /// could deliver are given up as hopeless.
     fn eta_us(&self, n: &Neighbour) -> u64 {
         let ctx_bps = self.chunk_bytes() * 8 * 1_000_000 / self.chunk_us().max(1);
-        let bps = n.down_bps.max(ctx_bps).max(1);
+        let bps = n.down_bps.max(n.spare_bps).max(ctx_bps).max(1);
         (n.outstanding_bytes + self.chunk_bytes()) * 8 * 1_000_000 / bps + n.rtt_us.max(1_000)
     }
 
@@ -339,6 +344,7 @@ impl Scheduler for Edf {
             if let Some(n) = self.neighbours.get_mut(&l.peer) {
                 n.down_bps = l.down_bps;
                 n.rtt_us = l.rtt_us;
+                n.spare_bps = l.advert.capacity_bps.saturating_sub(l.advert.rate_bps);
             }
         }
     }

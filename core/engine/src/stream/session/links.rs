@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use p2ner_plugin_api::{Capacity, Link, NeighbourReport, PeerId, PeerInfo};
+use p2ner_plugin_api::{Capacity, Link, NeighbourReport, NeighbourUpload, PeerId, PeerInfo};
 use p2ner_proto::peer::{self as wire, Envelope, PeerMsg};
 
 use super::guard::{Bucket, MAX_PLUGIN_MESSAGE, NEIGHBOUR_RATE};
@@ -44,6 +44,12 @@ pub(super) struct Neighbour {
     pub(super) up_bps: u64,
     /// The newest chunk it sent us.
     pub(super) newest_seq: Option<u64>,
+    /// What it last advertised of its upload (in its `Ping`).
+    pub(super) advert: NeighbourUpload,
+    /// When we last told it ours.
+    pub(super) last_advert_us: u64,
+    /// What we last told it.
+    pub(super) sent_advert: wire::Advert,
 }
 
 impl Session {
@@ -106,7 +112,17 @@ impl Session {
                     self.set_link(now_us, peer, wire::mirror(up, down), false);
                 }
             }
-            PeerMsg::Ping => {}
+            PeerMsg::Ping(advert) => {
+                if let Some(n) = self.neighbours.get_mut(&peer) {
+                    n.advert = NeighbourUpload {
+                        capacity_bps: advert.capacity_bps,
+                        capped: advert.capped,
+                        rate_bps: advert.rate_bps,
+                        queued_us: advert.queued_us,
+                        received_us: now_us,
+                    };
+                }
+            }
             PeerMsg::Overlay(payload) => {
                 let r = self.overlay.on_message(
                     now_us,
@@ -182,6 +198,12 @@ impl Session {
     }
 
     pub(super) fn check_neighbours(&mut self, now_us: u64) {
+        let advert = wire::Advert {
+            capacity_bps: self.upload.capacity_bps,
+            capped: self.upload.capped,
+            rate_bps: self.upload.rate_bps,
+            queued_us: self.upload.queued_us,
+        };
         let mut dead = Vec::new();
         let mut ping = Vec::new();
         for (&id, n) in &self.neighbours {
@@ -192,8 +214,18 @@ impl Session {
                 LinkState::Up if now_us > n.last_heard_us + self.cfg.neighbour_timeout_us => {
                     dead.push(id)
                 }
-                LinkState::Up if now_us >= n.last_sent_us + self.cfg.keepalive_us => {
-                    ping.push(n.addr)
+                LinkState::Up if now_us >= n.last_sent_us + self.cfg.keepalive_us => ping.push(id),
+                // A busy link needs no keepalive but still learns this
+                // peer's upload: at most once per keepalive interval when
+                // it changed, and every few intervals regardless. Near the
+                // fluid bound every byte of control competes with chunks.
+                LinkState::Up
+                    if now_us >= n.last_advert_us + self.cfg.keepalive_us
+                        && (advert_moved(&n.sent_advert, &advert)
+                            || now_us
+                                >= n.last_advert_us + ADVERT_REFRESH * self.cfg.keepalive_us) =>
+                {
+                    ping.push(id)
                 }
                 _ => {}
             }
@@ -202,8 +234,19 @@ impl Session {
             tracing::debug!(stream = %self.cfg.name, %peer, "neighbour timed out");
             self.link_down(now_us, peer, true, true);
         }
-        for addr in ping {
-            self.send(addr, env_msg(&self.cfg, PeerMsg::Ping), false, now_us);
+        for peer in ping {
+            let Some(n) = self.neighbours.get_mut(&peer) else {
+                continue;
+            };
+            n.last_advert_us = now_us;
+            n.sent_advert = advert;
+            let addr = n.addr;
+            self.send(
+                addr,
+                env_msg(&self.cfg, PeerMsg::Ping(advert)),
+                false,
+                now_us,
+            );
         }
     }
 
@@ -247,6 +290,9 @@ impl Session {
                 down_bps: 0,
                 up_bps: 0,
                 newest_seq: None,
+                advert: NeighbourUpload::default(),
+                last_advert_us: now_us,
+                sent_advert: wire::Advert::default(),
             },
         );
     }
@@ -346,4 +392,19 @@ impl Session {
             reliable,
         });
     }
+}
+
+/// A busy link hears this peer's unchanged advert once per this many
+/// keepalive intervals.
+const ADVERT_REFRESH: u64 = 5;
+
+/// Whether an advert differs enough from the one a neighbour last got to be
+/// worth a datagram: the capacity or cap changed, the rate by a quarter, the
+/// queue by a tenth of a second.
+fn advert_moved(sent: &wire::Advert, now: &wire::Advert) -> bool {
+    let apart = |a: u64, b: u64, tol: u64| a.abs_diff(b) > tol;
+    sent.capped != now.capped
+        || apart(sent.capacity_bps, now.capacity_bps, sent.capacity_bps / 10)
+        || apart(sent.rate_bps, now.rate_bps, sent.rate_bps / 4)
+        || apart(sent.queued_us, now.queued_us, 100_000)
 }

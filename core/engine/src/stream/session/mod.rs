@@ -578,6 +578,7 @@ impl Session {
                 newest_seq: n.newest_seq.into(),
                 useful_chunks: n.useful,
                 duplicate_chunks: n.duplicates,
+                advert: n.advert,
             })
             .collect();
         View {

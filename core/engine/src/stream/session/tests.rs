@@ -19,9 +19,9 @@ use p2ner_plugin_api::abi_stable::sabi_trait::TD_Opaque;
 use p2ner_plugin_api::abi_stable::std_types::{RBox, ROption, RResult, RSlice, RVec};
 use p2ner_plugin_api::{
     Capacity, ChunkRef, InputAbi, InputBox, InputState, Link, MediaChunk, NeighbourReport,
-    OutputAbi, OutputBox, OutputReport, OverlayAbi, OverlayAction, OverlayBox, OverlayContext,
-    PeerId, PeerInfo, Playout, PluginError, SchedAction, SchedContext, SchedulerAbi, SchedulerBox,
-    StreamFormat, Upload,
+    NeighbourUpload, OutputAbi, OutputBox, OutputReport, OverlayAbi, OverlayAction, OverlayBox,
+    OverlayContext, PeerId, PeerInfo, Playout, PluginError, SchedAction, SchedContext,
+    SchedulerAbi, SchedulerBox, StreamFormat, Upload, View,
 };
 use p2ner_proto::identity::Identity;
 use p2ner_proto::peer::{self as wire, ChunkHeader, Envelope, PeerMsg};
@@ -69,6 +69,8 @@ struct ScriptState<E, A> {
     react: React<E, A>,
     /// Every call fails with this, as a plugin's error would.
     error: Option<String>,
+    /// The last `on_view` (kept apart from `log`: it comes every tick).
+    view: Option<View>,
 }
 
 /// The test's end of a scripted component.
@@ -87,6 +89,7 @@ impl<E: Clone, A> Script<E, A> {
             pending: Vec::new(),
             react: Box::new(|_| Vec::new()),
             error: None,
+            view: None,
         })))
     }
 
@@ -103,6 +106,11 @@ impl<E: Clone, A> Script<E, A> {
     /// From now on, every call fails with `message`.
     fn fail(&self, message: &str) {
         self.0.lock().unwrap().error = Some(message.to_owned());
+    }
+
+    /// The view the component was last shown.
+    fn last_view(&self) -> Option<View> {
+        self.0.lock().unwrap().view.clone()
     }
 
     /// The calls so far, emptying the log.
@@ -202,6 +210,15 @@ impl SchedulerAbi for SchedScript {
         out: &mut RVec<SchedAction>,
     ) -> RResult<(), PluginError> {
         self.call(SchedEvent::Upload(upload), out)
+    }
+    fn on_view(
+        &mut self,
+        _now_us: u64,
+        view: &View,
+        _out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        self.0.lock().unwrap().view = Some(view.clone());
+        RResult::ROk(())
     }
 }
 
@@ -669,10 +686,13 @@ fn keepalives_ping_a_quiet_link_and_silence_drops_it() {
     b.s.tick(keepalive - 1);
     assert!(b.sent().is_empty(), "sent a Welcome just now");
     b.s.tick(keepalive);
-    assert_eq!(b.sent(), [(addr(3), PeerMsg::Ping, false)]);
+    assert_eq!(
+        b.sent(),
+        [(addr(3), PeerMsg::Ping(Default::default()), false)]
+    );
 
     // Hearing anything, even a Ping, keeps the link alive.
-    b.hear(timeout - 1, 3, PeerMsg::Ping);
+    b.hear(timeout - 1, 3, PeerMsg::Ping(Default::default()));
     b.s.tick(timeout + 1);
     assert_eq!(b.s.neighbour_count(), 1);
     b.s.tick(2 * timeout - 1);
@@ -688,6 +708,107 @@ fn keepalives_ping_a_quiet_link_and_silence_drops_it() {
     assert!(b.messages(&out).contains(&(addr(3), PeerMsg::Bye, false)));
     assert_eq!(b.s.neighbour_count(), 0);
     assert!(b.sched.take().contains(&SchedEvent::Down(PeerId(3))));
+}
+
+#[test]
+fn a_neighbours_upload_advert_reaches_the_view_and_ours_reaches_it() {
+    let key = Identity::from_secret([7; 32]);
+    let cfg = config(2);
+    let keepalive = cfg.keepalive_us;
+    let (mut b, _) = subscriber(2, &key, cfg);
+    b.link_from(0, 3);
+    b.link_from(0, 4);
+
+    // Before any advert (or from an engine that sends none) it is unknown.
+    b.s.tick(10);
+    let view = b.sched.last_view().expect("a view every tick");
+    assert_eq!(
+        view.link(PeerId(3)).unwrap().advert,
+        NeighbourUpload::default()
+    );
+
+    let advert = wire::Advert {
+        capacity_bps: 6_000_000,
+        capped: true,
+        rate_bps: 2_500_000,
+        queued_us: 40_000,
+    };
+    b.hear(20, 3, PeerMsg::Ping(advert));
+    b.s.tick(30);
+    let view = b.sched.last_view().unwrap();
+    assert_eq!(
+        view.link(PeerId(3)).unwrap().advert,
+        NeighbourUpload {
+            capacity_bps: 6_000_000,
+            capped: true,
+            rate_bps: 2_500_000,
+            queued_us: 40_000,
+            received_us: 20,
+        }
+    );
+    assert_eq!(
+        view.link(PeerId(4)).unwrap().advert,
+        NeighbourUpload::default(),
+        "each neighbour's own advert"
+    );
+
+    // This peer advertises its own upload on a link that is never quiet:
+    // when it changed, at most once per keepalive, and unchanged every
+    // fifth keepalive.
+    let ours = Upload {
+        capacity_bps: 3_000_000,
+        capped: true,
+        rate_bps: 1_000_000,
+        queued_us: 7_000,
+        ..Upload::default()
+    };
+    b.s.set_upload(ours);
+    b.out();
+    let busy_pings = |b: &mut Bench, from: u64, to: u64| {
+        let mut pings = Vec::new();
+        for t in (from..=to).step_by(100_000) {
+            b.hear(t, 3, PeerMsg::Scheduler(vec![1]));
+            // Something goes to 3 every 100 ms: the link is never quiet.
+            let busy = super::env_msg(&b.s.cfg, PeerMsg::Scheduler(vec![2]));
+            b.s.send(addr(3), busy, false, t);
+            b.s.tick(t);
+            pings.extend(b.sent().into_iter().filter_map(|(to, m, _)| match m {
+                PeerMsg::Ping(a) if to == addr(3) => Some((t, a)),
+                _ => None,
+            }));
+        }
+        pings
+    };
+    let first = wire::Advert {
+        capacity_bps: 3_000_000,
+        capped: true,
+        rate_bps: 1_000_000,
+        queued_us: 7_000,
+    };
+    assert_eq!(
+        busy_pings(&mut b, 100_000, 2 * keepalive),
+        vec![(keepalive, first)],
+        "a new advert after one keepalive interval, then nothing while unchanged"
+    );
+    b.s.set_upload(Upload {
+        rate_bps: 2_000_000,
+        ..ours
+    });
+    let moved = wire::Advert {
+        rate_bps: 2_000_000,
+        ..first
+    };
+    let t0 = 2 * keepalive + 100_000;
+    assert_eq!(
+        busy_pings(&mut b, t0, 3 * keepalive),
+        vec![(t0, moved)],
+        "a changed advert goes out at once (a keepalive after the last)"
+    );
+    assert_eq!(
+        busy_pings(&mut b, 3 * keepalive + 100_000, t0 + 5 * keepalive),
+        vec![(t0 + 5 * keepalive, moved)],
+        "an unchanged advert is refreshed every fifth keepalive"
+    );
 }
 
 #[test]
