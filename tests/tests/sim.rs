@@ -124,7 +124,10 @@ fn pull_over_mesh_plays_a_capped_swarm_at_load_0_7() {
 fn pull_over_tree_plays_a_capped_swarm_at_load_0_7() {
     let r = run(&capped("pull", "tree", 0.7, 50));
     eprintln!("pull x tree at load 0.7: {}", report(&r));
-    assert!(mean_continuity(&r) >= 0.98, "{}", report(&r));
+    // Seed 1: 0.984 before pull batched its announcements and the tree let
+    // capped peers adopt children in other stripes, 0.978 since (0.980 with
+    // 4 stripes instead of 8): a small loss for pull x tree, kept visible.
+    assert!(mean_continuity(&r) >= 0.975, "{}", report(&r));
     // A tree repairs slowly: the worst peers play worse than a mesh's.
     let good = r
         .subscribers
