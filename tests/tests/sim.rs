@@ -195,25 +195,25 @@ fn p10(r: &SimResult) -> f64 {
 }
 
 #[test]
-fn push_over_tree_at_load_0_5_plays_97_percent() {
+fn push_over_tree_at_load_0_5_plays_99_percent() {
     let r = run(&capped("push", "tree", 0.5, 50));
     eprintln!("push x tree at load 0.5: {}", report(&r));
-    assert!(mean_continuity(&r) >= 0.96, "{}", report(&r));
+    assert!(mean_continuity(&r) >= 0.98, "{}", report(&r));
     assert!(
-        r.subscribers.iter().all(|s| s.continuity >= 0.83),
+        r.subscribers.iter().all(|s| s.continuity >= 0.96),
         "{}",
         report(&r)
     );
     assert!(duplicate_share(&r) <= 0.03, "{}", report(&r));
-    assert!(mean_overhead(&r) <= 0.16, "{}", report(&r));
+    assert!(mean_overhead(&r) <= 0.15, "{}", report(&r));
 }
 
 #[test]
-fn push_over_tree_at_load_0_8_plays_90_percent() {
+fn push_over_tree_at_load_0_8_plays_93_percent() {
     let r = run(&capped("push", "tree", 0.8, 50));
     eprintln!("push x tree at load 0.8: {}", report(&r));
-    assert!(mean_continuity(&r) >= 0.88, "{}", report(&r));
-    assert!(p10(&r) >= 0.80, "{}", report(&r));
+    assert!(mean_continuity(&r) >= 0.92, "{}", report(&r));
+    assert!(p10(&r) >= 0.88, "{}", report(&r));
     assert!(mean_overhead(&r) <= 0.17, "{}", report(&r));
 }
 
@@ -221,9 +221,12 @@ fn push_over_tree_at_load_0_8_plays_90_percent() {
 fn push_over_tree_at_load_0_9_plays_86_percent_not_yet_99() {
     let r = run(&capped("push", "tree", 0.9, 50));
     eprintln!("push x tree at load 0.9: {}", report(&r));
-    assert!(mean_continuity(&r) >= 0.84, "{}", report(&r));
-    assert!(p10(&r) >= 0.75, "{}", report(&r));
-    assert!(mean_overhead(&r) <= 0.17, "{}", report(&r));
+    assert!(mean_continuity(&r) >= 0.85, "{}", report(&r));
+    assert!(p10(&r) >= 0.78, "{}", report(&r));
+    // 18.6 % since tree peers keep slack for repairs (16.4 % before): more
+    // repair traffic at the weakest uplinks, for 0.01-0.07 more continuity
+    // at loads 0.5-0.8 and 0.005 more here.
+    assert!(mean_overhead(&r) <= 0.19, "{}", report(&r));
 }
 
 #[test]
@@ -283,6 +286,13 @@ fn push_over_tree_breakdown() {
                 cfg.scheduler.1 = cfg.scheduler.1.clone().with(k, v);
             }
         }
+    }
+    // P2NER_DEBUG_SECS: a longer run tells start-up losses from steady ones.
+    if let Some(secs) = std::env::var("P2NER_DEBUG_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        cfg.duration_us = secs * 1_000_000;
     }
     let caps = cfg.peer_uploads_kbps.clone();
     let r = run(&cfg);
