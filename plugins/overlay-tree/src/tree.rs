@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use p2ner_plugin_api::prelude::*;
+use p2ner_plugin_api::stripes::{stripe_of, whole_slots};
 use p2ner_plugin_api::tracing;
 use p2ner_plugin_api::{OverlayContext, Upload};
 
@@ -140,18 +141,6 @@ const SOURCE_UPLOAD_FOR_CHILDREN: f64 = 0.94;
 /// at load 0.9, 0.82-0.85 lost 0.01-0.02 at 0.8, and 0.81 at the
 /// publisher too lost 0.06 at 0.8.
 const PEER_UPLOAD_FOR_CHILDREN: f64 = 0.80;
-/// Whole child slots in `fraction` slots' worth of upload, by the push
-/// scheduler's rule (the two agree on what a peer forwards): rounded when
-/// that over-commits by at most a twentieth, floored otherwise.
-fn slots(fraction: f64) -> usize {
-    let fraction = fraction.max(0.0);
-    let rounded = fraction.round();
-    if rounded <= fraction * 1.05 {
-        rounded as usize
-    } else {
-        fraction.floor() as usize
-    }
-}
 
 /// Children per stripe at most, however much a peer can upload.
 const MAX_SLOTS: usize = 32;
@@ -694,7 +683,7 @@ impl Overlay for Tree {
         self.is_source = ctx.is_source;
         // The stripe a peer forwards depends on its id only, so that any
         // peer can tell (and the stripes get about equal shares of peers).
-        self.own_stripe = (Rng::new(ctx.local.id.0).next_u64() % self.stripes as u64) as usize;
+        self.own_stripe = stripe_of(ctx.local.id, self.stripes);
         self.source = ctx.source.as_ref().into_option().cloned();
         self.next_heartbeat_us = now_us + self.heartbeat_us;
         let me = ctx.local.id;
@@ -791,7 +780,7 @@ impl Overlay for Tree {
             } else {
                 PEER_UPLOAD_FOR_CHILDREN
             };
-            slots(upload.capacity_bps as f64 * share / stripe_bps)
+            whole_slots(upload.capacity_bps as f64 * share / stripe_bps)
         });
     }
 

@@ -4,6 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use p2ner_plugin_api::prelude::*;
+/// The stripe a peer forwards: the `tree` overlay's rule, shared through the
+/// SDK so a scheduler can tell which of its upstream links is a stripe's
+/// parent without an ABI change. Over a mesh it only spreads substreams.
+pub use p2ner_plugin_api::stripes::stripe_of;
+use p2ner_plugin_api::stripes::whole_slots;
 use p2ner_plugin_api::tracing;
 use p2ner_plugin_api::{Capacity, Playout, Upload};
 
@@ -125,30 +130,6 @@ const REPAIR_SHARE: f64 = 0.1;
 /// no closer to the publisher than it was: time for the news that the
 /// path through this peer is gone to reach its descendants.
 const HOLD_DOWN_US: u64 = 300_000;
-
-/// Whole slots in `fraction` slots' worth of upload: rounded, not floored,
-/// when that over-commits by at most a twentieth (within the share held back). A whole slot lost per peer
-/// is 5-10 % of the swarm's upload at 8 substreams, more than the bound
-/// leaves at load 0.9; a peer over by part of a slot pushes a little less
-/// to its least important subscriber, which repairs the rest. The tree
-/// overlay rounds its child slots by the same rule.
-pub fn slots(fraction: f64) -> u64 {
-    let fraction = fraction.max(0.0);
-    let rounded = fraction.round();
-    if rounded <= fraction * 1.05 {
-        rounded as u64
-    } else {
-        fraction.floor() as u64
-    }
-}
-
-/// The stripe a peer forwards in the `tree` overlay with `stripes` trees:
-/// the tree's own rule (a hash of the id), repeated here so a scheduler can
-/// tell which of its upstream links is a stripe's parent without an ABI
-/// change. Over a mesh it only spreads substreams over peers.
-pub fn stripe_of(peer: PeerId, stripes: usize) -> usize {
-    (Rng::new(peer.0).next_u64() % stripes.max(1) as u64) as usize
-}
 
 /// The `push` scheduler of one stream at one peer (see the crate docs).
 pub struct Push {
@@ -379,7 +360,7 @@ impl Push {
         let overhead = self.chunk_cost() as f64 / self.chunk_bytes() as f64;
         let stripe_bps = self.stream_bps() as f64 * overhead / self.stripes as f64;
         let capacity_bps = self.capacity_bps()?;
-        Some(slots(capacity_bps as f64 * UPLOAD_FOR_SUBSCRIBERS / stripe_bps.max(1.0)) as u32)
+        Some(whole_slots(capacity_bps as f64 * UPLOAD_FOR_SUBSCRIBERS / stripe_bps.max(1.0)) as u32)
     }
 
     /// The stream's rate: the engine's word, else the chunk size over its
