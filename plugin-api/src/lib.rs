@@ -108,6 +108,7 @@ mod params;
 mod rng;
 pub mod seqmap;
 pub mod source;
+pub mod stripes;
 pub mod synthetic;
 pub mod testing;
 mod types;

@@ -46,10 +46,14 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use abi_stable::std_types::RVec;
 
+// `NeighbourUpload` by its module path: tests build this file against the
+// frozen lib.rs of ABI 1.0 (tests/fixtures/frontend-abi-1.0), which does
+// not re-export it.
+use crate::view::NeighbourUpload;
 use crate::{
-    Capacity, ChunkInfo, Link, LinkView, Metric, Metrics, NeighbourUpload, Overlay, OverlayAction,
-    OverlayContext, OverlayOut, PeerId, PeerInfo, Playout, PlayoutView, Refusal, RefusalKind,
-    SchedAction, SchedContext, SchedOut, Scheduler, Setup, Upload, View,
+    Capacity, ChunkInfo, Link, LinkView, Metric, Metrics, Overlay, OverlayAction, OverlayContext,
+    OverlayOut, PeerId, PeerInfo, Playout, PlayoutView, Refusal, RefusalKind, SchedAction,
+    SchedContext, SchedOut, Scheduler, Setup, Upload, View,
 };
 
 /// The actions one event produced, in order, with views a test asserts on.

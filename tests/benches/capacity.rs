@@ -14,7 +14,10 @@
 //! (30), `P2NER_BENCH_LOADS` ("0.5,0.7,0.8,0.9,0.95"), `P2NER_BENCH_PAIRS`
 //! ("pull:mesh,push:mesh,pull:tree,push:tree"), `P2NER_BENCH_REAL` (1; 0:
 //! the simulator only), `P2NER_BENCH_SIM_LATENCY_MS` (10: the simulated
-//! one-way delay; loopback's is far below a millisecond). Run with `cargo bench -p p2ner-tests --bench capacity`.
+//! one-way delay; loopback's is far below a millisecond),
+//! `P2NER_BENCH_UNCAPPED` (1; 0: skip the uncapped reference swarm),
+//! `P2NER_BENCH_SCHEDULER_PARAMS` and `P2NER_BENCH_OVERLAY_PARAMS` ("k=v,k=v",
+//! the simulated runs' scheduler and overlay parameters). Run with `cargo bench -p p2ner-tests --bench capacity`.
 
 use std::time::Duration;
 
@@ -37,6 +40,17 @@ struct Figures {
     startup_ms: Vec<u64>,
     lag95_ms: Vec<u64>,
     overhead: Vec<f64>,
+    /// Scheduler control messages each subscriber sent per second, where
+    /// the scheduler exports `sent_messages` in its metrics.
+    control_per_s: Vec<f64>,
+    /// The scheduler's counters summed over subscribers, per subscriber
+    /// and second (simulated runs).
+    counters: std::collections::BTreeMap<String, f64>,
+    /// Duplicate chunks received per chunk played (simulated runs).
+    duplicates: f64,
+    /// What subscribers uploaded (whole datagrams) over what their caps
+    /// allow, and the publisher likewise (simulated runs).
+    uplink_use: (f64, f64),
 }
 
 impl Figures {
@@ -49,7 +63,7 @@ impl Figures {
         c.sort_by(f64::total_cmp);
         let overhead = self.overhead.iter().sum::<f64>() / self.overhead.len().max(1) as f64;
         format!(
-            "continuity mean {:.4} min {:.4} p10 {:.4} | startup median {:>5} ms | lag p95 {:>5} ms | overhead {:>5.1}% | achieved/bound {:.3} | {} subscribers",
+            "continuity mean {:.4} min {:.4} p10 {:.4} | startup median {:>5} ms | lag p95 {:>5} ms | overhead {:>5.1}% | achieved/bound {:.3} | control {:.1} msg/s/peer | {} subscribers",
             self.mean(),
             c.first().copied().unwrap_or(0.0),
             c.get(c.len() / 10).copied().unwrap_or(0.0),
@@ -57,9 +71,19 @@ impl Figures {
             percentile(&self.lag95_ms, 0.95).unwrap_or(0),
             100.0 * overhead,
             self.mean() * load,
+            self.control_per_s.iter().sum::<f64>() / self.control_per_s.len().max(1) as f64,
             c.len()
         )
     }
+}
+
+/// `P2NER_BENCH_SCHEDULER_PARAMS` ("k=v,k=v"): the simulated scheduler's
+/// parameters, to compare settings on the same swarms.
+fn scheduler_params() -> Params {
+    env("P2NER_BENCH_SCHEDULER_PARAMS", "")
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .fold(Params::new(), |p, (k, v)| p.with(k.trim(), v.trim()))
 }
 
 fn simulated(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> Figures {
@@ -69,8 +93,16 @@ fn simulated(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> 
         source_upload_kbps: SOURCE_KBPS,
         peer_uploads_kbps: caps_for_load(BITRATE_KBPS, n, SOURCE_KBPS, load),
         bitrate_kbps: BITRATE_KBPS as u32,
-        scheduler: (scheduler.into(), Params::new()),
-        overlay: (overlay.into(), capped_overlay_params(overlay)),
+        scheduler: (scheduler.into(), scheduler_params()),
+        overlay: (
+            overlay.into(),
+            env("P2NER_BENCH_OVERLAY_PARAMS", "")
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .fold(capped_overlay_params(overlay), |p, (k, v)| {
+                    p.with(k.trim(), v.trim())
+                }),
+        ),
         latency_us: env("P2NER_BENCH_SIM_LATENCY_MS", "10")
             .parse::<u64>()
             .expect("milliseconds")
@@ -93,6 +125,44 @@ fn simulated(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> 
             .map(|v| v as u64)
             .collect(),
         overhead: r.subscribers.iter().map(|s| s.overhead).collect(),
+        control_per_s: r
+            .subscribers
+            .iter()
+            .filter_map(|s| s.plugins.get(&format!("scheduler.{scheduler}")))
+            .filter_map(|m| m.get("sent_messages"))
+            .map(|&v| v / secs as f64)
+            .collect(),
+        uplink_use: {
+            let caps = &cfg.peer_uploads_kbps;
+            let allowed: u64 = (0..n).map(|i| caps[i % caps.len()]).sum::<u64>() * 125 * secs;
+            (
+                r.peers_bytes_up as f64 / allowed.max(1) as f64,
+                r.source_bytes_up as f64 / (cfg.source_upload_kbps * 125 * secs).max(1) as f64,
+            )
+        },
+        duplicates: r
+            .subscribers
+            .iter()
+            .map(|s| s.duplicate_chunks)
+            .sum::<u64>() as f64
+            / r.subscribers
+                .iter()
+                .map(|s| s.chunks_played)
+                .sum::<u64>()
+                .max(1) as f64,
+        counters: {
+            let mut sum = std::collections::BTreeMap::new();
+            for m in r
+                .subscribers
+                .iter()
+                .filter_map(|s| s.plugins.get(&format!("scheduler.{scheduler}")))
+            {
+                for (k, v) in m {
+                    *sum.entry(k.clone()).or_insert(0.0) += v / (secs * n as u64) as f64;
+                }
+            }
+            sum
+        },
     }
 }
 
@@ -154,6 +224,16 @@ fn real(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> Figur
         startup_ms: ms("startup_ms"),
         lag95_ms: ms("lag_ms_p95"),
         overhead: sums.iter().map(|v| f(v, "overhead")).collect(),
+        control_per_s: sums
+            .iter()
+            .filter_map(|v| {
+                v["plugins"][format!("scheduler.{scheduler}")]["sent_messages"].as_f64()
+            })
+            .map(|v| v / secs as f64)
+            .collect(),
+        counters: Default::default(),
+        duplicates: 0.0,
+        uplink_use: (0.0, 0.0),
     }
 }
 
@@ -174,6 +254,30 @@ fn main() {
     println!(
         "capacity: 1 publisher at {SOURCE_KBPS} kbit/s, {n} subscribers in 3 upload classes, {BITRATE_KBPS} kbit/s synthetic, {secs} s per run"
     );
+    if env("P2NER_BENCH_UNCAPPED", "1") != "0" {
+        // The uncapped reference: the simulator's default swarm (20
+        // subscribers uploading 4 Mbit/s, a 5 Mbit/s publisher, 1 Mbit/s
+        // stream), which must not get worse while capped swarms improve.
+        for pair in pairs.split(',') {
+            let (scheduler, overlay) = pair.split_once(':').expect("scheduler:overlay");
+            let cfg = SimConfig {
+                scheduler: (scheduler.into(), scheduler_params()),
+                overlay: (overlay.into(), Params::new()),
+                duration_us: secs * 1_000_000,
+                ..SimConfig::default()
+            };
+            let r = sim::run(&sim_registry(), &cfg).unwrap_or_else(|e| panic!("{e}"));
+            let c: Vec<f64> = r.subscribers.iter().map(|s| s.continuity).collect();
+            let overhead = r.subscribers.iter().map(|s| s.overhead).sum::<f64>() / c.len() as f64;
+            println!(
+                "uncapped {scheduler:>4} x {overlay:<4} sim : continuity mean {:.4} min {:.4} | overhead {:.1}% | {} subscribers",
+                c.iter().sum::<f64>() / c.len() as f64,
+                c.iter().copied().fold(1.0, f64::min),
+                100.0 * overhead,
+                c.len()
+            );
+        }
+    }
     for &load in &loads {
         let caps = caps_for_load(BITRATE_KBPS, n, SOURCE_KBPS, load);
         let all: Vec<u64> = (0..n).map(|i| caps[i % caps.len()]).collect();
@@ -185,6 +289,35 @@ fn main() {
             let (scheduler, overlay) = pair.split_once(':').expect("scheduler:overlay");
             let sim = simulated(n, secs, load, scheduler, overlay);
             println!("  {scheduler:>4} x {overlay:<4} sim : {}", sim.line(load));
+            // Subscriber i is in upload class i % 3 (0.5x, 1x, 1.6x).
+            let class = |k: usize| {
+                let c: Vec<f64> = sim.continuity.iter().skip(k).step_by(3).copied().collect();
+                format!(
+                    "mean {:.4} min {:.4}",
+                    c.iter().sum::<f64>() / c.len().max(1) as f64,
+                    c.iter().copied().fold(1.0, f64::min)
+                )
+            };
+            println!(
+                "  {scheduler:>4} x {overlay:<4} sim by class: 0.5x {} | 1x {} | 1.6x {} | duplicates {:.2}% | uplink used: subscribers {:.1}%, publisher {:.1}%",
+                class(0),
+                class(1),
+                class(2),
+                100.0 * sim.duplicates,
+                100.0 * sim.uplink_use.0,
+                100.0 * sim.uplink_use.1
+            );
+            if !sim.counters.is_empty() {
+                let per_s: Vec<String> = sim
+                    .counters
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.1}"))
+                    .collect();
+                println!(
+                    "  {scheduler:>4} x {overlay:<4} sim per peer and second: {}",
+                    per_s.join(", ")
+                );
+            }
             if with_real {
                 let real = real(n, secs, load, scheduler, overlay);
                 println!("  {scheduler:>4} x {overlay:<4} real: {}", real.line(load));

@@ -48,7 +48,58 @@ pub fn builtin_plugin(crate_name: &str) -> PathBuf {
         "{} is missing: run `cargo build --workspace` first",
         file.display()
     );
+    // `cargo test -p p2ner-tests` rebuilds the plugins as rlibs, not their
+    // libraries: a test would quietly load the old code and measure it.
+    let built = modified(&file);
+    let root = workspace_root();
+    let crate_dir = std::fs::read_dir(root.join("plugins"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|m| m.contains(&format!("name = \"{}\"", crate_name.replace('_', "-"))))
+        });
+    for src in crate_dir
+        .iter()
+        .map(|d| d.join("src"))
+        .chain([root.join("plugin-api/src")])
+    {
+        if let Some(newer) = newest_file(&src).filter(|(t, _)| *t > built) {
+            panic!(
+                "{} is older than {}: run `cargo build --workspace` first",
+                file.display(),
+                newer.1.display()
+            );
+        }
+    }
     file
+}
+
+fn modified(path: &Path) -> std::time::SystemTime {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+}
+
+/// The most recently modified file under `dir`, and when.
+fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let found = if path.is_dir() {
+            newest_file(&path)
+        } else {
+            Some((modified(&path), path))
+        };
+        if let Some(f) = found {
+            if newest.as_ref().is_none_or(|n| f.0 > n.0) {
+                newest = Some(f);
+            }
+        }
+    }
+    newest
 }
 
 /// A `p2ner` command isolated from the user's setup: no manifest, no
@@ -300,7 +351,7 @@ pub fn caps_for_load(bitrate_kbps: u64, n: usize, source_kbps: u64, load: f64) -
 pub fn capped_overlay_params(overlay: &str) -> p2ner_plugin_api::Params {
     let params = p2ner_plugin_api::Params::new();
     if overlay == "tree" {
-        params.with("stripes", "4")
+        params.with("stripes", "8")
     } else {
         params
     }

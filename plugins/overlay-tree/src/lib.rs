@@ -33,9 +33,13 @@
 //!
 //! Stripes: with `stripes = k > 1`, chunk `s` belongs to stripe `s % k`,
 //! each peer belongs to stripe `hash(id) % k`, joins all `k` trees and is
-//! interior only in its own (it accepts children only there; a full node
-//! gives the slot of a leaf child to an interior joiner and redirects the
-//! leaf). The scheduler API has no notion of stripes, so what the scheduler
+//! interior only in its own (a full node gives the slot of a leaf child to
+//! an interior joiner and redirects the leaf). Under an upload cap a peer's
+//! child slots are shared by all stripes: what its own stripe leaves free
+//! it offers in the others, where it is attached (it adopts children
+//! there, and gives such a slot back to a forwarder of its own stripe),
+//! because the hash deals out stripes without regard to upload and some
+//! stripes' forwarders would otherwise have too little between them. The scheduler API has no notion of stripes, so what the scheduler
 //! sees is a multi-parent graph: up to `k` upstream links (one per stripe's
 //! parent) and downstream links to children; a push scheduler sends what
 //! each child lacks, which over time follows the stripe trees. `stripes = 1`

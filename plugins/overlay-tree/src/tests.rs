@@ -592,8 +592,15 @@ fn under_an_upload_cap_the_uplink_decides_the_children() {
     let mut four = Tree::new(&Params::new().with("stripes", "4")).unwrap();
     four.on_upload(0, upload(500), &mut out);
     assert_eq!(four.slots(0), 1);
+    // 6.4 copies, 80 % of them for children (the rest is slack for
+    // repairs): five.
     four.on_upload(0, upload(1600), &mut out);
     assert_eq!(four.slots(0), 5);
+    // A fraction of a slot rounds up only when that over-commits little:
+    // 1.5 copies are one slot, 5.8 are six.
+    assert_eq!(p2ner_plugin_api::stripes::whole_slots(1.5), 1);
+    assert_eq!(p2ner_plugin_api::stripes::whole_slots(5.8), 6);
+    assert_eq!(p2ner_plugin_api::stripes::whole_slots(5.4), 5);
     // Uncapped: the fanout parameter.
     four.on_upload(0, p2ner_plugin_api::Upload::default(), &mut out);
     assert_eq!(four.slots(0), 4);

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use p2ner_plugin_api::prelude::*;
-use p2ner_plugin_api::{Capacity, Playout, Upload};
+use p2ner_plugin_api::{Capacity, Metrics, Playout, Refusal, RefusalKind, Upload};
 
 use crate::wire::{self, Advert, Message, MAX_SEQS};
 
@@ -19,13 +19,22 @@ pub const PARAMS: &[ParamDef] = &[
     SOURCE_PUSH,
     SOURCE_ANNOUNCE_MS,
     HAVE_MS,
+    HAVE_SHARE_PERCENT,
 ];
 
 const HAVE_MS: ParamDef = ParamDef::new(
     "have_ms",
-    "0",
-    "announce new chunks at most this often (0: every tick); fewer, larger announcements cost less upload",
+    "200",
+    "announce new chunks at least this often (0: every tick); fewer, larger announcements cost less upload",
 );
+const HAVE_SHARE_PERCENT: ParamDef = ParamDef::new(
+    "have_share_percent",
+    "5",
+    "under a cap, announce as often as keeps announcements near this share of the upload, up to have_ms apart (0: always have_ms; uncapped: every tick)",
+);
+/// What one announcement costs on the uplink, bits: a small payload in an
+/// envelope and a datagram (the cap counts UDP payload).
+const HAVE_COST_BITS: u64 = 50 * 8;
 
 const MAX_REQUESTS: ParamDef = ParamDef::new(
     "max_requests",
@@ -44,7 +53,7 @@ const MAX_WAIT_MS: ParamDef = ParamDef::new(
 );
 const URGENT_MS: ParamDef = ParamDef::new(
     "urgent_ms",
-    "1000",
+    "300",
     "chunks due within this time are requested before rarer ones",
 );
 const LOOKBACK_CHUNKS: ParamDef = ParamDef::new(
@@ -83,6 +92,7 @@ pub struct Pull {
     source_push: u32,
     source_delay_us: u64,
     have_every_us: u64,
+    have_share_percent: u64,
     next_have_us: u64,
     rng: Rng,
     ctx: Option<SchedContext>,
@@ -107,6 +117,34 @@ pub struct Pull {
     held: VecDeque<(u64, u64)>,
     /// Weighted round robin over forwarders: credit per neighbour.
     credit: BTreeMap<PeerId, i64>,
+    counters: Counters,
+}
+
+/// What this peer did, exported through `metrics()`: near the fluid bound
+/// control messages compete with media for the uplink, so they are counted
+/// by kind, and requests by what became of them.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    sent_have: u64,
+    sent_map: u64,
+    sent_request: u64,
+    sent_refuse: u64,
+    received_messages: u64,
+    malformed: u64,
+    /// Seqs asked for (a seq asked again after a refusal counts again).
+    seqs_requested: u64,
+    /// Seqs this peer, as a holder, refused (at once or when they expired).
+    seqs_refused: u64,
+    /// Seqs neighbours refused us.
+    refused_to_us: u64,
+    /// Requests of ours that timed out unanswered.
+    timed_out: u64,
+    /// Chunks sent on request.
+    served: u64,
+    /// Chunks the publisher pushed unasked.
+    pushed: u64,
+    /// Sends the engine refused (`on_refused`).
+    engine_refused: u64,
 }
 
 /// A request accepted from a neighbour.
@@ -145,6 +183,7 @@ impl Pull {
             source_push: SOURCE_PUSH.parse(params)?,
             source_delay_us: SOURCE_ANNOUNCE_MS.parse::<u64>(params)? * 1000,
             have_every_us: HAVE_MS.parse::<u64>(params)? * 1000,
+            have_share_percent: HAVE_SHARE_PERCENT.parse(params)?,
             next_have_us: 0,
             rng: Rng::new(0),
             ctx: None,
@@ -160,6 +199,7 @@ impl Pull {
             fresh: VecDeque::new(),
             held: VecDeque::new(),
             credit: BTreeMap::new(),
+            counters: Counters::default(),
         };
         if pull.max_requests == 0 || pull.request_timeout_us == 0 || pull.map_every_us == 0 {
             return Err(PluginError::new(
@@ -202,6 +242,29 @@ impl Pull {
         };
         let promised = (self.jobs.len() + self.fresh.len()) as u64 * self.chunk_bytes();
         u.queued_us + promised * 8 * 1_000_000 / u.capacity_bps
+    }
+
+    /// How long announcements wait to be batched. Each batch costs a
+    /// datagram per downstream neighbour, which near the bound is upload
+    /// the swarm lacks; but each wait delays every hop a chunk takes. So
+    /// under a cap they wait long enough to cost about `have_share_percent`
+    /// of the upload (a tree's few children: about a tick; a mesh peer's
+    /// dozen neighbours on a thin uplink: up to `have_ms`), and uncapped
+    /// not at all.
+    fn have_interval_us(&self) -> u64 {
+        let Some(u) = self.upload.filter(|u| u.capped && u.capacity_bps > 0) else {
+            return 0;
+        };
+        if self.have_share_percent == 0 {
+            return self.have_every_us;
+        }
+        let downstream = self
+            .neighbours
+            .values()
+            .filter(|n| n.link.downstream)
+            .count() as u64;
+        let affordable_bps = (u.capacity_bps * self.have_share_percent / 100).max(1);
+        (downstream * HAVE_COST_BITS * 1_000_000 / affordable_bps).min(self.have_every_us)
     }
 
     fn advert(&self) -> Advert {
@@ -314,6 +377,7 @@ impl Pull {
             .filter(|(_, &(_, give_up))| now_us > give_up)
             .map(|(&seq, _)| seq)
             .collect();
+        self.counters.timed_out += expired.len() as u64;
         for seq in expired {
             self.forget_request(seq);
         }
@@ -406,6 +470,8 @@ impl Pull {
         }
         for (peer, (slack, seqs)) in batches {
             for part in seqs.chunks(MAX_SEQS) {
+                self.counters.sent_request += 1;
+                self.counters.seqs_requested += part.len() as u64;
                 out.send_message(peer, wire::request(slack, part), false);
             }
         }
@@ -460,6 +526,8 @@ impl Pull {
             });
         }
         if !refused.is_empty() {
+            self.counters.sent_refuse += 1;
+            self.counters.seqs_refused += refused.len() as u64;
             out.send_message(peer, wire::refuse(&refused), false);
         }
         self.serve(now_us, out);
@@ -498,12 +566,15 @@ impl Pull {
             }
             n.have.insert(seq);
             self.budget = self.budget.saturating_sub(chunk_bytes);
+            self.counters.served += 1;
             out.send_chunk(peer, seq);
         }
         self.jobs = kept;
         for (peer, seqs) in dropped {
             if self.neighbours.contains_key(&peer) {
                 for part in seqs.chunks(MAX_SEQS) {
+                    self.counters.sent_refuse += 1;
+                    self.counters.seqs_refused += part.len() as u64;
                     out.send_message(peer, wire::refuse(part), false);
                 }
             }
@@ -551,6 +622,7 @@ impl Pull {
             // It holds it now as far as anyone asking us is concerned.
             n.have.insert(seq);
             self.budget = self.budget.saturating_sub(chunk_bytes);
+            self.counters.pushed += 1;
             out.send_chunk(peer, seq);
             self.fresh.front_mut().expect("front").2 -= 1;
         }
@@ -578,6 +650,7 @@ impl Scheduler for Pull {
             },
         );
         if link.downstream && !self.have.is_empty() {
+            self.counters.sent_map += 1;
             out.send_message(peer, self.map_message(), false);
         }
     }
@@ -616,7 +689,9 @@ impl Scheduler for Pull {
     }
 
     fn on_message(&mut self, now_us: u64, peer: PeerId, payload: &[u8], out: &mut SchedOut<'_>) {
+        self.counters.received_messages += 1;
         let Some(message) = wire::decode(payload) else {
+            self.counters.malformed += 1;
             return;
         };
         if !self.neighbours.contains_key(&peer) {
@@ -642,6 +717,7 @@ impl Scheduler for Pull {
             Message::Refuse(seqs) => {
                 let n = self.neighbours.get_mut(&peer).expect("checked");
                 n.busy_until_us = now_us + REFUSED_BACKOFF_US;
+                self.counters.refused_to_us += seqs.len() as u64;
                 for seq in seqs {
                     if self.requested.get(&seq).is_some_and(|r| r.0 == peer) {
                         self.forget_request(seq);
@@ -649,6 +725,46 @@ impl Scheduler for Pull {
                 }
             }
         }
+    }
+
+    fn on_refused(&mut self, _now_us: u64, refusal: Refusal, out: &mut SchedOut<'_>) {
+        self.counters.engine_refused += 1;
+        let Some(n) = self.neighbours.get_mut(&refusal.peer) else {
+            return;
+        };
+        // Not sent, so it may still lack it.
+        n.have.remove(&refusal.seq);
+        // A request the engine would not send is refused at once, so the
+        // requester asks elsewhere instead of waiting out its timeout. (This
+        // scheduler keeps within the budget it is told, so it is rare.)
+        if refusal.kind == RefusalKind::CHUNK_NO_ROOM && !self.is_source() {
+            self.counters.sent_refuse += 1;
+            self.counters.seqs_refused += 1;
+            out.send_message(refusal.peer, wire::refuse(&[refusal.seq]), false);
+        }
+    }
+
+    fn metrics(&mut self, m: &mut Metrics<'_>) {
+        let c = self.counters;
+        m.counter("sent_have", c.sent_have);
+        m.counter("sent_map", c.sent_map);
+        m.counter("sent_request", c.sent_request);
+        m.counter("sent_refuse", c.sent_refuse);
+        m.counter(
+            "sent_messages",
+            c.sent_have + c.sent_map + c.sent_request + c.sent_refuse,
+        );
+        m.counter("received_messages", c.received_messages);
+        m.counter("malformed", c.malformed);
+        m.counter("seqs_requested", c.seqs_requested);
+        m.counter("seqs_refused", c.seqs_refused);
+        m.counter("refused_to_us", c.refused_to_us);
+        m.counter("timed_out", c.timed_out);
+        m.counter("served", c.served);
+        m.counter("pushed", c.pushed);
+        m.counter("engine_refused", c.engine_refused);
+        m.gauge("outstanding", self.requested.len() as f64);
+        m.gauge("jobs", self.jobs.len() as f64);
     }
 
     fn on_upload(&mut self, _now_us: u64, upload: Upload, _out: &mut SchedOut<'_>) {
@@ -688,7 +804,7 @@ impl Scheduler for Pull {
             self.serve(now_us, out);
             return;
         }
-        self.next_have_us = now_us + self.have_every_us;
+        self.next_have_us = now_us + self.have_interval_us();
         let announce = std::mem::take(&mut self.announce);
         let advert = self.advert();
         let full_map = self.map_message();
@@ -698,6 +814,7 @@ impl Scheduler for Pull {
             }
             if now_us >= n.next_map_us {
                 n.next_map_us = now_us + self.map_every_us;
+                self.counters.sent_map += 1;
                 out.send_message(peer, full_map.clone(), false);
                 continue;
             }
@@ -710,6 +827,7 @@ impl Scheduler for Pull {
                 .map(|&(seq, _)| seq)
                 .collect();
             for part in news.chunks(MAX_SEQS) {
+                self.counters.sent_have += 1;
                 out.send_message(peer, wire::have(advert, part), false);
             }
         }

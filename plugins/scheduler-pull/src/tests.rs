@@ -84,7 +84,12 @@ fn playout(next: u64, newest: u64) -> Playout {
 
 #[test]
 fn requests_urgent_then_rarest_from_the_soonest_holder_and_retries() {
-    let mut pull = Pull::new(&Params::new().with("max_requests", "2")).unwrap();
+    let mut pull = Pull::new(
+        &Params::new()
+            .with("max_requests", "2")
+            .with("urgent_ms", "1000"),
+    )
+    .unwrap();
     step(&mut pull, |p, o| {
         p.on_start(0, &ctx(false), o);
         p.on_neighbour_up(0, PeerId(1), Link::BOTH, o);
@@ -399,4 +404,130 @@ fn forged_claims_do_not_move_the_window_past_held_chunks() {
 
 fn pull_newest(p: &Pull) -> u64 {
     p.newest_known.unwrap_or(0)
+}
+
+fn metric(pull: &mut Pull, name: &str) -> f64 {
+    let mut list = RVec::new();
+    pull.metrics(&mut Metrics::new(&mut list));
+    list.iter()
+        .find(|m| m.name.as_str() == name)
+        .map_or_else(|| panic!("no metric {name}"), |m| m.value)
+}
+
+#[test]
+fn announcements_are_batched_per_have_ms_and_counted() {
+    let mut pull = Pull::new(&Params::new().with("have_share_percent", "0")).unwrap();
+    step(&mut pull, |p, o| {
+        p.on_start(0, &ctx(false), o);
+        p.on_neighbour_up(0, PeerId(1), Link::BOTH, o);
+        p.on_neighbour_up(0, PeerId(2), Link::BOTH, o);
+        p.on_upload(0, capped(1_000_000, u64::MAX, 0), o);
+    });
+    // Ten chunks from peer 7 (not a neighbour) over 200 ms, a tick every 20 ms.
+    let mut haves: Vec<(u64, Vec<u64>)> = Vec::new();
+    for i in 0..10u64 {
+        let now = 1_000_000 + i * 20_000;
+        let a = step(&mut pull, |p, o| {
+            p.on_chunk(now, i, Some(PeerId(7)), o);
+            p.on_tick(now + 1, o);
+        });
+        for (peer, m) in decoded(&a) {
+            if let Message::Have(_, seqs) = m {
+                haves.push((peer, seqs));
+            }
+        }
+    }
+    // The default have_ms (200): one HAVE per neighbour for the first
+    // tick's chunk, the next nine together at the next announcement.
+    let a = step(&mut pull, |p, o| p.on_tick(1_000_000 + 200_001, o));
+    for (peer, m) in decoded(&a) {
+        if let Message::Have(_, seqs) = m {
+            haves.push((peer, seqs));
+        }
+    }
+    assert_eq!(haves.len(), 4, "{haves:?}");
+    let to_1: Vec<u64> = haves
+        .iter()
+        .filter(|h| h.0 == 1)
+        .flat_map(|h| h.1.clone())
+        .collect();
+    assert_eq!(to_1, (0..10).collect::<Vec<_>>());
+    assert_eq!(metric(&mut pull, "sent_have"), 4.0);
+    assert_eq!(metric(&mut pull, "sent_messages"), 4.0);
+}
+
+#[test]
+fn announcements_wait_only_as_long_as_they_are_costly() {
+    let mut pull = Pull::new(&Params::new()).unwrap();
+    step(&mut pull, |p, o| {
+        p.on_start(0, &ctx(false), o);
+        p.on_neighbour_up(0, PeerId(1), Link::BOTH, o);
+        p.on_neighbour_up(0, PeerId(2), Link::BOTH, o);
+    });
+    // Uncapped: every tick.
+    assert_eq!(pull.have_interval_us(), 0);
+    // Two neighbours on 1 Mbit/s: 2 x 400 bits at 5 % of it, 16 ms.
+    step(&mut pull, |p, o| {
+        p.on_upload(0, capped(1_000_000, u64::MAX, 0), o)
+    });
+    assert_eq!(pull.have_interval_us(), 16_000);
+    // On 100 kbit/s they would take 160 ms; at most have_ms (200) apart.
+    step(&mut pull, |p, o| {
+        p.on_upload(0, capped(100_000, u64::MAX, 0), o)
+    });
+    assert_eq!(pull.have_interval_us(), 160_000);
+    step(&mut pull, |p, o| {
+        p.on_upload(0, capped(10_000, u64::MAX, 0), o)
+    });
+    assert_eq!(pull.have_interval_us(), 200_000);
+}
+
+#[test]
+fn requests_and_refusals_are_counted() {
+    let mut holder = Pull::new(&Params::new().with("max_wait_ms", "300")).unwrap();
+    step(&mut holder, |p, o| {
+        p.on_start(0, &ctx(false), o);
+        p.on_neighbour_up(0, PeerId(9), Link::BOTH, o);
+        p.on_chunk(0, 0, Some(PeerId(7)), o);
+        p.on_upload(0, capped(800_000, 0, 400_000), o);
+        // Queue too long: refused at once; 5 is not held: refused too.
+        p.on_message(0, PeerId(9), &wire::request(1000, &[0, 5]), o);
+        p.on_message(0, PeerId(9), &[0xEE], o);
+    });
+    assert_eq!(metric(&mut holder, "sent_refuse"), 1.0);
+    assert_eq!(metric(&mut holder, "seqs_refused"), 2.0);
+    assert_eq!(metric(&mut holder, "received_messages"), 2.0);
+    assert_eq!(metric(&mut holder, "malformed"), 1.0);
+    assert_eq!(metric(&mut holder, "served"), 0.0);
+}
+
+#[test]
+fn a_send_the_engine_refuses_is_refused_to_the_requester() {
+    let mut holder = Pull::new(&Params::new()).unwrap();
+    step(&mut holder, |p, o| {
+        p.on_start(0, &ctx(false), o);
+        p.on_neighbour_up(0, PeerId(9), Link::BOTH, o);
+        p.on_chunk(0, 0, Some(PeerId(7)), o);
+    });
+    let sent = step(&mut holder, |p, o| {
+        p.on_message(0, PeerId(9), &wire::request(1000, &[0]), o)
+    });
+    assert_eq!(chunks(&sent), vec![(9, 0)]);
+    let refused = step(&mut holder, |p, o| {
+        p.on_refused(
+            0,
+            Refusal {
+                kind: RefusalKind::CHUNK_NO_ROOM,
+                peer: PeerId(9),
+                seq: 0,
+                bytes: 1000,
+                limit: 0,
+            },
+            o,
+        )
+    });
+    assert_eq!(decoded(&refused), vec![(9, Message::Refuse(vec![0]))]);
+    assert_eq!(metric(&mut holder, "engine_refused"), 1.0);
+    // It was not sent, so the holder still counts the neighbour as lacking it.
+    assert!(!holder.neighbours[&PeerId(9)].have.contains(&0));
 }

@@ -40,13 +40,20 @@
 //!   peers as SplitStream does, and among equals a child prefers the
 //!   neighbour closest to the publisher (every peer advertises its depth
 //!   per substream in `INFO`, with its upload) and then the strongest
-//!   uplink; never one of its own children in that substream, never one
-//!   whose depth counts to infinity (a loop). A parent admits subscriptions
-//!   only as far as its capped uplink carries (the tree's child slots
-//!   count the same share of the uplink) and refuses (`REFUSE`) the rest:
-//!   the child asks another neighbour at once instead of starving behind
-//!   an overloaded one. The publisher makes room for a stronger subscriber
-//!   by refusing its weakest: its copies go to peers that can forward them.
+//!   uplink; never one of its own children in that substream. No loops:
+//!   a new parent must advertise fewer hops than the fewest this peer
+//!   advertised since its last reset (Babel's feasibility condition: a
+//!   descendant is always farther, whatever stale depth it shows); a
+//!   substream without a parent for 300 ms resets it. Without this, parent
+//!   chains over a mesh, and over a tree's side links, closed into loops
+//!   that counted up to 64 hops and starved whole substreams. A parent
+//!   admits subscriptions only as far as its capped uplink carries (97 %,
+//!   counted with the engine's framing, in whole slots rounded when that
+//!   over-commits by at most 5 %; the tree's child slots count the same)
+//!   and refuses (`REFUSE`) the rest: the child asks another neighbour at
+//!   once instead of starving behind an overloaded one. Own-stripe
+//!   subscribers come first (the publisher's copies go to peers that
+//!   forward them), then the ones already served, then stronger uplinks.
 //! - **Within the uplink, freshest first, nothing late.** Pushes are
 //!   limited by the engine's shared budget for the tick (`on_upload`), the
 //!   per-link budget (`on_capacity`) and optionally `upload_kbps`. The
@@ -59,7 +66,11 @@
 //!   bounded pull-style repair: a chunk still missing `repair_ms` before its
 //!   play-out deadline is requested (`REQUEST`) from an upstream neighbour
 //!   that holds it, at most `max_repairs` at a time, re-asked elsewhere after
-//!   `repair_timeout_ms`. Requests are served before pushes.
+//!   `repair_timeout_ms`. Requests are served before pushes, except at a
+//!   capped publisher, where they take at most a tenth of its uplink ahead
+//!   of them: unbounded, they starved the publisher's subscribed children,
+//!   more chunks went missing, more repairs were asked (a collapse near
+//!   the bound).
 //!
 //! Over `tree`, set `stripes` to the tree's `stripes` (both default to the
 //! same value): with another count a child still gets every chunk, from

@@ -4,6 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use p2ner_plugin_api::prelude::*;
+/// The stripe a peer forwards: the `tree` overlay's rule, shared through the
+/// SDK so a scheduler can tell which of its upstream links is a stripe's
+/// parent without an ABI change. Over a mesh it only spreads substreams.
+pub use p2ner_plugin_api::stripes::stripe_of;
+use p2ner_plugin_api::stripes::whole_slots;
+use p2ner_plugin_api::tracing;
 use p2ner_plugin_api::{Capacity, Playout, Upload};
 
 use crate::wire::{self, decode, Message, MAX_BITS, MAX_SEQS, MAX_STRIPES, NO_DEPTH};
@@ -91,8 +97,8 @@ const MAP_MS: ParamDef = ParamDef::new(
 );
 const STRIPES: ParamDef = ParamDef::new(
     "stripes",
-    "4",
-    "substreams: chunk s belongs to s % stripes and each comes from one parent; over `tree`, set it to the tree's `stripes`",
+    "8",
+    "substreams: chunk s belongs to s % stripes and each comes from one parent (more and thinner substreams waste less of a capped uplink that carries a fraction of one); over `tree`, set it to the tree's `stripes`",
 );
 const HAVE_MS: ParamDef = ParamDef::new(
     "have_ms",
@@ -105,22 +111,25 @@ const REFUSE_MS: ParamDef = ParamDef::new(
     "a parent that refused a substream is not asked for it again for this long",
 );
 
-/// Share of a capped uplink given to subscriptions: the rest carries
-/// control traffic, repairs and framing. The tree overlay counts its child
-/// slots with the same share, so the two agree on what a peer can forward.
-const UPLOAD_FOR_SUBSCRIBERS: f64 = 0.92;
+/// Share of a capped uplink given to subscriptions, each counted at its
+/// media rate plus the engine's framing per chunk: the rest carries control
+/// traffic and repairs. The tree overlay's child slots use the same figure
+/// (its share folds the framing in), so the two agree on what a peer can
+/// forward. Near the fluid bound every percent held back is a percent of
+/// the swarm that cannot play, so it is kept as small as the control
+/// traffic allows.
+const UPLOAD_FOR_SUBSCRIBERS: f64 = 0.97;
 /// Bytes the engine adds to a chunk's media (header, signature), at most.
 const SEAL_BYTES: u64 = 160;
 /// A depth above this is a loop counting to infinity: not connected.
 const MAX_DEPTH: u8 = 64;
-
-/// The stripe a peer forwards in the `tree` overlay with `stripes` trees:
-/// the tree's own rule (a hash of the id), repeated here so a scheduler can
-/// tell which of its upstream links is a stripe's parent without an ABI
-/// change. Over a mesh it only spreads substreams over peers.
-pub fn stripe_of(peer: PeerId, stripes: usize) -> usize {
-    (Rng::new(peer.0).next_u64() % stripes.max(1) as u64) as usize
-}
+/// Share of a capped publisher's uplink repairs may take ahead of the
+/// subscriptions.
+const REPAIR_SHARE: f64 = 0.1;
+/// How long a substream without a parent waits before it takes a parent
+/// no closer to the publisher than it was: time for the news that the
+/// path through this peer is gone to reach its descendants.
+const HOLD_DOWN_US: u64 = 300_000;
 
 /// The `push` scheduler of one stream at one peer (see the crate docs).
 pub struct Push {
@@ -160,6 +169,20 @@ pub struct Push {
     pub(crate) parents: Vec<Option<PeerId>>,
     /// Hops from the publisher per substream, as last advertised.
     depths: Vec<u8>,
+    /// Per substream, the fewest hops advertised since the last reset: a
+    /// new parent must be closer to the publisher than that, so it cannot
+    /// be a descendant of mine (they are all farther), whatever stale
+    /// depth it still advertises. Babel's feasibility condition; without
+    /// it parent chains over a mesh (and over a tree's side links) closed
+    /// into loops that counted up to `MAX_DEPTH`.
+    feasible: Vec<u8>,
+    /// Per substream, since when it has had no parent.
+    orphaned_at: Vec<Option<u64>>,
+    /// Bytes repairs may take ahead of the pushes, and when last filled.
+    repair_tokens: u64,
+    repair_filled_at_us: Option<u64>,
+    /// The second last traced (a diagnostic, off unless TRACE is on).
+    traced_s: u64,
 }
 
 pub(crate) struct Neighbour {
@@ -244,6 +267,11 @@ impl Push {
             upload: None,
             parents: vec![None; stripes],
             depths: vec![NO_DEPTH; stripes],
+            feasible: vec![NO_DEPTH; stripes],
+            orphaned_at: vec![None; stripes],
+            repair_tokens: 0,
+            repair_filled_at_us: None,
+            traced_s: u64::MAX,
         };
         if push.repair_timeout_us == 0 || push.map_every_us == 0 {
             return Err(PluginError::new(
@@ -328,9 +356,11 @@ impl Push {
     /// Subscription units (one substream to one subscriber) this uplink
     /// carries; `None`: not capped, as many as are asked.
     fn units(&self) -> Option<u32> {
-        let stripe_bps = self.stream_bps() as f64 / self.stripes as f64;
+        // A substream costs its media plus what the engine adds per chunk.
+        let overhead = self.chunk_cost() as f64 / self.chunk_bytes() as f64;
+        let stripe_bps = self.stream_bps() as f64 * overhead / self.stripes as f64;
         let capacity_bps = self.capacity_bps()?;
-        Some((capacity_bps as f64 * UPLOAD_FOR_SUBSCRIBERS / stripe_bps.max(1.0)) as u32)
+        Some(whole_slots(capacity_bps as f64 * UPLOAD_FOR_SUBSCRIBERS / stripe_bps.max(1.0)) as u32)
     }
 
     /// The stream's rate: the engine's word, else the chunk size over its
@@ -452,31 +482,13 @@ impl Push {
         out.send_chunk(peer, seq);
     }
 
-    /// Repair requests first (each only if it can still arrive in time),
-    /// then pushes of subscribed substreams, freshest first, while the
-    /// budgets last.
+    /// Repair requests within their share, pushes of subscribed
+    /// substreams, freshest first, then the other repair requests (each
+    /// only if it can still arrive in time), while the budgets last.
     pub(crate) fn send_round(&mut self, now_us: u64, out: &mut SchedOut<'_>) {
         self.refill(now_us);
+        self.serve_repairs(now_us, true, out);
 
-        let peers: Vec<PeerId> = self.neighbours.keys().copied().collect();
-        for peer in peers {
-            loop {
-                if !self.upload_allows() {
-                    return;
-                }
-                let n = &self.neighbours[&peer];
-                if n.budget.is_none_or(|b| b == 0) {
-                    break;
-                }
-                let Some(seq) = self.neighbours.get_mut(&peer).expect("n").queue.pop_front() else {
-                    break;
-                };
-                let n = &self.neighbours[&peer];
-                if self.have.contains(&seq) && self.arrives_in_time(n, seq, now_us) {
-                    self.spend(peer, seq, now_us, out);
-                }
-            }
-        }
         // Pushes: (priority, peer, seq) for every subscribed chunk a
         // subscriber lacks and can still play.
         let mut wanted: Vec<(u64, u64, PeerId, u64)> = Vec::new();
@@ -513,6 +525,53 @@ impl Push {
                 continue;
             }
             self.spend(peer, seq, now_us, out);
+        }
+        // Then repairs with what the subscriptions leave.
+        self.serve_repairs(now_us, false, out);
+    }
+
+    /// Serves queued repair requests while the budgets last; `first`: the
+    /// ones ahead of the pushes, which at a capped publisher may take only
+    /// [`REPAIR_SHARE`] of its uplink. Served first without a bound there,
+    /// they took the upload the publisher's subscribed substreams needed,
+    /// so more chunks went missing everywhere and more repairs were asked:
+    /// a collapse near the bound (push x tree at load 0.9: 0.46 -> 0.86
+    /// with the bound). Elsewhere repairs first lose less than they save
+    /// (at load 0.5, 0.975 against 0.962 with all repairs last).
+    fn serve_repairs(&mut self, now_us: u64, first: bool, out: &mut SchedOut<'_>) {
+        let cost = self.chunk_cost();
+        if first {
+            if let Some(bps) = self.capacity_bps() {
+                let since = self
+                    .repair_filled_at_us
+                    .map_or(0, |at| now_us.saturating_sub(at));
+                let add = (bps as f64 * REPAIR_SHARE / 8.0 * since as f64 / 1e6) as u64;
+                self.repair_tokens = (self.repair_tokens + add).min(2 * cost);
+                self.repair_filled_at_us = Some(now_us);
+            }
+        }
+        let limited = first && self.is_source() && self.capacity_bps().is_some();
+        let peers: Vec<PeerId> = self.neighbours.keys().copied().collect();
+        for peer in peers {
+            loop {
+                if !self.upload_allows() || (limited && self.repair_tokens < cost) {
+                    return;
+                }
+                let n = &self.neighbours[&peer];
+                if n.budget.is_none_or(|b| b == 0) {
+                    break;
+                }
+                let Some(seq) = self.neighbours.get_mut(&peer).expect("n").queue.pop_front() else {
+                    break;
+                };
+                let n = &self.neighbours[&peer];
+                if self.have.contains(&seq) && self.arrives_in_time(n, seq, now_us) {
+                    if limited {
+                        self.repair_tokens -= cost;
+                    }
+                    self.spend(peer, seq, now_us, out);
+                }
+            }
         }
     }
 
@@ -591,6 +650,10 @@ impl Push {
         {
             return None;
         }
+        let current = self.parents[s] == Some(id);
+        if !current && depth >= self.feasible[s] {
+            return None;
+        }
         let class = if depth == 0 {
             1
         } else if stripe_of(id, self.stripes) == s {
@@ -609,6 +672,14 @@ impl Push {
             return;
         }
         for s in 0..self.stripes {
+            // Without a parent for a while, the descendants have heard
+            // that the path through me is gone: any parent will do again.
+            if self.parents[s].is_none() {
+                let since = *self.orphaned_at[s].get_or_insert(now_us);
+                if now_us >= since + HOLD_DOWN_US {
+                    self.feasible[s] = NO_DEPTH;
+                }
+            }
             let current = self.parents[s].and_then(|p| {
                 let n = self.neighbours.get(&p)?;
                 self.parent_rank(p, n, s, now_us)
@@ -618,8 +689,12 @@ impl Push {
                 .iter()
                 .filter_map(|(&id, n)| Some((self.parent_rank(id, n, s, now_us)?, id)))
                 .min();
+            // A working parent gives way only to the stripe's own
+            // forwarder: moving to the publisher would mostly be refused
+            // (it keeps its copies for the stripes' first forwarders) and
+            // every move costs a gap in the substream.
             self.parents[s] = match (current, best) {
-                (Some(c), Some((b, id))) if b.0 < c.0 => Some(id),
+                (Some(c), Some((b, id))) if b.0 == 0 && c.0 > 0 => Some(id),
                 (Some(_), _) => self.parents[s],
                 (None, b) => b.map(|(_, id)| id),
             };
@@ -648,6 +723,14 @@ impl Push {
                     .map_or(NO_DEPTH, |d| d + 1)
             })
             .collect();
+        for (s, &d) in depths.iter().enumerate() {
+            if self.parents[s].is_some() {
+                self.orphaned_at[s] = None;
+            }
+            if d < MAX_DEPTH {
+                self.feasible[s] = self.feasible[s].min(d);
+            }
+        }
         if depths != self.depths {
             self.depths = depths;
             let info = self.info_message();
@@ -671,23 +754,29 @@ impl Push {
             return;
         };
         let stripes = self.stripes;
-        self.neighbours.get_mut(&peer).expect("checked").subscribed = mask;
-        // (own stripe, upload, already held, peer, bit): best first.
-        let mut all: Vec<(bool, u32, PeerId, u16)> = Vec::new();
+        let n = self.neighbours.get_mut(&peer).expect("checked");
+        let held = n.subscribed;
+        n.subscribed = mask;
+        // (own stripe, already held, upload, peer, bit): best first. What
+        // is held stays against newcomers of the same class: a subscriber
+        // pushed out looks for another parent, pushes out someone there,
+        // and near the bound the weakest uplinks end up with none at all.
+        let mut all: Vec<(bool, bool, u32, PeerId, u16)> = Vec::new();
         for (&id, n) in &self.neighbours {
             for s in 0..stripes {
                 let bit = 1u16 << s;
                 if n.subscribed & bit != 0 {
-                    all.push((stripe_of(id, stripes) == s, n.upload_kbps, id, bit));
+                    let kept = id != peer || held & bit != 0;
+                    all.push((stripe_of(id, stripes) == s, kept, n.upload_kbps, id, bit));
                 }
             }
         }
         if all.len() <= units as usize {
             return;
         }
-        all.sort_unstable_by(|a, b| (b.0, b.1, a.2).cmp(&(a.0, a.1, b.2)));
+        all.sort_unstable_by(|a, b| (b.0, b.1, b.2, a.3).cmp(&(a.0, a.1, a.2, b.3)));
         let mut refused: BTreeMap<PeerId, u16> = BTreeMap::new();
-        for &(_, _, id, bit) in &all[units as usize..] {
+        for &(_, _, _, id, bit) in &all[units as usize..] {
             *refused.entry(id).or_default() |= bit;
         }
         for (id, mask) in refused {
@@ -896,6 +985,35 @@ impl Scheduler for Push {
         let stripes = self.stripes as u64;
         let full_map = self.map_message();
         let info = self.info_message();
+        if tracing::enabled!(tracing::Level::TRACE) && now_us / 1_000_000 != self.traced_s {
+            self.traced_s = now_us / 1_000_000;
+            let subs: u32 = self
+                .neighbours
+                .values()
+                .map(|n| n.subscribed.count_ones())
+                .sum();
+            let behind = match (self.newest_known, self.playout) {
+                (Some(n), Some(p)) => n as i64 - p.next_seq as i64,
+                _ => -1,
+            };
+            let mut held = vec![0u32; self.stripes];
+            if let Some(newest) = self.newest_known {
+                for &h in self.have.range(newest.saturating_sub(40)..) {
+                    held[(h % self.stripes as u64) as usize] += 1;
+                }
+            }
+            tracing::trace!(
+                me = self.ctx.as_ref().map_or(0, |c| c.local.0),
+                ?held,
+                units = ?self.units(),
+                subs,
+                behind,
+                queued_ms = self.upload.map_or(0, |u| u.queued_us / 1000),
+                "push parents {:?} depths {:?}",
+                self.parents.iter().map(|p| p.map_or(0, |p| p.0)).collect::<Vec<_>>(),
+                self.depths
+            );
+        }
         for (&peer, n) in self.neighbours.iter_mut() {
             if now_us >= n.next_map_us {
                 n.next_map_us = now_us + self.map_every_us;

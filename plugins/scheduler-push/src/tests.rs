@@ -75,7 +75,7 @@ fn source_with(params: Params, chunks: u64, n: u64, link: Link, seed: u64) -> Pu
     let mut out = SchedOut::new(&mut actions);
     for p in 1..=n {
         push.on_neighbour_up(0, PeerId(p), link, &mut out);
-        push.on_message(0, PeerId(p), &subscribe(0b1111), &mut out);
+        push.on_message(0, PeerId(p), &subscribe(0xFF), &mut out);
     }
     for seq in 0..chunks {
         push.on_chunk(0, seq, None, &mut out);
@@ -149,7 +149,7 @@ fn the_only_sending_opportunity_goes_to_the_most_deprived_neighbour() {
     push.on_upload(0, upload, &mut out);
     for p in 1..=3 {
         push.on_neighbour_up(0, PeerId(p), DOWN, &mut out);
-        push.on_message(0, PeerId(p), &subscribe(0b1111), &mut out);
+        push.on_message(0, PeerId(p), &subscribe(0xFF), &mut out);
     }
     for seq in 0..10 {
         push.on_chunk(0, seq, None, &mut out);
@@ -335,23 +335,42 @@ fn a_hole_near_its_deadline_is_requested_from_a_holder_bounded_and_retried() {
 }
 
 #[test]
-fn repair_requests_are_served_first_within_the_budget() {
+fn repair_requests_are_served_with_what_the_subscriptions_leave() {
+    // Peer 1 subscribes everything and lacks only 19; peer 2 subscribes
+    // nothing and asks for 3 (and 99, never here).
     let mut push = source_with(Params::new(), 20, 1, DOWN, 1);
     let mut actions = RVec::new();
     let mut out = SchedOut::new(&mut actions);
-    push.on_message(0, PeerId(1), &have(&(10..19).collect::<Vec<_>>()), &mut out);
+    push.on_neighbour_up(0, PeerId(2), DOWN, &mut out);
+    push.on_message(0, PeerId(1), &have(&(0..19).collect::<Vec<_>>()), &mut out);
+    push.on_message(0, PeerId(2), &have(&[0, 1, 2]), &mut out);
     push.on_message(
         0,
-        PeerId(1),
+        PeerId(2),
         &wire::seqs_message(false, None, &[3, 99]),
         &mut out,
     );
     assert!(sent(&actions).is_empty(), "no budget yet");
+    // The shared uplink takes one chunk: the subscription's.
+    let upload = |budget_bytes| Upload {
+        capacity_bps: 10_000_000,
+        capped: true,
+        budget_bytes,
+        stream_bps: 80_000,
+        ..Upload::default()
+    };
     let mut out = SchedOut::new(&mut actions);
-    push.on_capacity(0, PeerId(1), cap(2000), &mut out);
+    push.on_upload(0, upload(1000), &mut out);
+    push.on_capacity(0, PeerId(1), cap(5000), &mut out);
+    push.on_capacity(0, PeerId(2), cap(5000), &mut out);
     push.on_tick(0, &mut out);
-    // 3 (asked; 99 was never here) then the latest useful, 19.
-    assert_eq!(sent(&actions), vec![(1, 3), (1, 19)]);
+    assert_eq!(sent(&actions), vec![(1, 19)]);
+    // Next tick, with room: the repair.
+    actions.clear();
+    let mut out = SchedOut::new(&mut actions);
+    push.on_upload(10_000, upload(5000), &mut out);
+    push.on_tick(10_000, &mut out);
+    assert_eq!(sent(&actions), vec![(2, 3)]);
 }
 
 /// A tiny swarm: push schedulers wired by a static graph, a fake clock,
@@ -608,10 +627,10 @@ fn state_stays_bounded_over_a_simulated_hour_at_100_ms_chunks() {
     let mut actions = RVec::new();
     let mut out = SchedOut::new(&mut actions);
     source.on_neighbour_up(0, PeerId(1), DOWN, &mut out);
-    source.on_message(0, PeerId(1), &subscribe(0b1111), &mut out);
+    source.on_message(0, PeerId(1), &subscribe(0xFF), &mut out);
     relay.on_neighbour_up(0, PeerId(0), UP, &mut out);
     relay.on_neighbour_up(0, PeerId(2), DOWN, &mut out);
-    relay.on_message(0, PeerId(2), &subscribe(0b1111), &mut out);
+    relay.on_message(0, PeerId(2), &subscribe(0xFF), &mut out);
     let mut last_map = None;
     let mut pushed = 0u64;
     for seq in 0..36_000u64 {
