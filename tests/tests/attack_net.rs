@@ -247,6 +247,7 @@ fn forged_ping_from_the_attackers_address() {
                         largest: n,
                         bitmap: u64::MAX,
                         delay: 0,
+                        ack_delay: 0,
                     },
                 );
                 a.raw_send(
@@ -267,6 +268,7 @@ fn forged_ping_from_the_attackers_address() {
                         largest: n,
                         bitmap: u64::MAX,
                         delay: 0,
+                        ack_delay: 0,
                     },
                 );
             }

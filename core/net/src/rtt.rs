@@ -69,6 +69,11 @@ impl RttEstimator {
         self.rttvar_us
     }
 
+    /// The least RTT sample in µs (`u64::MAX` before the first).
+    pub fn min_us(&self) -> u64 {
+        self.min_us
+    }
+
     /// The most recent RTT sample in µs.
     pub fn latest_us(&self) -> u64 {
         self.latest_us

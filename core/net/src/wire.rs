@@ -109,7 +109,7 @@ pub const DATA_OVERHEAD: usize = SEAL_OVERHEAD + 1 + 1 + 10 + 4 + 8 + 10 + 5 + 5
 /// network layer charges the cap the exact size.
 pub const DATA_OVERHEAD_TYPICAL: usize = SEAL_OVERHEAD + 1 + 1 + 3 + 4 + 8 + 3 + 3 + 3 + 1 + 1;
 /// Size of a data ack datagram of its own, at most.
-pub const DATA_ACK_LEN: usize = SEAL_OVERHEAD + 1 + 1 + 10 + 8 + 4;
+pub const DATA_ACK_LEN: usize = SEAL_OVERHEAD + 1 + 1 + 10 + 8 + 4 + 2;
 /// Size of a control ack datagram of its own, at most.
 pub const ACK_LEN: usize = SEAL_OVERHEAD + 1 + 1 + 4 + 10 + 4;
 
@@ -130,7 +130,7 @@ pub const fn ack_len(id: u64) -> usize {
 
 /// Exact size of a data ack as a sealed datagram of its own.
 pub const fn data_ack_len(largest: u64) -> usize {
-    SEAL_OVERHEAD + 1 + 1 + var_len(largest) + 8 + 4
+    SEAL_OVERHEAD + 1 + 1 + var_len(largest) + 8 + 4 + 2
 }
 
 /// Exact size of a data fragment as a sealed datagram of its own.
@@ -208,6 +208,10 @@ pub enum Packet<'a> {
         /// Receiver clock minus sender timestamp (µs, wrapping): one-way
         /// delay plus an unknown constant clock offset.
         delay: u32,
+        /// How long the receiver held this ack after `largest` arrived, in
+        /// units of 16 µs (saturating): the sender takes it off its RTT
+        /// sample, so acks held for company do not read as path delay.
+        ack_delay: u16,
     },
     /// "Your version is not one I speak": the range this peer speaks.
     VersionReject {
@@ -330,6 +334,10 @@ impl<'a> Reader<'a> {
     }
     fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
     }
     fn u32(&mut self) -> Result<u32, DecodeError> {
         let b = self.take(4)?;
@@ -499,11 +507,13 @@ fn decode_body(channel: u8, body: &[u8]) -> Result<Packet<'_>, DecodeError> {
             let largest = r.var()?;
             let bitmap = r.u64()?;
             let delay = r.u32()?;
+            let ack_delay = r.u16()?;
             r.done()?;
             Ok(Packet::DataAck {
                 largest,
                 bitmap,
                 delay,
+                ack_delay,
             })
         }
         (CH_HANDSHAKE, T_COOKIE_REQUEST) => {
@@ -665,9 +675,10 @@ pub fn encode_version(p: &Packet<'_>, version: u8, out: &mut Vec<u8>) {
             largest,
             bitmap,
             delay,
+            ack_delay,
         } => {
             let mut w = Writer::begin(out, version, CH_DATA, T_DATA_ACK);
-            w.var(largest).u64(bitmap).u32(delay);
+            w.var(largest).u64(bitmap).u32(delay).u16(ack_delay);
             w.finish();
         }
         Packet::VersionReject { min, max } => {
@@ -884,6 +895,7 @@ mod tests {
                 largest: 77,
                 bitmap: 0xF0F0,
                 delay: 1234,
+                ack_delay: 77,
             },
             Packet::VersionReject { min: 1, max: 1 },
             Packet::CookieRequest {
@@ -1013,7 +1025,7 @@ mod tests {
                     let offset = offset.min(chunk_len - payload.len() as u32);
                     Packet::Data(DataHeader { pkt: u[0], ts: v[0], stream: u[1], seq: u[2], chunk_len, offset, index: v[5] % count, count }, payload)
                 }
-                4 => Packet::DataAck { largest: u[0], bitmap: u[1], delay: v[0] },
+                4 => Packet::DataAck { largest: u[0], bitmap: u[1], delay: v[0], ack_delay: v[1] as u16 },
                 _ => Packet::VersionReject { min: (v[0] % 100) as u8, max: 100 + (v[1] % 100) as u8 },
             };
             let mut buf = Vec::new();

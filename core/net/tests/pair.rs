@@ -737,6 +737,7 @@ fn malformed_datagrams_counted_never_panic() {
             largest: 9,
             bitmap: 0xFF,
             delay: 4,
+            ack_delay: 0,
         },
         Packet::VersionReject { min: 1, max: 1 },
     ];

@@ -615,7 +615,7 @@ impl NetState {
             if p.rx.unacked > 0 && fits(size, add) {
                 let st = extra.len();
                 let mut ob = super::Outbox::default();
-                Self::data_ack(p, to, &mut ob);
+                Self::data_ack(p, to, now, &mut ob);
                 if let Some(&(_, a, b)) = ob.dg.items.first() {
                     extra.extend_from_slice(&ob.dg.buf[a..b]);
                     extra_items.push((st, extra.len()));

@@ -56,6 +56,8 @@ pub(crate) struct DataRx {
     pub(crate) bitmap: u64,
     pub(crate) delay: Option<u32>,
     pub(crate) unacked: u32,
+    /// When `largest` arrived (the ack reports how long it held it).
+    pub(crate) largest_at_us: u64,
     /// When the oldest unacknowledged datagram arrived (for the ack timer).
     pub(crate) unacked_since_us: u64,
     /// Listed in `NetState::ack_due`.
@@ -171,6 +173,7 @@ impl Peer {
         largest: u64,
         bitmap: u64,
         delay: u32,
+        ack_delay_us: u64,
         cfg: &NetConfig,
     ) {
         let Some(front) = self.tx.inflight.front().map(|e| e.pkt) else {
@@ -195,7 +198,12 @@ impl Peer {
                 acked += e.size;
                 self.tx.inflight_bytes -= e.size;
                 if i == 0 {
-                    self.rtt.sample(now_us.saturating_sub(e.sent_us));
+                    // As QUIC does: the time the receiver held the ack comes
+                    // off, unless that would go below the least RTT seen.
+                    let raw = now_us.saturating_sub(e.sent_us);
+                    let held = self.rtt.min_us().saturating_add(ack_delay_us);
+                    self.rtt
+                        .sample(if raw >= held { raw - ack_delay_us } else { raw });
                 }
             }
         }
@@ -231,14 +239,25 @@ impl Peer {
         self.update_pacer(now_us, cfg.max_payload);
     }
 
+    /// Longest this side holds a data ack for this peer, and what it allows
+    /// the peer's acks: a quarter of the RTT (so a held ack costs the
+    /// sender's loss detection little), between 1 ms and
+    /// [`super::MAX_ACK_DELAY_US`]. Both ends estimate nearly the same RTT;
+    /// the 1 ms the probe timeout adds on top covers the difference.
+    pub(crate) fn ack_hold_us(&self) -> u64 {
+        (self.rtt.srtt_us() / 4).clamp(1_000, super::MAX_ACK_DELAY_US)
+    }
+
     /// Time after which an unacked data datagram counts as lost (a probe
     /// timeout in the spirit of QUIC's PTO: 2·SRTT + 4·RTTVAR, at least
     /// 5 ms): much shorter than the control RTO floor, because on a fast
     /// path a lost tail would otherwise idle the flow for the whole floor.
     pub(crate) fn data_loss_timeout_us(&self, cfg: &NetConfig) -> u64 {
         if self.rtt.has_sample() {
-            (2 * self.rtt.srtt_us() + 4 * self.rtt.rttvar_us())
-                .clamp(5_000, cfg.rto_max.as_micros() as u64)
+            ((2 * self.rtt.srtt_us() + 4 * self.rtt.rttvar_us()).max(5_000)
+                + self.ack_hold_us()
+                + 1_000)
+                .min(cfg.rto_max.as_micros() as u64)
         } else {
             cfg.rto_initial.as_micros() as u64
         }

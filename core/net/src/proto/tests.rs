@@ -325,3 +325,110 @@ fn batch_transmit_matches_single() {
     // fragment); the chunk takes three.
     assert!(single.len() >= 3, "{}", single.len());
 }
+
+/// Data datagrams `a` hands out for a chunk (pacing allowing), up to `max`.
+fn data_datagrams(a: &mut NetState, max: usize) -> Vec<Vec<u8>> {
+    let mut v = Vec::new();
+    // Bounded: one pass per millisecond for a second.
+    for ms in 1..1_000u64 {
+        while let Some(t) = a.poll_transmit(ms * 1_000) {
+            v.push(t.bytes.to_vec());
+        }
+        if v.len() >= max {
+            break;
+        }
+    }
+    v.truncate(max);
+    v
+}
+
+fn acks_sent(s: &NetState) -> u64 {
+    s.stats().total.data.datagrams_sent
+}
+
+#[test]
+fn data_acks_every_second_datagram_and_at_once_on_a_gap_or_a_filled_hole() {
+    let (mut a, mut b) = (NetState::new(cfg(), 1, 0), NetState::new(cfg(), 2, 0));
+    connect(0, &mut a, &mut b);
+    a.send_chunk(0, addr(2), 0, 0, Bytes::from(vec![5u8; 6 * 1100]))
+        .unwrap();
+    let d = data_datagrams(&mut a, 5);
+    assert_eq!(d.len(), 5);
+    let now = 10_000;
+    // As a socket that runs dry after every datagram: the first waits, the
+    // second brings the ack for both.
+    b.handle_datagram(now, addr(1), &d[0]);
+    b.flush_acks(now);
+    assert_eq!(acks_sent(&b), 0);
+    b.handle_datagram(now, addr(1), &d[1]);
+    b.flush_acks(now);
+    assert_eq!(acks_sent(&b), 1);
+    // d[2] lost: d[3] opens a gap, acked at once for the sender's loss
+    // detection.
+    b.handle_datagram(now + 100, addr(1), &d[3]);
+    b.flush_acks(now + 100);
+    assert_eq!(acks_sent(&b), 2);
+    // The next in order waits again...
+    b.handle_datagram(now + 200, addr(1), &d[4]);
+    b.flush_acks(now + 200);
+    assert_eq!(acks_sent(&b), 2);
+    // ...until the lost one comes late: filling a hole is acked at once.
+    b.handle_datagram(now + 300, addr(1), &d[2]);
+    b.flush_acks(now + 300);
+    assert_eq!(acks_sent(&b), 3);
+}
+
+#[test]
+fn a_lone_data_datagram_is_acked_after_the_hold_and_the_sender_allows_for_it() {
+    let (mut a, mut b) = (NetState::new(cfg(), 1, 0), NetState::new(cfg(), 2, 0));
+    connect(0, &mut a, &mut b);
+    a.send_chunk(0, addr(2), 0, 0, Bytes::from(vec![5u8; 500]))
+        .unwrap();
+    let d = data_datagrams(&mut a, 1);
+    assert_eq!(d.len(), 1);
+    let at = 10_000;
+    b.handle_datagram(at, addr(1), &d[0]);
+    b.flush_acks(at);
+    assert_eq!(acks_sent(&b), 0, "held for company");
+    let due = b.poll_timeout().expect("the ack timer");
+    let hold = b.peers[&addr(1)].ack_hold_us();
+    assert_eq!(due, at + hold);
+    assert!((1_000..=MAX_ACK_DELAY_US).contains(&hold), "{hold}");
+    b.handle_timeout(due);
+    assert_eq!(acks_sent(&b), 1);
+    // The sender's probe timeout covers the hold: no spurious loss.
+    assert!(a.peers[&addr(2)].data_loss_timeout_us(&a.cfg) > hold);
+}
+
+#[test]
+fn an_unreliable_message_rides_with_the_ack_it_waits_for() {
+    let (mut a, mut b) = (NetState::new(cfg(), 1, 0), NetState::new(cfg(), 2, 0));
+    connect(0, &mut a, &mut b);
+    a.send_chunk(0, addr(2), 0, 0, Bytes::from(vec![5u8; 500]))
+        .unwrap();
+    let d = data_datagrams(&mut a, 1);
+    let at = 10_000;
+    b.handle_datagram(at, addr(1), &d[0]);
+    b.flush_acks(at);
+    // An ack is owed to `a`: the message waits for it instead of going alone.
+    b.send_unreliable(at + 10, addr(1), b"have 7").unwrap();
+    assert!(b.poll_transmit(at + 10).is_none(), "held");
+    let due = b.poll_timeout().unwrap();
+    assert!(due <= at + MAX_ACK_DELAY_US);
+    b.handle_timeout(due);
+    let mut out = Vec::new();
+    while let Some(t) = b.poll_transmit(due) {
+        out.push(t.bytes.to_vec());
+    }
+    assert_eq!(out.len(), 1, "message and ack in one sealed datagram");
+    for dg in &out {
+        a.handle_datagram(due, addr(2), dg);
+    }
+    let got = events(&mut a);
+    assert!(
+        got.iter()
+            .any(|e| matches!(e, NetEvent::Deliver(Event::Message { .. }))),
+        "{got:?}"
+    );
+    assert_eq!(a.upload(due).inflight_bytes, 0, "the ack arrived too");
+}
