@@ -608,6 +608,7 @@ impl NetState {
             }
         }
         // A data ack that is due soon goes now, while a datagram goes anyway.
+        let mut acked = false;
         if let Some(p) = self.peers.get_mut(&to) {
             let add = wire::frame_len(
                 wire::data_ack_len(p.rx.largest) - wire::SEAL_OVERHEAD - 1 + wire::HEADER_LEN,
@@ -619,6 +620,7 @@ impl NetState {
                 if let Some(&(_, a, b)) = ob.dg.items.first() {
                     extra.extend_from_slice(&ob.dg.buf[a..b]);
                     extra_items.push((st, extra.len()));
+                    acked = true;
                 }
             }
         }
@@ -627,16 +629,17 @@ impl NetState {
         let n = group.len() + extra_items.len();
         let mut k = 0;
         let mut shared = [0u64; 2];
-        for &(s, e) in &group {
-            let bytes = &self.out.dg.buf[s..e];
-            k += 1;
-            wire::encode_frame(bytes, k < n, &mut plain);
-            if k > 1 {
-                shared[(bytes[3] == wire::CH_DATA) as usize] += 1;
-            }
-        }
-        for &(s, e) in &extra_items {
-            let bytes = &extra[s..e];
+        // Held packets were sent before anything in the group: they go
+        // first, so that the peer reads messages in the order they were
+        // sent (a held "subscribe to A" read after a newer "subscribe to
+        // B" would undo it). The data ack (last of `extra`) goes last.
+        let held_n = extra_items.len() - acked as usize;
+        let frames = extra_items[..held_n]
+            .iter()
+            .map(|&(s, e)| &extra[s..e])
+            .chain(group.iter().map(|&(s, e)| &self.out.dg.buf[s..e]))
+            .chain(extra_items[held_n..].iter().map(|&(s, e)| &extra[s..e]));
+        for bytes in frames {
             k += 1;
             wire::encode_frame(bytes, k < n, &mut plain);
             if k > 1 {
