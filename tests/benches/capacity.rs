@@ -16,6 +16,10 @@
 //! the simulator only), `P2NER_BENCH_SIM_LATENCY_MS` (10: the simulated
 //! one-way delay; loopback's is far below a millisecond),
 //! `P2NER_BENCH_UNCAPPED` (1; 0: skip the uncapped reference swarm),
+//! `P2NER_BENCH_SEED` (1: the first simulated seed) and `P2NER_BENCH_SEEDS`
+//! (1: how many seeds each simulated figure pools; near the bound one run's
+//! mean moves by a few hundredths with the seed, so compare variants over
+//! several),
 //! `P2NER_BENCH_SCHEDULER_PARAMS` and `P2NER_BENCH_OVERLAY_PARAMS` ("k=v,k=v",
 //! the simulated runs' scheduler and overlay parameters). Run with `cargo bench -p p2ner-tests --bench capacity`.
 
@@ -51,6 +55,10 @@ struct Figures {
     /// What subscribers uploaded (whole datagrams) over what their caps
     /// allow, and the publisher likewise (simulated runs).
     uplink_use: (f64, f64),
+    /// Continuity by upload class (0.5x, 1x, 1.6x), every run's subscribers.
+    by_class: [Vec<f64>; 3],
+    /// Each simulated run's mean continuity, one per seed.
+    seed_means: Vec<f64>,
 }
 
 impl Figures {
@@ -58,12 +66,54 @@ impl Figures {
         self.continuity.iter().sum::<f64>() / self.continuity.len().max(1) as f64
     }
 
+    /// Several runs' figures as one (subscribers pooled, per-run shares
+    /// averaged), keeping each run's mean.
+    fn merge(runs: Vec<Figures>) -> Figures {
+        let k = runs.len().max(1) as f64;
+        let mut all = Figures {
+            continuity: Vec::new(),
+            startup_ms: Vec::new(),
+            lag95_ms: Vec::new(),
+            overhead: Vec::new(),
+            control_per_s: Vec::new(),
+            counters: Default::default(),
+            duplicates: 0.0,
+            uplink_use: (0.0, 0.0),
+            by_class: Default::default(),
+            seed_means: Vec::new(),
+        };
+        for r in runs {
+            all.seed_means.push(r.mean());
+            all.continuity.extend(r.continuity);
+            all.startup_ms.extend(r.startup_ms);
+            all.lag95_ms.extend(r.lag95_ms);
+            all.overhead.extend(r.overhead);
+            all.control_per_s.extend(r.control_per_s);
+            for (key, v) in r.counters {
+                *all.counters.entry(key).or_insert(0.0) += v / k;
+            }
+            all.duplicates += r.duplicates / k;
+            all.uplink_use.0 += r.uplink_use.0 / k;
+            all.uplink_use.1 += r.uplink_use.1 / k;
+            for (c, v) in all.by_class.iter_mut().zip(r.by_class) {
+                c.extend(v);
+            }
+        }
+        all
+    }
+
     fn line(&self, load: f64) -> String {
         let mut c = self.continuity.clone();
         c.sort_by(f64::total_cmp);
         let overhead = self.overhead.iter().sum::<f64>() / self.overhead.len().max(1) as f64;
+        let seeds = if self.seed_means.len() > 1 {
+            let m: Vec<String> = self.seed_means.iter().map(|m| format!("{m:.4}")).collect();
+            format!(" | seeds {}", m.join(" "))
+        } else {
+            String::new()
+        };
         format!(
-            "continuity mean {:.4} min {:.4} p10 {:.4} | startup median {:>5} ms | lag p95 {:>5} ms | overhead {:>5.1}% | achieved/bound {:.3} | control {:.1} msg/s/peer | {} subscribers",
+            "continuity mean {:.4} min {:.4} p10 {:.4} | startup median {:>5} ms | lag p95 {:>5} ms | overhead {:>5.1}% | achieved/bound {:.3} | control {:.1} msg/s/peer | {} subscribers{seeds}",
             self.mean(),
             c.first().copied().unwrap_or(0.0),
             c.get(c.len() / 10).copied().unwrap_or(0.0),
@@ -86,7 +136,30 @@ fn scheduler_params() -> Params {
         .fold(Params::new(), |p, (k, v)| p.with(k.trim(), v.trim()))
 }
 
+/// `P2NER_BENCH_SEEDS` runs from `P2NER_BENCH_SEED` on, as one set of
+/// figures: near the bound a single run's mean moves by several hundredths
+/// with the seed (push x mesh at load 0.5, seeds 1-4: 0.991, 0.927, 0.992,
+/// 0.934), more than many changes one would compare.
 fn simulated(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> Figures {
+    let first: u64 = env("P2NER_BENCH_SEED", "1")
+        .parse()
+        .expect("an integer seed");
+    let seeds: u64 = env("P2NER_BENCH_SEEDS", "1").parse().expect("a count");
+    Figures::merge(
+        (first..first + seeds.max(1))
+            .map(|seed| simulated_once(n, secs, load, scheduler, overlay, seed))
+            .collect(),
+    )
+}
+
+fn simulated_once(
+    n: usize,
+    secs: u64,
+    load: f64,
+    scheduler: &str,
+    overlay: &str,
+    seed: u64,
+) -> Figures {
     let cfg = SimConfig {
         subscribers: n,
         duration_us: secs * 1_000_000,
@@ -107,10 +180,21 @@ fn simulated(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> 
             .parse::<u64>()
             .expect("milliseconds")
             * 1000,
+        seed,
         ..SimConfig::default()
     };
     let r = sim::run(&sim_registry(), &cfg).unwrap_or_else(|e| panic!("{e}"));
     Figures {
+        // Subscriber i is in upload class i % 3 (0.5x, 1x, 1.6x).
+        by_class: std::array::from_fn(|k| {
+            r.subscribers
+                .iter()
+                .skip(k)
+                .step_by(3)
+                .map(|s| s.continuity)
+                .collect()
+        }),
+        seed_means: Vec::new(),
         continuity: r.subscribers.iter().map(|s| s.continuity).collect(),
         startup_ms: r
             .subscribers
@@ -234,6 +318,8 @@ fn real(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> Figur
         counters: Default::default(),
         duplicates: 0.0,
         uplink_use: (0.0, 0.0),
+        by_class: Default::default(),
+        seed_means: Vec::new(),
     }
 }
 
@@ -289,9 +375,8 @@ fn main() {
             let (scheduler, overlay) = pair.split_once(':').expect("scheduler:overlay");
             let sim = simulated(n, secs, load, scheduler, overlay);
             println!("  {scheduler:>4} x {overlay:<4} sim : {}", sim.line(load));
-            // Subscriber i is in upload class i % 3 (0.5x, 1x, 1.6x).
             let class = |k: usize| {
-                let c: Vec<f64> = sim.continuity.iter().skip(k).step_by(3).copied().collect();
+                let c = &sim.by_class[k];
                 format!(
                     "mean {:.4} min {:.4}",
                     c.iter().sum::<f64>() / c.len().max(1) as f64,
