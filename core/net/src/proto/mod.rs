@@ -877,7 +877,9 @@ impl NetState {
         self.requests.retain(|(a, _)| *a != peer);
         self.rejects_sent.remove(&peer);
         self.ack_due.retain(|a| *a != peer);
-        self.held.remove(&peer);
+        // What was held for a ride still goes (a Bye is often the last
+        // thing the application said to this peer).
+        self.release_held(peer);
     }
 
     /// Drop everything from `addr` unread until `until` (µs), and forget its
