@@ -3,14 +3,20 @@
 //!
 //! Flow (initiator I, responder R), each step retransmitted on I's timer:
 //!
-//! 1. I → R `CookieRequest { nonce }`, padded to 64 bytes.
-//! 2. R → I `Cookie { nonce, mac(addr, nonce) }`: 31 bytes, no state at R.
-//! 3. I → R `Init { nonce, cookie, XX msg 1 }`, padded to 160 bytes. R checks
-//!    the cookie: the address is proven, R may keep a half-open handshake
-//!    (bounded by `NetConfig::max_handshakes`).
-//! 4. R → I `Resp { nonce, XX msg 2 }` (R's static key).
-//! 5. I → R `Fin { nonce, XX msg 3 }` (I's static key): both have the link.
+//! 1. I → R `Init { nonce, no cookie, XX msg 1 }`, padded to 160 bytes.
+//!    R, not under load, keeps a half-open handshake (bounded by
+//!    `NetConfig::max_handshakes`; the oldest makes room) and goes to 3.
+//!    Under load (a quarter of that bound half-open), R keeps nothing and
+//!    answers `Cookie { nonce, mac(addr, nonce) }` (31 bytes); I sends
+//!    `Init` again with the cookie, which proves the address before R keeps
+//!    any state (WireGuard's rule: cookies only under load, so an ordinary
+//!    link costs 1.5 round trips, not 2.5).
+//! 2. R → I `Resp { nonce, XX msg 2 }` (R's static key).
+//! 3. I → R `Fin { nonce, XX msg 3 }` (I's static key): both have the link,
+//!    and R only now, when I has shown it got `Resp` at its address.
 //!    I resends `Fin` until something sealed arrives from R.
+//!
+//! An older peer's `CookieRequest` is still answered with a cookie.
 //!
 //! Datagrams the application sends before the link is up wait here (a few
 //! per address) and go out sealed once it is.
@@ -33,9 +39,11 @@ const HALF_TTL_US: u64 = 10_000_000;
 pub(crate) enum LinkState {
     /// We asked for a cookie.
     WantCookie { request: Vec<u8> },
-    /// We sent `Init`; waiting for `Resp`.
+    /// We sent `Init`; waiting for `Resp` (or a `Cookie`: then `Init`
+    /// again, with it and the same XX message 1).
     WantResp {
         init: Vec<u8>,
+        msg1: Vec<u8>,
         hs: Box<HandshakeState>,
     },
     Established {
@@ -81,6 +89,19 @@ pub(crate) struct Half {
     pub(crate) expires: u64,
 }
 
+/// An `Init` carrying XX message 1 and `cookie` (all zero: none yet),
+/// padded so that nothing answers it with more bytes.
+fn init_packet(nonce: u64, cookie: &[u8], msg1: &[u8]) -> Vec<u8> {
+    let fixed = wire::HEADER_LEN + 1 + 8 + cookie.len() + 2 + msg1.len();
+    let pad = vec![0; wire::INIT_LEN.saturating_sub(fixed)];
+    encode(&Packet::Init {
+        nonce,
+        cookie,
+        noise: msg1,
+        pad: &pad,
+    })
+}
+
 fn encode(p: &Packet<'_>) -> Vec<u8> {
     let mut v = Vec::new();
     wire::encode(p, &mut v);
@@ -120,14 +141,20 @@ impl NetState {
                 return;
             }
             let nonce = self.crng.u64();
-            let pad = vec![0; wire::COOKIE_REQUEST_LEN - wire::HEADER_LEN - 1 - 8];
-            let request = encode(&Packet::CookieRequest { nonce, pad: &pad });
-            self.out.push_raw(to, &request);
+            let rng = crate::auth::KeyedRng::new(self.crng.bytes32());
+            let mut hs = Box::new(self.key.handshake(true, rng));
+            let mut msg = [0u8; 64];
+            let Ok(n) = hs.write_message(&[], &mut msg) else {
+                return;
+            };
+            let msg1 = msg[..n].to_vec();
+            let init = init_packet(nonce, &[0; crate::auth::COOKIE_LEN], &msg1);
+            self.out.push_raw(to, &init);
             let at = now + self.hs_backoff(0);
             self.links.insert(
                 to,
                 Link {
-                    state: LinkState::WantCookie { request },
+                    state: LinkState::WantResp { init, msg1, hs },
                     nonce,
                     tries: 1,
                     next_at: at,
@@ -190,31 +217,44 @@ impl NetState {
                     self.drops.handshake_unexpected += 1;
                     return;
                 };
-                if link.nonce != nonce || !matches!(link.state, LinkState::WantCookie { .. }) {
+                if link.nonce != nonce {
                     self.drops.handshake_unexpected += 1;
                     return;
                 }
-                let rng = crate::auth::KeyedRng::new(self.crng.bytes32());
-                let mut hs = Box::new(self.key.handshake(true, rng));
-                let mut msg = [0u8; 64];
-                let Ok(n) = hs.write_message(&[], &mut msg) else {
-                    return;
-                };
-                let fixed = wire::HEADER_LEN + 1 + 8 + cookie.len() + 2 + n;
-                let pad = vec![0; wire::INIT_LEN.saturating_sub(fixed)];
-                let init = encode(&Packet::Init {
-                    nonce,
-                    cookie,
-                    noise: &msg[..n],
-                    pad: &pad,
-                });
-                self.out.push_raw(from, &init);
-                let at = now + self.hs_backoff(0);
-                let link = self.links.get_mut(&from).expect("checked");
-                link.state = LinkState::WantResp { init, hs };
-                link.tries = 1;
-                link.next_at = at;
-                self.arm(from, at);
+                match &mut link.state {
+                    // The responder is under load: the same message 1 again,
+                    // with the cookie that proves this address.
+                    LinkState::WantResp { init, msg1, .. } => {
+                        *init = init_packet(nonce, cookie, msg1);
+                        let init = init.clone();
+                        self.out.push_raw(from, &init);
+                        let at = now + self.hs_backoff(0);
+                        let link = self.links.get_mut(&from).expect("checked");
+                        link.tries = 1;
+                        link.next_at = at;
+                        self.arm(from, at);
+                    }
+                    LinkState::WantCookie { .. } => {
+                        let rng = crate::auth::KeyedRng::new(self.crng.bytes32());
+                        let mut hs = Box::new(self.key.handshake(true, rng));
+                        let mut msg = [0u8; 64];
+                        let Ok(n) = hs.write_message(&[], &mut msg) else {
+                            return;
+                        };
+                        let msg1 = msg[..n].to_vec();
+                        let init = init_packet(nonce, cookie, &msg1);
+                        self.out.push_raw(from, &init);
+                        let at = now + self.hs_backoff(0);
+                        let link = self.links.get_mut(&from).expect("checked");
+                        link.state = LinkState::WantResp { init, msg1, hs };
+                        link.tries = 1;
+                        link.next_at = at;
+                        self.arm(from, at);
+                    }
+                    LinkState::Established { .. } => {
+                        self.drops.handshake_unexpected += 1;
+                    }
+                }
             }
             Packet::Init {
                 nonce,
@@ -222,9 +262,32 @@ impl NetState {
                 noise,
                 ..
             } => {
-                if !self.jar.check(now, from, nonce, cookie) {
-                    self.drops.bad_cookie += 1;
-                    return;
+                let proven = self.jar.check(now, from, nonce, cookie);
+                if !proven {
+                    let none = cookie.iter().all(|&b| b == 0);
+                    let loaded = self.halves.len() >= (self.cfg.max_handshakes / 4).max(1);
+                    if !none {
+                        self.drops.bad_cookie += 1;
+                        return;
+                    }
+                    if loaded && !self.halves.contains_key(&from) {
+                        // Under load nothing is kept for an address that has
+                        // not proven itself: a cookie (smaller than `Init`).
+                        if !self.cookie_budget(now) {
+                            self.drops.rate_limited += 1;
+                            return;
+                        }
+                        let cookie = self.jar.issue(now, from, nonce);
+                        self.drops.cookies_sent += 1;
+                        self.out.push_raw(
+                            from,
+                            &encode(&Packet::Cookie {
+                                nonce,
+                                cookie: &cookie,
+                            }),
+                        );
+                        return;
+                    }
                 }
                 if noise.len() != XX_MSG1_LEN {
                     self.drops.handshake_failed += 1;
