@@ -39,6 +39,7 @@ fn env(name: &str, default: &str) -> String {
 }
 
 /// What one run measured, per subscriber.
+#[derive(Default)]
 struct Figures {
     continuity: Vec<f64>,
     startup_ms: Vec<u64>,
@@ -70,18 +71,7 @@ impl Figures {
     /// averaged), keeping each run's mean.
     fn merge(runs: Vec<Figures>) -> Figures {
         let k = runs.len().max(1) as f64;
-        let mut all = Figures {
-            continuity: Vec::new(),
-            startup_ms: Vec::new(),
-            lag95_ms: Vec::new(),
-            overhead: Vec::new(),
-            control_per_s: Vec::new(),
-            counters: Default::default(),
-            duplicates: 0.0,
-            uplink_use: (0.0, 0.0),
-            by_class: Default::default(),
-            seed_means: Vec::new(),
-        };
+        let mut all = Figures::default();
         for r in runs {
             all.seed_means.push(r.mean());
             all.continuity.extend(r.continuity);
@@ -194,7 +184,6 @@ fn simulated_once(
                 .map(|s| s.continuity)
                 .collect()
         }),
-        seed_means: Vec::new(),
         continuity: r.subscribers.iter().map(|s| s.continuity).collect(),
         startup_ms: r
             .subscribers
@@ -247,6 +236,7 @@ fn simulated_once(
             }
             sum
         },
+        seed_means: Vec::new(),
     }
 }
 
@@ -315,11 +305,8 @@ fn real(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> Figur
             })
             .map(|v| v / secs as f64)
             .collect(),
-        counters: Default::default(),
-        duplicates: 0.0,
-        uplink_use: (0.0, 0.0),
-        by_class: Default::default(),
-        seed_means: Vec::new(),
+        // Simulated runs only: counters, duplicates, uplink use, classes.
+        ..Figures::default()
     }
 }
 
