@@ -110,14 +110,15 @@ fn pull_over_mesh_plays_a_capped_swarm_at_load_0_7() {
     );
     // The scheduler wastes next to nothing on duplicates...
     assert!(duplicate_share(&r) <= 0.005, "{}", report(&r));
-    // ...and the whole-datagram overhead is what the network layer costs: a
-    // 51-byte header per 1200-byte fragment (4.4%), a data ack per fragment
-    // the peer forwards (about 2.3%), control messages and their acks. The
-    // simulator counts it as a real run does since it runs the network
-    // layer (10.8% here; a real run at load 0.5 measured 11.8%).
+    // ...and the whole-datagram overhead is what the network layer costs:
+    // about 54 bytes of framing and seal per 1200-byte fragment (4.5%), a
+    // sealed data ack per two fragments the peer forwards, control messages
+    // and their acks. The simulator counts it as a real run does since it
+    // runs the network layer (13.4% here on the authenticated wire; 10.8%
+    // before links were sealed).
     let overhead =
         r.subscribers.iter().map(|s| s.overhead).sum::<f64>() / r.subscribers.len() as f64;
-    assert!(overhead <= 0.12, "{}", report(&r));
+    assert!(overhead <= 0.145, "{}", report(&r));
 }
 
 #[test]
@@ -162,16 +163,17 @@ fn a_publisher_with_1_5x_the_bitrate_is_enough() {
 // overhead 14 %) with announcements batched as long as they would cost
 // over 5 % of the upload (up to 200 ms), only what is due within 300 ms
 // fetched first (the rest rarest first), and every capped peer keeping at
-// least the base degree. The gap: 0.5x peers still miss most, and no peer
-// gathers its start lead before the 3 s startup timeout.
+// least the base degree. Sealed, authenticated links cost it 0.02: mean
+// 0.908 (p10 0.72, overhead 17.6 %). The gap: 0.5x peers still miss most,
+// and no peer gathers its start lead before the 3 s startup timeout.
 #[test]
-fn pull_over_mesh_at_load_0_9_plays_92_percent_not_yet_99() {
+fn pull_over_mesh_at_load_0_9_plays_90_percent_not_yet_99() {
     let r = run(&capped("pull", "mesh", 0.9, 50));
     eprintln!("pull x mesh at load 0.9: {}", report(&r));
-    assert!(mean_continuity(&r) >= 0.92, "{}", report(&r));
+    assert!(mean_continuity(&r) >= 0.89, "{}", report(&r));
     let mut c: Vec<f64> = r.subscribers.iter().map(|s| s.continuity).collect();
     c.sort_by(f64::total_cmp);
-    assert!(c[c.len() / 10] >= 0.75, "{}", report(&r));
+    assert!(c[c.len() / 10] >= 0.70, "{}", report(&r));
 }
 // Push along the tree's stripes (8 substreams, one parent each, admitted
 // by uplink capacity; peers with spare upload adopt children in stripes
@@ -182,7 +184,9 @@ fn pull_over_mesh_at_load_0_9_plays_92_percent_not_yet_99() {
 // played 0.2-0.37 at every capped load. Near the bound the loss is spread
 // over all classes (0.86 / 0.88 / 0.89 at 0.9 for 0.5x / 1x / 1.6x), with
 // the uplinks 83-86 % busy; overhead is counted in whole datagrams
-// (framing, acks, control: about 13-16 %), so its bound follows.
+// (framing, seals, acks, control: about 16-22 % on the authenticated
+// wire, which cost push x tree 0.01-0.04 continuity at loads 0.7-0.9
+// against the unsealed one), so its bound follows.
 
 fn mean_overhead(r: &SimResult) -> f64 {
     r.subscribers.iter().map(|s| s.overhead).sum::<f64>() / r.subscribers.len() as f64
@@ -200,41 +204,40 @@ fn push_over_tree_at_load_0_5_plays_99_percent() {
     eprintln!("push x tree at load 0.5: {}", report(&r));
     assert!(mean_continuity(&r) >= 0.98, "{}", report(&r));
     assert!(
-        r.subscribers.iter().all(|s| s.continuity >= 0.96),
+        r.subscribers.iter().all(|s| s.continuity >= 0.94),
         "{}",
         report(&r)
     );
     assert!(duplicate_share(&r) <= 0.03, "{}", report(&r));
-    assert!(mean_overhead(&r) <= 0.15, "{}", report(&r));
-}
-
-#[test]
-fn push_over_tree_at_load_0_8_plays_93_percent() {
-    let r = run(&capped("push", "tree", 0.8, 50));
-    eprintln!("push x tree at load 0.8: {}", report(&r));
-    assert!(mean_continuity(&r) >= 0.92, "{}", report(&r));
-    assert!(p10(&r) >= 0.88, "{}", report(&r));
     assert!(mean_overhead(&r) <= 0.17, "{}", report(&r));
 }
 
 #[test]
-fn push_over_tree_at_load_0_9_plays_86_percent_not_yet_99() {
-    let r = run(&capped("push", "tree", 0.9, 50));
-    eprintln!("push x tree at load 0.9: {}", report(&r));
-    assert!(mean_continuity(&r) >= 0.85, "{}", report(&r));
-    assert!(p10(&r) >= 0.78, "{}", report(&r));
-    // 18.6 % since tree peers keep slack for repairs (16.4 % before): more
-    // repair traffic at the weakest uplinks, for 0.01-0.07 more continuity
-    // at loads 0.5-0.8 and 0.005 more here.
-    assert!(mean_overhead(&r) <= 0.19, "{}", report(&r));
+fn push_over_tree_at_load_0_8_plays_91_percent() {
+    let r = run(&capped("push", "tree", 0.8, 50));
+    eprintln!("push x tree at load 0.8: {}", report(&r));
+    assert!(mean_continuity(&r) >= 0.89, "{}", report(&r));
+    assert!(p10(&r) >= 0.84, "{}", report(&r));
+    assert!(mean_overhead(&r) <= 0.205, "{}", report(&r));
 }
 
 #[test]
-fn push_over_mesh_at_load_0_9_plays_79_percent_not_yet_99() {
+fn push_over_tree_at_load_0_9_plays_82_percent_not_yet_99() {
+    let r = run(&capped("push", "tree", 0.9, 50));
+    eprintln!("push x tree at load 0.9: {}", report(&r));
+    assert!(mean_continuity(&r) >= 0.80, "{}", report(&r));
+    assert!(p10(&r) >= 0.70, "{}", report(&r));
+    // 21.8 % on the sealed wire (18.6 % unsealed): tree peers keep slack
+    // for repairs, which is more repair traffic at the weakest uplinks.
+    assert!(mean_overhead(&r) <= 0.23, "{}", report(&r));
+}
+
+#[test]
+fn push_over_mesh_at_load_0_9_plays_78_percent_not_yet_99() {
     let r = run(&capped("push", "mesh", 0.9, 50));
     eprintln!("push x mesh at load 0.9: {}", report(&r));
     assert!(mean_continuity(&r) >= 0.76, "{}", report(&r));
-    assert!(mean_overhead(&r) <= 0.19, "{}", report(&r));
+    assert!(mean_overhead(&r) <= 0.23, "{}", report(&r));
 }
 
 #[test]

@@ -181,7 +181,7 @@ impl NetState {
             .links
             .iter()
             .filter(|(a, _)| **a != new && !self.peers.contains_key(*a))
-            .min_by_key(|(_, l)| (l.established(), l.last_rx))
+            .min_by_key(|(a, l)| (l.established(), l.last_rx, **a))
             .map(|(a, _)| *a);
         match victim {
             Some(v) => {
@@ -319,7 +319,7 @@ impl NetState {
                     if let Some(old) = self
                         .halves
                         .iter()
-                        .min_by_key(|(_, h)| h.expires)
+                        .min_by_key(|(a, h)| (h.expires, **a))
                         .map(|(a, _)| *a)
                     {
                         self.halves.remove(&old);

@@ -864,12 +864,13 @@ impl NetState {
         if let Some(p) = self.peers.remove(&peer) {
             self.retired.add_counters(&p.stats);
         }
-        let gone: Vec<SendId> = self
+        let mut gone: Vec<SendId> = self
             .pending
             .iter()
             .filter(|(_, p)| p.to == peer)
             .map(|(s, _)| *s)
             .collect();
+        gone.sort_unstable();
         for sid in gone {
             self.settle(sid);
             self.emit(NetEvent::Failed(sid, SendError::Closed));
@@ -893,7 +894,7 @@ impl NetState {
             if let Some(a) = self
                 .blocked
                 .iter()
-                .min_by_key(|(_, t)| **t)
+                .min_by_key(|(a, t)| (**t, **a))
                 .map(|(a, _)| *a)
             {
                 self.blocked.remove(&a);
@@ -1003,6 +1004,7 @@ impl NetState {
                     link.is_some_and(|l| l.established()),
                     p.stats.chunks_recv + p.stats.control.datagrams_recv,
                     link.map_or(0, |l| l.last_rx),
+                    **a,
                 )
             })
             .map(|(a, _)| *a)
@@ -1364,12 +1366,13 @@ impl NetState {
                 channel_recv(p, false);
                 p.incompatible = Some((min, max));
                 self.drops.version_rejects_received += 1;
-                let gone: Vec<SendId> = self
+                let mut gone: Vec<SendId> = self
                     .pending
                     .iter()
                     .filter(|(_, p)| p.to == from)
                     .map(|(s, _)| *s)
                     .collect();
+                gone.sort_unstable();
                 for sid in gone {
                     self.settle(sid);
                     self.emit(NetEvent::Failed(
@@ -1421,12 +1424,15 @@ impl NetState {
         if self.held.is_empty() {
             return;
         }
-        let due: Vec<SocketAddr> = self
+        let mut due: Vec<SocketAddr> = self
             .held
             .iter()
             .filter(|(_, h)| h.due <= now)
             .map(|(a, _)| *a)
             .collect();
+        // In address order, not the map's: a simulated run is reproducible
+        // for its seed only if the datagrams leave in the same order.
+        due.sort_unstable();
         for a in due {
             self.release_held(a);
         }
