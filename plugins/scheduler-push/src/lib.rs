@@ -48,8 +48,9 @@
 //!   chains over a mesh, and over a tree's side links, closed into loops
 //!   that counted up to 64 hops and starved whole substreams. A parent
 //!   admits subscriptions only as far as its capped uplink carries (97 %,
-//!   counted with the engine's framing, in whole slots rounded when that
-//!   over-commits by at most 5 %; the tree's child slots count the same)
+//!   the publisher 90 %, which alone serves the last repairs; counted with
+//!   the engine's framing, in whole slots rounded when that over-commits by
+//!   at most 5 %; the tree's child slots are fewer still)
 //!   and refuses (`REFUSE`) the rest: the child asks another neighbour at
 //!   once instead of starving behind an overloaded one. Own-stripe
 //!   subscribers come first (the publisher's copies go to peers that
