@@ -50,6 +50,9 @@ pub struct PeerStats {
     pub data_retransmissions: u64,
     /// Data datagrams declared lost.
     pub data_lost: u64,
+    /// Of those, acked later after all (a late ack, not a loss): what widens
+    /// the loss detection's slack.
+    pub data_spurious: u64,
     /// data_lost / data datagrams sent.
     pub loss_rate: f64,
     /// Reliable messages sent (once each, however many tries).
@@ -96,6 +99,7 @@ impl PeerStats {
         self.retransmissions += o.retransmissions;
         self.data_retransmissions += o.data_retransmissions;
         self.data_lost += o.data_lost;
+        self.data_spurious += o.data_spurious;
         self.reliable_sent += o.reliable_sent;
         self.reliable_acked += o.reliable_acked;
         self.reliable_failed += o.reliable_failed;

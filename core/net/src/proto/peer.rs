@@ -38,7 +38,18 @@ pub(crate) struct DataTx {
     /// Earliest deadline of a queued, unstarted chunk (u64::MAX: none), so
     /// the queue is only scanned when something may have expired.
     pub(crate) next_deadline_us: u64,
+    /// What loss detection allows beyond the RTT and the ack hold (see
+    /// [`super::PTO_SLACK_US`]): doubled whenever an ack arrives for a
+    /// datagram already declared lost, an eighth smaller at every other loss
+    /// declared, within [`super::MIN_SLACK_US`]..=[`super::PTO_SLACK_US`].
+    pub(crate) slack_us: u64,
+    /// Datagrams declared lost lately, to tell a spurious loss (a late ack)
+    /// from a real one; bounded by [`RECENT_LOST`].
+    pub(crate) recent_lost: VecDeque<u64>,
 }
+
+/// Lost datagram numbers remembered to detect spurious losses.
+const RECENT_LOST: usize = 64;
 
 pub(crate) struct InFlight {
     pub(crate) pkt: u64,
@@ -84,6 +95,8 @@ impl Peer {
                 pacer: TokenBucket::new(1e6, 4.0 * cfg.max_payload as f64, now_us),
                 last_progress_us: now_us,
                 next_deadline_us: u64::MAX,
+                slack_us: super::MIN_SLACK_US,
+                recent_lost: VecDeque::new(),
             },
             rx: DataRx::default(),
             stats: PeerStats::default(),
@@ -153,6 +166,27 @@ impl Peer {
         requeue.push(f);
     }
 
+    /// Datagram `pkt` was declared lost: remember it, and let the slack
+    /// shrink (a loss that was real says the slack is not what is missing).
+    fn declared_lost(&mut self, pkt: u64) {
+        if self.tx.recent_lost.len() >= RECENT_LOST {
+            self.tx.recent_lost.pop_front();
+        }
+        self.tx.recent_lost.push_back(pkt);
+        self.tx.slack_us = (self.tx.slack_us - self.tx.slack_us / 8).max(super::MIN_SLACK_US);
+    }
+
+    /// An ack covers `pkt`, which may have been declared lost: then the
+    /// loss was spurious (the ack was late, not the datagram) and the slack
+    /// doubles.
+    fn acked_lost(&mut self, pkt: u64) {
+        if let Some(i) = self.tx.recent_lost.iter().position(|&p| p == pkt) {
+            self.tx.recent_lost.remove(i);
+            self.stats.data_spurious += 1;
+            self.tx.slack_us = (self.tx.slack_us * 2).min(super::PTO_SLACK_US);
+        }
+    }
+
     pub(crate) fn requeue(&mut self, mut frags: Vec<Frag>) {
         self.stats.data_retransmissions += frags.len() as u64;
         while let Some(f) = frags.pop() {
@@ -176,6 +210,17 @@ impl Peer {
         ack_delay_us: u64,
         cfg: &NetConfig,
     ) {
+        // Datagrams declared lost (and settled) that this ack covers: their
+        // loss was spurious.
+        if !self.tx.recent_lost.is_empty() {
+            let front = self.tx.inflight.front().map_or(self.tx.next_pkt, |e| e.pkt);
+            for i in 0..=64u64.min(largest) {
+                let pkt = largest - i;
+                if pkt < front && (i == 0 || (bitmap >> (i - 1)) & 1 == 1) {
+                    self.acked_lost(pkt);
+                }
+            }
+        }
         let Some(front) = self.tx.inflight.front().map(|e| e.pkt) else {
             return;
         };
@@ -194,6 +239,11 @@ impl Peer {
                 continue;
             }
             let e = &mut self.tx.inflight[(largest - i - front) as usize];
+            if e.frag.is_none() && !self.tx.recent_lost.is_empty() {
+                let pkt = e.pkt;
+                self.acked_lost(pkt);
+                continue;
+            }
             if e.frag.take().is_some() {
                 acked += e.size;
                 self.tx.inflight_bytes -= e.size;
@@ -207,7 +257,7 @@ impl Peer {
                 }
             }
         }
-        let rack_us = self.rtt.srtt_us() * 5 / 4 + 1_000;
+        let rack_us = self.rtt.srtt_us() * 5 / 4 + self.tx.slack_us;
         let mut requeue = Vec::new();
         let mut any_lost = false;
         let mut idx = 0;
@@ -222,7 +272,9 @@ impl Peer {
             if let Some(f) = e.frag.take() {
                 self.tx.inflight_bytes -= e.size;
                 any_lost = true;
+                let pkt = e.pkt;
                 self.lost(f, now_us, cfg, &mut requeue);
+                self.declared_lost(pkt);
             }
             idx += 1;
         }
@@ -243,7 +295,8 @@ impl Peer {
     /// the peer's acks: a quarter of the RTT (so a held ack costs the
     /// sender's loss detection little), between 1 ms and
     /// [`super::MAX_ACK_DELAY_US`]. Both ends estimate nearly the same RTT;
-    /// the 1 ms the probe timeout adds on top covers the difference.
+    /// the slack on top of the probe timeout covers the difference and a
+    /// receiver that runs late.
     pub(crate) fn ack_hold_us(&self) -> u64 {
         (self.rtt.srtt_us() / 4).clamp(1_000, super::MAX_ACK_DELAY_US)
     }
@@ -256,7 +309,7 @@ impl Peer {
         if self.rtt.has_sample() {
             ((2 * self.rtt.srtt_us() + 4 * self.rtt.rttvar_us()).max(5_000)
                 + self.ack_hold_us()
-                + 1_000)
+                + self.tx.slack_us)
                 .min(cfg.rto_max.as_micros() as u64)
         } else {
             cfg.rto_initial.as_micros() as u64
@@ -270,6 +323,7 @@ impl Peer {
         let rto = self.data_loss_timeout_us(cfg);
         let mut requeue = Vec::new();
         let mut any = false;
+        let mut lost_pkts = Vec::new();
         for e in self.tx.inflight.iter_mut() {
             if e.sent_us + rto > now_us {
                 break;
@@ -277,6 +331,7 @@ impl Peer {
             if let Some(f) = e.frag.take() {
                 self.tx.inflight_bytes -= e.size;
                 any = true;
+                lost_pkts.push(e.pkt);
                 self.stats.data_lost += 1;
                 let mut f = f;
                 f.tries += 1;
@@ -288,6 +343,9 @@ impl Peer {
                     requeue.push(f);
                 }
             }
+        }
+        for pkt in lost_pkts {
+            self.declared_lost(pkt);
         }
         if any {
             // No ack at all for a (control-scale) RTO: the path is gone or
