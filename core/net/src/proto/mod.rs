@@ -583,9 +583,9 @@ impl NetState {
     }
 
     /// The socket has no more datagrams waiting: acknowledge what has
-    /// waited its hold ([`Peer::ack_hold_us`]). (Acking everything here, as this once
+    /// waited its hold (`Peer::ack_hold_us`). (Acking everything here, as this once
     /// did, cost one ack per data datagram under an upload cap, where every
-    /// datagram arrives alone; acks are due every [`ACK_EVERY`] datagrams,
+    /// datagram arrives alone; acks are due every `ACK_EVERY` datagrams,
     /// on a gap, or after the delay, and ride any datagram to their peer.)
     pub fn flush_acks(&mut self, now: u64) {
         let due = std::mem::take(&mut self.ack_due);
