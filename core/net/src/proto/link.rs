@@ -193,25 +193,29 @@ impl NetState {
         }
     }
 
+    /// Answer `to` with a stateless cookie for `nonce`, within the cookie
+    /// budget (over it: counted as rate-limited, nothing sent).
+    fn send_cookie(&mut self, now: u64, to: SocketAddr, nonce: u64) {
+        if !self.cookie_budget(now) {
+            self.drops.rate_limited += 1;
+            return;
+        }
+        let cookie = self.jar.issue(now, to, nonce);
+        self.drops.cookies_sent += 1;
+        self.out.push_raw(
+            to,
+            &encode(&Packet::Cookie {
+                nonce,
+                cookie: &cookie,
+            }),
+        );
+    }
+
     /// A handshake packet from `from`. Answers are never larger than what
     /// they answer until the address is proven.
     pub(super) fn handle_handshake(&mut self, now: u64, from: SocketAddr, pkt: Packet<'_>) {
         match pkt {
-            Packet::CookieRequest { nonce, .. } => {
-                if !self.cookie_budget(now) {
-                    self.drops.rate_limited += 1;
-                    return;
-                }
-                let cookie = self.jar.issue(now, from, nonce);
-                self.drops.cookies_sent += 1;
-                self.out.push_raw(
-                    from,
-                    &encode(&Packet::Cookie {
-                        nonce,
-                        cookie: &cookie,
-                    }),
-                );
-            }
+            Packet::CookieRequest { nonce, .. } => self.send_cookie(now, from, nonce),
             Packet::Cookie { nonce, cookie } => {
                 let Some(link) = self.links.get_mut(&from) else {
                     self.drops.handshake_unexpected += 1;
@@ -273,19 +277,7 @@ impl NetState {
                     if loaded && !self.halves.contains_key(&from) {
                         // Under load nothing is kept for an address that has
                         // not proven itself: a cookie (smaller than `Init`).
-                        if !self.cookie_budget(now) {
-                            self.drops.rate_limited += 1;
-                            return;
-                        }
-                        let cookie = self.jar.issue(now, from, nonce);
-                        self.drops.cookies_sent += 1;
-                        self.out.push_raw(
-                            from,
-                            &encode(&Packet::Cookie {
-                                nonce,
-                                cookie: &cookie,
-                            }),
-                        );
+                        self.send_cookie(now, from, nonce);
                         return;
                     }
                 }

@@ -44,7 +44,7 @@ pub(crate) struct DataTx {
     /// declared, within [`super::MIN_SLACK_US`]..=[`super::PTO_SLACK_US`].
     pub(crate) slack_us: u64,
     /// Datagrams declared lost lately, to tell a spurious loss (a late ack)
-    /// from a real one; bounded by [`RECENT_LOST`].
+    /// from a real one; sorted, bounded by [`RECENT_LOST`] (the oldest go).
     pub(crate) recent_lost: VecDeque<u64>,
 }
 
@@ -172,7 +172,10 @@ impl Peer {
         if self.tx.recent_lost.len() >= RECENT_LOST {
             self.tx.recent_lost.pop_front();
         }
-        self.tx.recent_lost.push_back(pkt);
+        // Kept sorted (losses are declared from the oldest datagram up, so
+        // this is a push at the back) for the lookup every ack makes.
+        let at = self.tx.recent_lost.partition_point(|&p| p < pkt);
+        self.tx.recent_lost.insert(at, pkt);
         self.tx.slack_us = (self.tx.slack_us - self.tx.slack_us / 8).max(super::MIN_SLACK_US);
     }
 
@@ -180,7 +183,7 @@ impl Peer {
     /// loss was spurious (the ack was late, not the datagram) and the slack
     /// doubles.
     fn acked_lost(&mut self, pkt: u64) {
-        if let Some(i) = self.tx.recent_lost.iter().position(|&p| p == pkt) {
+        if let Ok(i) = self.tx.recent_lost.binary_search(&pkt) {
             self.tx.recent_lost.remove(i);
             self.stats.data_spurious += 1;
             self.tx.slack_us = (self.tx.slack_us * 2).min(super::PTO_SLACK_US);
@@ -210,14 +213,12 @@ impl Peer {
         ack_delay_us: u64,
         cfg: &NetConfig,
     ) {
-        // Datagrams declared lost (and settled) that this ack covers: their
-        // loss was spurious.
+        // Datagrams declared lost that this ack covers (settled or still
+        // in flight): their loss was spurious.
         if !self.tx.recent_lost.is_empty() {
-            let front = self.tx.inflight.front().map_or(self.tx.next_pkt, |e| e.pkt);
             for i in 0..=64u64.min(largest) {
-                let pkt = largest - i;
-                if pkt < front && (i == 0 || (bitmap >> (i - 1)) & 1 == 1) {
-                    self.acked_lost(pkt);
+                if i == 0 || (bitmap >> (i - 1)) & 1 == 1 {
+                    self.acked_lost(largest - i);
                 }
             }
         }
@@ -239,11 +240,6 @@ impl Peer {
                 continue;
             }
             let e = &mut self.tx.inflight[(largest - i - front) as usize];
-            if e.frag.is_none() && !self.tx.recent_lost.is_empty() {
-                let pkt = e.pkt;
-                self.acked_lost(pkt);
-                continue;
-            }
             if e.frag.take().is_some() {
                 acked += e.size;
                 self.tx.inflight_bytes -= e.size;
@@ -322,29 +318,19 @@ impl Peer {
         self.pop_settled();
         let rto = self.data_loss_timeout_us(cfg);
         let mut requeue = Vec::new();
-        let mut any = false;
-        let mut lost_pkts = Vec::new();
+        let mut expired = Vec::new();
         for e in self.tx.inflight.iter_mut() {
             if e.sent_us + rto > now_us {
                 break;
             }
             if let Some(f) = e.frag.take() {
                 self.tx.inflight_bytes -= e.size;
-                any = true;
-                lost_pkts.push(e.pkt);
-                self.stats.data_lost += 1;
-                let mut f = f;
-                f.tries += 1;
-                let age = now_us.saturating_sub(f.born_us);
-                if f.tries >= cfg.max_data_tries || age > cfg.reassembly_timeout.as_micros() as u64
-                {
-                    self.stats.chunks_abandoned += u64::from(f.index == 0);
-                } else {
-                    requeue.push(f);
-                }
+                expired.push((e.pkt, f));
             }
         }
-        for pkt in lost_pkts {
+        let any = !expired.is_empty();
+        for (pkt, f) in expired {
+            self.lost(f, now_us, cfg, &mut requeue);
             self.declared_lost(pkt);
         }
         if any {
