@@ -7,7 +7,8 @@
 //! (Kumar, Liu, Ross 2007). Real runs cap every process with the engine's
 //! `--upload-kbps`; the simulator runs the same plugin libraries over links of
 //! the same rates. Per load and pair it prints continuity mean / min / p10,
-//! startup median, lag p95, overhead, the achieved rate over the fluid bound
+//! startup median, lag p95, overhead (and its parts: framing, acks, control
+//! messages, chunk bytes beyond first copies), the achieved rate over the fluid bound
 //! (continuity x load) and the simulated-minus-real mean continuity.
 //!
 //! Knobs (environment): `P2NER_BENCH_SUBSCRIBERS` (50), `P2NER_BENCH_SECS`
@@ -45,6 +46,9 @@ struct Figures {
     startup_ms: Vec<u64>,
     lag95_ms: Vec<u64>,
     overhead: Vec<f64>,
+    /// The overhead's parts per subscriber: framing, acks, control
+    /// messages, chunk bytes beyond first copies (`Summary::overhead_parts`).
+    parts: Vec<[f64; 4]>,
     /// Scheduler control messages each subscriber sent per second, where
     /// the scheduler exports `sent_messages` in its metrics.
     control_per_s: Vec<f64>,
@@ -78,6 +82,7 @@ impl Figures {
             all.startup_ms.extend(r.startup_ms);
             all.lag95_ms.extend(r.lag95_ms);
             all.overhead.extend(r.overhead);
+            all.parts.extend(r.parts);
             all.control_per_s.extend(r.control_per_s);
             for (key, v) in r.counters {
                 *all.counters.entry(key).or_insert(0.0) += v / k;
@@ -96,6 +101,20 @@ impl Figures {
         let mut c = self.continuity.clone();
         c.sort_by(f64::total_cmp);
         let overhead = self.overhead.iter().sum::<f64>() / self.overhead.len().max(1) as f64;
+        let part = |i: usize| {
+            100.0 * self.parts.iter().map(|p| p[i]).sum::<f64>() / self.parts.len().max(1) as f64
+        };
+        let parts = if self.parts.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (framing {:.1}, acks {:.1}, messages {:.1}, chunks {:.1})",
+                part(0),
+                part(1),
+                part(2),
+                part(3)
+            )
+        };
         let seeds = if self.seed_means.len() > 1 {
             let m: Vec<String> = self.seed_means.iter().map(|m| format!("{m:.4}")).collect();
             format!(" | seeds {}", m.join(" "))
@@ -103,7 +122,7 @@ impl Figures {
             String::new()
         };
         format!(
-            "continuity mean {:.4} min {:.4} p10 {:.4} | startup median {:>5} ms | lag p95 {:>5} ms | overhead {:>5.1}% | achieved/bound {:.3} | control {:.1} msg/s/peer | {} subscribers{seeds}",
+            "continuity mean {:.4} min {:.4} p10 {:.4} | startup median {:>5} ms | lag p95 {:>5} ms | overhead {:>5.1}%{parts} | achieved/bound {:.3} | control {:.1} msg/s/peer | {} subscribers{seeds}",
             self.mean(),
             c.first().copied().unwrap_or(0.0),
             c.get(c.len() / 10).copied().unwrap_or(0.0),
@@ -198,6 +217,14 @@ fn simulated_once(
             .map(|v| v as u64)
             .collect(),
         overhead: r.subscribers.iter().map(|s| s.overhead).collect(),
+        parts: r
+            .subscribers
+            .iter()
+            .map(|s| {
+                let o = &s.overhead_parts;
+                [o.framing, o.acks, o.messages, o.chunks]
+            })
+            .collect(),
         control_per_s: r
             .subscribers
             .iter()
@@ -298,6 +325,14 @@ fn real(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> Figur
         startup_ms: ms("startup_ms"),
         lag95_ms: ms("lag_ms_p95"),
         overhead: sums.iter().map(|v| f(v, "overhead")).collect(),
+        parts: sums
+            .iter()
+            .filter(|v| v["overhead_parts"].is_object())
+            .map(|v| {
+                let o = &v["overhead_parts"];
+                ["framing", "acks", "messages", "chunks"].map(|k| o[k].as_f64().unwrap_or(0.0))
+            })
+            .collect(),
         control_per_s: sums
             .iter()
             .filter_map(|v| {

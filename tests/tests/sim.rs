@@ -119,6 +119,16 @@ fn pull_over_mesh_plays_a_capped_swarm_at_load_0_7() {
     let overhead =
         r.subscribers.iter().map(|s| s.overhead).sum::<f64>() / r.subscribers.len() as f64;
     assert!(overhead <= 0.145, "{}", report(&r));
+    // Its parts add up to it for every subscriber, and each is there:
+    // fragments' headers and seals come to at least 52 bytes per 1200, a
+    // signed chunk header rides with every chunk.
+    for s in &r.subscribers {
+        let o = &s.overhead_parts;
+        let sum = o.framing + o.acks + o.messages + o.chunks;
+        assert!((sum - s.overhead).abs() < 1e-9, "{o:?} vs {}", s.overhead);
+        assert!(o.framing >= 0.04 && o.acks > 0.0, "{o:?}");
+        assert!(o.messages > 0.0 && o.chunks > 0.004, "{o:?}");
+    }
 }
 
 #[test]

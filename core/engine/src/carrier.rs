@@ -17,7 +17,8 @@ use p2ner_plugin_api::Capacity;
 use p2ner_proto::peer as wire;
 
 use crate::stream::{
-    Session, SessionOutput, Summary, UplinkModel, CONTROL_OVERHEAD, DATAGRAM_OVERHEAD,
+    OverheadParts, Session, SessionOutput, Summary, UplinkModel, CONTROL_OVERHEAD,
+    DATAGRAM_OVERHEAD,
 };
 
 /// How long a chunk handed to the data channel may wait there before it
@@ -164,6 +165,18 @@ pub fn finish_summary(summary: &mut Summary, net: Option<&NetStats>) {
         let t = &net.total;
         summary.bytes_down = t.control.bytes_recv + t.data.bytes_recv;
         summary.bytes_up = t.control.bytes_sent + t.data.bytes_sent;
+        if summary.media_bytes > 0 {
+            let m = summary.media_bytes as f64;
+            let (d, c) = (&t.data, &t.control);
+            let framing = (d.bytes_recv.saturating_sub(d.payload_recv + d.acks_recv))
+                + (c.bytes_recv.saturating_sub(c.payload_recv + c.acks_recv));
+            summary.overhead_parts = OverheadParts {
+                framing: framing as f64 / m,
+                acks: (d.acks_recv + c.acks_recv) as f64 / m,
+                messages: c.payload_recv as f64 / m,
+                chunks: d.payload_recv.saturating_sub(summary.media_bytes) as f64 / m,
+            };
+        }
     }
     if summary.media_bytes > 0 {
         summary.overhead = summary.bytes_down.saturating_sub(summary.media_bytes) as f64

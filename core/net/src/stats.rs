@@ -20,6 +20,14 @@ pub struct ChannelStats {
     pub datagrams_sent: u64,
     /// Datagrams received.
     pub datagrams_recv: u64,
+    /// What the application got of `bytes_recv`: chunk fragments' bytes on
+    /// the data channel, message payloads on the control channel. The rest
+    /// is what the wire cost: acks (`acks_recv`) and framing (headers,
+    /// sealing).
+    pub payload_recv: u64,
+    /// Bytes of acks among `bytes_recv` (their share of a sealed datagram
+    /// included).
+    pub acks_recv: u64,
 }
 
 impl ChannelStats {
@@ -28,6 +36,8 @@ impl ChannelStats {
         self.bytes_recv += o.bytes_recv;
         self.datagrams_sent += o.datagrams_sent;
         self.datagrams_recv += o.datagrams_recv;
+        self.payload_recv += o.payload_recv;
+        self.acks_recv += o.acks_recv;
     }
 }
 

@@ -20,7 +20,7 @@ pub use session::{
     Role, Session, SessionConfig, SessionOutput, MAX_BANNED, MAX_BOOK, MAX_PLUGIN_MESSAGE,
     MAX_SENDS_PER_CHUNK, NEIGHBOUR_RATE, STRANGER_RATE,
 };
-pub use stats::{percentile, NetCounters, Refused, Snapshot, StreamStats, Summary};
+pub use stats::{percentile, NetCounters, OverheadParts, Refused, Snapshot, StreamStats, Summary};
 pub use uplink::{UplinkModel, CONTROL_OVERHEAD, DATAGRAM_OVERHEAD, QUEUE_TARGET_US};
 
 use bytes::Bytes;

@@ -119,6 +119,7 @@ impl StreamStats {
             bytes_up: self.bytes_up,
             media_bytes: self.media_bytes,
             overhead: self.overhead(),
+            overhead_parts: OverheadParts::default(),
             state: String::new(),
             reason: String::new(),
             refused_actions: self.refused_actions.clone(),
@@ -169,6 +170,11 @@ pub struct Summary {
     pub media_bytes: u64,
     /// Bytes moved per media byte, minus one: what the protocol costs.
     pub overhead: f64,
+    /// `overhead` in its parts (each per media byte; they add up to it),
+    /// so that a change can be aimed at the part that costs most. Zero
+    /// when the network layer's counters are not this stream's alone.
+    #[serde(default)]
+    pub overhead_parts: OverheadParts,
     /// How the run ended, as `p2ner run`'s sessions say it: `ended` or
     /// `failed`.
     #[serde(default)]
@@ -186,6 +192,22 @@ pub struct Summary {
     /// Datagrams the network layer refused (see [`NetCounters`]).
     #[serde(flatten, default)]
     pub net: NetCounters,
+}
+
+/// What a subscriber received beyond the first copies of the media it
+/// played or buffered, per media byte, by what it was.
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct OverheadParts {
+    /// Datagram headers, frame headers and sealing of everything received.
+    pub framing: f64,
+    /// Acknowledgements (of data and of reliable messages).
+    pub acks: f64,
+    /// Control messages' payloads (the engine's envelope and the plugins'
+    /// messages).
+    pub messages: f64,
+    /// Chunk bytes beyond their media's first copy: chunk headers and
+    /// signatures, duplicates, copies that came too late.
+    pub chunks: f64,
 }
 
 /// What a session dropped or refused from its peers, by reason (see

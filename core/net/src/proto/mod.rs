@@ -1213,7 +1213,9 @@ impl NetState {
         let Some(p) = self.peers.get_mut(&from) else {
             return;
         };
-        let channel_recv = |p: &mut Peer, data: bool| {
+        // `payload`: what of the frame the application gets; `ack`: the
+        // frame is an ack (what the rest costs is told apart in the stats).
+        let channel_recv = |p: &mut Peer, data: bool, payload: usize, ack: bool| {
             let c = if data {
                 &mut p.stats.data
             } else {
@@ -1221,10 +1223,14 @@ impl NetState {
             };
             c.bytes_recv += len as u64;
             c.datagrams_recv += first as u64;
+            c.payload_recv += payload as u64;
+            if ack {
+                c.acks_recv += len as u64;
+            }
         };
         match pkt {
             Packet::Unreliable { payload } => {
-                channel_recv(p, false);
+                channel_recv(p, false, payload.len(), false);
                 let ev = Event::Message {
                     from,
                     payload: Bytes::copy_from_slice(payload),
@@ -1243,7 +1249,7 @@ impl NetState {
                 kind,
                 payload,
             } => {
-                channel_recv(p, false);
+                channel_recv(p, false, payload.len(), false);
                 let ack = Packet::Ack {
                     session,
                     id,
@@ -1304,7 +1310,7 @@ impl NetState {
                 id,
                 ts_echo,
             } => {
-                channel_recv(p, false);
+                channel_recv(p, false, 0, true);
                 if session == self.session {
                     if let Some(sid) = self.by_wire.get(&(from, id)).copied() {
                         let rtt = us32(now).wrapping_sub(ts_echo) as u64;
@@ -1320,7 +1326,7 @@ impl NetState {
                 }
             }
             Packet::Data(h, payload) => {
-                channel_recv(p, true);
+                channel_recv(p, true, payload.len(), false);
                 if Self::on_data(p, now, &h) {
                     Self::data_ack(p, from, now, &mut self.out);
                 } else if !p.rx.ack_listed {
@@ -1365,7 +1371,7 @@ impl NetState {
                 delay,
                 ack_delay,
             } => {
-                channel_recv(p, true);
+                channel_recv(p, true, 0, true);
                 p.on_data_ack(
                     now,
                     largest,
@@ -1377,7 +1383,7 @@ impl NetState {
                 self.capacity_changed();
             }
             Packet::VersionReject { min, max } => {
-                channel_recv(p, false);
+                channel_recv(p, false, 0, false);
                 p.incompatible = Some((min, max));
                 self.drops.version_rejects_received += 1;
                 let mut gone: Vec<SendId> = self
