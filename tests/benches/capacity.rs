@@ -22,7 +22,8 @@
 //! mean moves by a few hundredths with the seed, so compare variants over
 //! several),
 //! `P2NER_BENCH_SCHEDULER_PARAMS` and `P2NER_BENCH_OVERLAY_PARAMS` ("k=v,k=v",
-//! the simulated runs' scheduler and overlay parameters). Run with `cargo bench -p p2ner-tests --bench capacity`.
+//! the simulated runs' scheduler and overlay parameters), `P2NER_BENCH_KEEP`
+//! (a folder: each real run's logs and `--stats` files are copied there). Run with `cargo bench -p p2ner-tests --bench capacity`.
 
 use std::time::Duration;
 
@@ -267,6 +268,18 @@ fn simulated_once(
     }
 }
 
+/// Copies a run's folder (flat: logs, stats, the server's database).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
 fn real(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> Figures {
     let caps = caps_for_load(BITRATE_KBPS, n, SOURCE_KBPS, load);
     let s = Swarm::start(None);
@@ -314,6 +327,19 @@ fn real(n: usize, secs: u64, load: f64, scheduler: &str, overlay: &str) -> Figur
                 .ok()
         })
         .collect();
+    if let Ok(keep) = std::env::var("P2NER_BENCH_KEEP") {
+        let to = std::path::Path::new(&keep).join(format!("{scheduler}-{overlay}-{load}"));
+        match copy_dir(s.dir.path(), &to) {
+            Ok(()) => eprintln!(
+                "  kept the real run's folder (logs, stats) in {}",
+                to.display()
+            ),
+            Err(e) => eprintln!(
+                "  could not keep the real run's folder in {}: {e}",
+                to.display()
+            ),
+        }
+    }
     let ms = |key: &str| -> Vec<u64> {
         sums.iter()
             .filter_map(|v| v[key].as_f64())

@@ -64,6 +64,12 @@ pub(crate) const MAX_ACK_DELAY_US: u64 = 20_000;
 /// but 20 % kernel loss on loopback's 0.1 ms RTT (`tests/netns.rs`) then
 /// waited 16 ms for every lost tail and the transfer did not finish.
 pub(crate) const PTO_SLACK_US: u64 = 10_000;
+/// Bytes the upload cap lets go at once (5 ms of it, at least two
+/// datagrams): what may be queued ahead of a datagram on an uplink that is
+/// as fast as the cap.
+pub(crate) fn cap_burst(rate_bytes_per_s: f64, max_payload: usize) -> f64 {
+    (rate_bytes_per_s * 0.005).max(2.0 * max_payload as f64)
+}
 /// Least slack: QUIC's timer granularity.
 pub(crate) const MIN_SLACK_US: u64 = 1_000;
 /// Longest a reliable message's ack is held for something going the same
@@ -385,7 +391,7 @@ impl NetState {
         let jar = CookieJar::new(crng.bytes32());
         let cap = cfg.upload_kbps.map(|k| {
             let rate = k as f64 * 1000.0 / 8.0;
-            TokenBucket::new(rate, (rate * 0.005).max(2.0 * cfg.max_payload as f64), now)
+            TokenBucket::new(rate, cap_burst(rate, cfg.max_payload), now)
         });
         NetState {
             peers: HashMap::new(),

@@ -299,11 +299,14 @@ impl Peer {
 
     /// Time after which an unacked data datagram counts as lost (a probe
     /// timeout in the spirit of QUIC's PTO: 2·SRTT + 4·RTTVAR, at least
-    /// 5 ms): much shorter than the control RTO floor, because on a fast
-    /// path a lost tail would otherwise idle the flow for the whole floor.
+    /// 5 ms and, under a cap, at least [`uplink_floor_us`]): much shorter
+    /// than the control RTO floor, because on a fast path a lost tail would
+    /// otherwise idle the flow for the whole floor.
     pub(crate) fn data_loss_timeout_us(&self, cfg: &NetConfig) -> u64 {
         if self.rtt.has_sample() {
-            ((2 * self.rtt.srtt_us() + 4 * self.rtt.rttvar_us()).max(5_000)
+            ((2 * self.rtt.srtt_us() + 4 * self.rtt.rttvar_us())
+                .max(5_000)
+                .max(uplink_floor_us(cfg))
                 + self.ack_hold_us()
                 + self.tx.slack_us)
                 .min(cfg.rto_max.as_micros() as u64)
@@ -367,5 +370,24 @@ impl Peer {
         s.queued_bytes = self.tx.queued_bytes as u64;
         s.finish_loss_rate();
         s
+    }
+}
+
+/// Least probe timeout under an upload cap: the time that cap takes to send
+/// its burst and two datagrams more. Where the uplink is no faster than the
+/// cap (a residential link capped at its rate), a datagram can wait that
+/// long behind this peer's own burst, and its ack as long behind the
+/// receiver's; on a path of a millisecond or two the RTT samples, mostly
+/// of datagrams that waited for nothing, put the timeout well below that.
+/// (Simulator at 1 ms one-way delay, push x tree at load 0.5: every loss
+/// declared was spurious, 11,700 of them, and a retransmission each.)
+fn uplink_floor_us(cfg: &NetConfig) -> u64 {
+    match cfg.upload_kbps {
+        Some(k) if k > 0 => {
+            let rate = k as f64 * 1000.0 / 8.0;
+            let bytes = super::cap_burst(rate, cfg.max_payload) + 2.0 * cfg.max_payload as f64;
+            (bytes * 1e6 / rate) as u64
+        }
+        _ => 0,
     }
 }
