@@ -138,7 +138,9 @@ pub use feedback::{Metric, MetricKind, Metrics, Refusal, RefusalKind};
 pub use host::{HostServices, HostServicesRef, LogLevel};
 pub use params::{Param, ParamDef, Params};
 pub use rng::Rng;
-pub use types::{Link, MediaChunk, NeighbourReport, PeerId, PeerInfo, StreamFormat, Upload};
+pub use types::{
+    Link, MediaChunk, NeighbourReport, PeerId, PeerInfo, StreamFormat, StripeLink, Upload,
+};
 pub use view::{ChunkInfo, LinkView, NeighbourUpload, PlayoutView, Setup, View};
 
 /// Re-exported so that plugin code and generated code name one copy.

@@ -51,6 +51,24 @@ impl Link {
     };
 }
 
+/// Which stripes (substreams) flow on a neighbour link, for an overlay of
+/// several trees: bit `s` is stripe `s`, chunk `seq` being in stripe
+/// `seq % stripes`. [`Link`] says only that media flows; a scheduler that
+/// pushes substreams needs to know which ones, or it asks a tree parent for
+/// stripes the tree gave to others and overloads an uplink the tree had
+/// counted for one child. Appended after the first release, with
+/// `Overlay::stripe_links` and `Scheduler::on_stripe_links`.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StripeLink {
+    /// The neighbour.
+    pub peer: PeerId,
+    /// Stripes this peer receives from the neighbour (it is the parent).
+    pub upstream: u64,
+    /// Stripes this peer sends the neighbour (it is a child).
+    pub downstream: u64,
+}
+
 /// What the data channel measured about one neighbour, for overlays that
 /// replace slow or useless neighbours.
 #[repr(C)]

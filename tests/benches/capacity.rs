@@ -16,6 +16,10 @@
 //! ("pull:mesh,push:mesh,pull:tree,push:tree"), `P2NER_BENCH_REAL` (1; 0:
 //! the simulator only), `P2NER_BENCH_SIM_LATENCY_MS` (10: the simulated
 //! one-way delay; loopback's is far below a millisecond),
+//! `P2NER_BENCH_SIM_JOIN_SPREAD_MS` (2000: simulated subscribers join spread
+//! over this long; real ones start one after another as fast as processes
+//! launch), `P2NER_SWARM_LOG` (the real processes' `RUST_LOG`, `warn` unless
+//! set: `trace` shows each scheduler's and overlay's view once a second),
 //! `P2NER_BENCH_UNCAPPED` (1; 0: skip the uncapped reference swarm),
 //! `P2NER_BENCH_SEED` (1: the first simulated seed) and `P2NER_BENCH_SEEDS`
 //! (1: how many seeds each simulated figure pools; near the bound one run's
@@ -187,6 +191,10 @@ fn simulated_once(
                 }),
         ),
         latency_us: env("P2NER_BENCH_SIM_LATENCY_MS", "10")
+            .parse::<u64>()
+            .expect("milliseconds")
+            * 1000,
+        join_spread_us: env("P2NER_BENCH_SIM_JOIN_SPREAD_MS", "2000")
             .parse::<u64>()
             .expect("milliseconds")
             * 1000,

@@ -228,7 +228,11 @@ pub fn spawn_in(
     cmd.args(args)
         .env_remove("P2NER_PLUGIN_PATH")
         .env_remove("P2NER_PLUGINS_TOML")
-        .env("RUST_LOG", "warn")
+        // Quiet unless a run is being looked into (`P2NER_SWARM_LOG=trace`).
+        .env(
+            "RUST_LOG",
+            std::env::var("P2NER_SWARM_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env("XDG_CONFIG_HOME", dir)
         .env("HOME", dir)
         .current_dir(dir)

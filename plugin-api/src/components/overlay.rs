@@ -8,8 +8,8 @@ use abi_stable::{
 
 use super::Guarded;
 use crate::{
-    Link, Metric, Metrics, NeighbourReport, PeerId, PeerInfo, PluginError, Refusal, Setup, Upload,
-    View,
+    Link, Metric, Metrics, NeighbourReport, PeerId, PeerInfo, PluginError, Refusal, Setup,
+    StripeLink, Upload, View,
 };
 
 /// What an overlay learns once, when its stream starts.
@@ -162,6 +162,12 @@ pub trait Overlay: Send + 'static {
     /// This overlay's own counters and gauges, asked about once a second and
     /// when the stream ends.
     fn metrics(&mut self, _metrics: &mut Metrics<'_>) {}
+    /// Which stripes flow on which links, one entry per neighbour that has
+    /// any, for an overlay of several trees: asked every tick, before the
+    /// scheduler's `on_tick`, and handed to
+    /// [`crate::Scheduler::on_stripe_links`] when it changed. An overlay
+    /// that does not split the stream leaves it empty.
+    fn stripe_links(&mut self, _out: &mut Vec<StripeLink>) {}
 }
 
 /// The boundary face of [`Overlay`].
@@ -256,6 +262,10 @@ pub trait OverlayAbi: Send {
     fn metrics(&mut self, _out: &mut RVec<Metric>) -> RResult<(), PluginError> {
         RResult::ROk(())
     }
+    /// Appended after `metrics`; a library built before splits nothing.
+    fn stripe_links(&mut self, _out: &mut RVec<StripeLink>) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
 }
 
 impl<T: Overlay> OverlayAbi for Guarded<T> {
@@ -346,5 +356,12 @@ impl<T: Overlay> OverlayAbi for Guarded<T> {
     }
     fn metrics(&mut self, out: &mut RVec<Metric>) -> RResult<(), PluginError> {
         self.event(|o| o.metrics(&mut Metrics::new(out)))
+    }
+    fn stripe_links(&mut self, out: &mut RVec<StripeLink>) -> RResult<(), PluginError> {
+        self.event(|o| {
+            let mut links = Vec::new();
+            o.stripe_links(&mut links);
+            out.extend(links);
+        })
     }
 }

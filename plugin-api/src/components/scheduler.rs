@@ -7,7 +7,9 @@ use abi_stable::{
 };
 
 use super::Guarded;
-use crate::{ChunkInfo, Link, Metric, Metrics, PeerId, PluginError, Refusal, Setup, Upload, View};
+use crate::{
+    ChunkInfo, Link, Metric, Metrics, PeerId, PluginError, Refusal, Setup, StripeLink, Upload, View,
+};
 
 /// What a scheduler learns once, when its stream starts (`on_start`).
 #[repr(C)]
@@ -220,6 +222,11 @@ pub trait Scheduler: Send + 'static {
     /// This scheduler's own counters and gauges, asked about once a second
     /// (each `--stats` line) and when the stream ends (the summary).
     fn metrics(&mut self, _metrics: &mut Metrics<'_>) {}
+    /// Which stripes the overlay lets flow on which links (see
+    /// [`StripeLink`]), whenever that changed, before the tick's
+    /// [`Scheduler::on_tick`]: the whole table each time, empty when the
+    /// overlay does not split the stream.
+    fn on_stripe_links(&mut self, _now_us: u64, _links: &[StripeLink], _out: &mut SchedOut<'_>) {}
 }
 
 /// The boundary face of [`Scheduler`].
@@ -332,6 +339,15 @@ pub trait SchedulerAbi: Send {
     fn metrics(&mut self, _out: &mut RVec<Metric>) -> RResult<(), PluginError> {
         RResult::ROk(())
     }
+    /// Appended after `metrics`; a library built before ignores it.
+    fn on_stripe_links(
+        &mut self,
+        _now_us: u64,
+        _links: RSlice<'_, StripeLink>,
+        _out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
 }
 
 impl<T: Scheduler> SchedulerAbi for Guarded<T> {
@@ -440,5 +456,13 @@ impl<T: Scheduler> SchedulerAbi for Guarded<T> {
     }
     fn metrics(&mut self, out: &mut RVec<Metric>) -> RResult<(), PluginError> {
         self.event(|s| s.metrics(&mut Metrics::new(out)))
+    }
+    fn on_stripe_links(
+        &mut self,
+        now_us: u64,
+        links: RSlice<'_, StripeLink>,
+        out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        self.event(|s| s.on_stripe_links(now_us, links.as_slice(), &mut SchedOut(out)))
     }
 }

@@ -605,3 +605,70 @@ fn under_an_upload_cap_the_uplink_decides_the_children() {
     four.on_upload(0, p2ner_plugin_api::Upload::default(), &mut out);
     assert_eq!(four.slots(0), 4);
 }
+
+#[test]
+fn the_stripe_table_names_each_trees_parent_and_children() {
+    // Two stripes, one parent each (the source in 0, peer 3 in 1), and a
+    // child in stripe 0: the table says exactly that, per neighbour.
+    let mut actions = RVec::new();
+    let mut out = OverlayOut::new(&mut actions);
+    let mut node = Tree::new(&Params::new().with("stripes", "2")).unwrap();
+    node.on_start(0, &ctx(5, false, 1), &mut out);
+    node.on_connected(10, &info(0), &mut out);
+    let accept = |stripe, path: Vec<u64>| {
+        Message::Accept {
+            stripe,
+            path: path.into_iter().map(PeerId).collect(),
+        }
+        .encode()
+    };
+    node.on_message(20, PeerId(0), &accept(0, vec![0]), &mut out);
+    let mut table = Vec::new();
+    node.stripe_links(&mut table);
+    assert_eq!(
+        table,
+        vec![StripeLink {
+            peer: PeerId(0),
+            upstream: 0b01,
+            downstream: 0
+        }]
+    );
+    // Stripe 1: the source said no and sent it on to peer 3.
+    let redirect = Message::Redirect {
+        stripe: 1,
+        peers: vec![info(3)],
+    };
+    node.on_message(30, PeerId(0), &redirect.encode(), &mut out);
+    node.on_connected(40, &info(3), &mut out);
+    node.on_message(50, PeerId(3), &accept(1, vec![0, 3]), &mut out);
+    let own = node.own_stripe();
+    node.on_connected(60, &info(8), &mut out);
+    let join = Message::Join {
+        stripe: own as u8,
+        interior: false,
+    };
+    node.on_message(70, PeerId(8), &join.encode(), &mut out);
+    assert_eq!(node.children(own), vec![PeerId(8)]);
+    table.clear();
+    node.stripe_links(&mut table);
+    assert_eq!(
+        table,
+        vec![
+            StripeLink {
+                peer: PeerId(0),
+                upstream: 0b01,
+                downstream: 0
+            },
+            StripeLink {
+                peer: PeerId(3),
+                upstream: 0b10,
+                downstream: 0
+            },
+            StripeLink {
+                peer: PeerId(8),
+                upstream: 0,
+                downstream: 1 << own
+            },
+        ]
+    );
+}

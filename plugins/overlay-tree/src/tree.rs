@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use p2ner_plugin_api::prelude::*;
 use p2ner_plugin_api::stripes::{stripe_of, whole_slots};
 use p2ner_plugin_api::tracing;
-use p2ner_plugin_api::{OverlayContext, Upload};
+use p2ner_plugin_api::{OverlayContext, StripeLink, Upload};
 
 use crate::wire::*;
 
@@ -659,10 +659,14 @@ impl Tree {
                     format!("{depth}/{}", t.children.len())
                 })
                 .collect();
+            let parents: Vec<u64> = (0..self.stripes)
+                .map(|s| self.parent(s).map_or(0, |p| p.0))
+                .collect();
             tracing::trace!(
                 me = self.me().0,
                 own = self.own_stripe,
                 copies = ?self.stripe_copies,
+                ?parents,
                 "tree depth/children per stripe {view:?}"
             );
         }
@@ -774,6 +778,26 @@ impl Overlay for Tree {
         if stripe < self.stripes {
             self.handle(now_us, peer, msg, out);
         }
+    }
+
+    fn stripe_links(&mut self, out: &mut Vec<StripeLink>) {
+        let mut links: BTreeMap<PeerId, StripeLink> = BTreeMap::new();
+        fn entry(links: &mut BTreeMap<PeerId, StripeLink>, peer: PeerId) -> &mut StripeLink {
+            links.entry(peer).or_insert(StripeLink {
+                peer,
+                ..StripeLink::default()
+            })
+        }
+        // `new` allows MAX_STRIPES (16): every stripe fits the mask.
+        for (s, t) in self.trees.iter().enumerate() {
+            if let Some(p) = &t.parent {
+                entry(&mut links, p.id).upstream |= 1 << s;
+            }
+            for &c in t.children.keys() {
+                entry(&mut links, c).downstream |= 1 << s;
+            }
+        }
+        out.extend(links.into_values());
     }
 
     fn on_upload(&mut self, _now_us: u64, upload: Upload, _out: &mut OverlayOut<'_>) {

@@ -5,12 +5,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use p2ner_plugin_api::prelude::*;
 /// The stripe a peer forwards: the `tree` overlay's rule, shared through the
-/// SDK so a scheduler can tell which of its upstream links is a stripe's
-/// parent without an ABI change. Over a mesh it only spreads substreams.
+/// SDK. Over an overlay that says which stripes flow where
+/// (`on_stripe_links`) the table decides; without one, a neighbour's own
+/// stripe is the best guess at which substream it forwards. Over a mesh it
+/// only spreads substreams.
 pub use p2ner_plugin_api::stripes::stripe_of;
 use p2ner_plugin_api::stripes::whole_slots;
 use p2ner_plugin_api::tracing;
-use p2ner_plugin_api::{Capacity, Playout, Upload};
+use p2ner_plugin_api::{Capacity, Playout, StripeLink, Upload};
 
 use crate::wire::{self, decode, Message, MAX_BITS, MAX_SEQS, MAX_STRIPES, NO_DEPTH};
 
@@ -193,6 +195,11 @@ pub struct Push {
     repair_filled_at_us: Option<u64>,
     /// The second last traced (a diagnostic, off unless TRACE is on).
     traced_s: u64,
+    /// The overlay's stripes per neighbour (up, down masks), when it splits
+    /// the stream into trees: a substream's parent is then the tree's
+    /// parent, and a parent keeps its uplink for the tree's children, which
+    /// is what the tree counted its slots for. Empty over a mesh.
+    stripe_links: BTreeMap<PeerId, (u64, u64)>,
 }
 
 pub(crate) struct Neighbour {
@@ -282,6 +289,7 @@ impl Push {
             repair_tokens: 0,
             repair_filled_at_us: None,
             traced_s: u64::MAX,
+            stripe_links: BTreeMap::new(),
         };
         if push.repair_timeout_us == 0 || push.map_every_us == 0 {
             return Err(PluginError::new(
@@ -666,17 +674,27 @@ impl Push {
             return None;
         }
         let current = self.parents[s] == Some(id);
-        if !current && depth >= self.feasible[s] {
+        // The tree's own parent cannot be a descendant (the tree checks its
+        // paths); anyone else must pass the feasibility condition.
+        let tree = self.tree_stripes(id).0 & (1 << s) != 0;
+        if !current && !tree && depth >= self.feasible[s] {
             return None;
         }
-        let class = if depth == 0 {
-            1
-        } else if stripe_of(id, self.stripes) == s {
+        let class = if tree {
             0
-        } else {
+        } else if depth == 0 {
             2
+        } else if stripe_of(id, self.stripes) == s {
+            1
+        } else {
+            3
         };
         Some((class, depth, u32::MAX - n.upload_kbps))
+    }
+
+    /// The stripes the overlay lets flow from and to `peer` (up, down).
+    fn tree_stripes(&self, peer: PeerId) -> (u64, u64) {
+        self.stripe_links.get(&peer).copied().unwrap_or((0, 0))
     }
 
     /// Picks one parent per substream (keeping the current one unless a
@@ -709,7 +727,7 @@ impl Push {
             // (it keeps its copies for the stripes' first forwarders) and
             // every move costs a gap in the substream.
             self.parents[s] = match (current, best) {
-                (Some(c), Some((b, id))) if b.0 == 0 && c.0 > 0 => Some(id),
+                (Some(c), Some((b, id))) if b.0 <= 1 && b.0 < c.0 => Some(id),
                 (Some(_), _) => self.parents[s],
                 (None, b) => b.map(|(_, id)| id),
             };
@@ -772,26 +790,35 @@ impl Push {
         let n = self.neighbours.get_mut(&peer).expect("checked");
         let held = n.subscribed;
         n.subscribed = mask;
-        // (own stripe, already held, upload, peer, bit): best first. What
-        // is held stays against newcomers of the same class: a subscriber
-        // pushed out looks for another parent, pushes out someone there,
-        // and near the bound the weakest uplinks end up with none at all.
-        let mut all: Vec<(bool, bool, u32, PeerId, u16)> = Vec::new();
+        // (the tree's child, own stripe, already held, upload, peer, bit):
+        // best first. What is held stays against newcomers of the same
+        // class: a subscriber pushed out looks for another parent, pushes
+        // out someone there, and near the bound the weakest uplinks end up
+        // with none at all.
+        let mut all: Vec<(bool, bool, bool, u32, PeerId, u16)> = Vec::new();
         for (&id, n) in &self.neighbours {
+            let child = self.stripe_links.get(&id).map_or(0, |l| l.1);
             for s in 0..stripes {
                 let bit = 1u16 << s;
                 if n.subscribed & bit != 0 {
                     let kept = id != peer || held & bit != 0;
-                    all.push((stripe_of(id, stripes) == s, kept, n.upload_kbps, id, bit));
+                    all.push((
+                        child & (1 << s) != 0,
+                        stripe_of(id, stripes) == s,
+                        kept,
+                        n.upload_kbps,
+                        id,
+                        bit,
+                    ));
                 }
             }
         }
         if all.len() <= units as usize {
             return;
         }
-        all.sort_unstable_by(|a, b| (b.0, b.1, b.2, a.3).cmp(&(a.0, a.1, a.2, b.3)));
+        all.sort_unstable_by(|a, b| (b.0, b.1, b.2, b.3, a.4).cmp(&(a.0, a.1, a.2, a.3, b.4)));
         let mut refused: BTreeMap<PeerId, u16> = BTreeMap::new();
-        for &(_, _, _, id, bit) in &all[units as usize..] {
+        for &(_, _, _, _, id, bit) in &all[units as usize..] {
             *refused.entry(id).or_default() |= bit;
         }
         for (id, mask) in refused {
@@ -838,6 +865,7 @@ impl Scheduler for Push {
 
     fn on_neighbour_down(&mut self, _now_us: u64, peer: PeerId, _out: &mut SchedOut<'_>) {
         self.neighbours.remove(&peer);
+        self.stripe_links.remove(&peer);
         // What was asked of it is asked again elsewhere.
         self.repairs.retain(|_, (p, _)| *p != peer);
         for p in &mut self.parents {
@@ -980,6 +1008,16 @@ impl Scheduler for Push {
         // link budget is the same shared bytes, spent once per neighbour.
         self.shared = upload.capped.then_some(upload.budget_bytes);
         self.upload = Some(upload);
+    }
+
+    fn on_stripe_links(&mut self, _now_us: u64, links: &[StripeLink], _out: &mut SchedOut<'_>) {
+        // Bits beyond this scheduler's substreams mean nothing to it (its
+        // `stripes` should be the overlay's).
+        let mask = (1u64 << self.stripes) - 1;
+        self.stripe_links = links
+            .iter()
+            .map(|l| (l.peer, (l.upstream & mask, l.downstream & mask)))
+            .collect();
     }
 
     fn on_playout(&mut self, _now_us: u64, playout: Playout, _out: &mut SchedOut<'_>) {

@@ -684,3 +684,136 @@ fn state_stays_bounded_over_a_simulated_hour_at_100_ms_chunks() {
         "maps cover the newest window"
     );
 }
+
+fn subscriptions(actions: &RVec<SchedAction>) -> Vec<(u64, u16)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            SchedAction::SendMessage { peer, payload, .. } => match decode(payload) {
+                Some(Message::Subscribe { mask }) => Some((peer.0, mask)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn info(depths: Vec<u8>) -> Vec<u8> {
+    Message::Info {
+        upload_kbps: 1000,
+        depths,
+    }
+    .encode()
+}
+
+#[test]
+fn over_a_striped_overlay_each_substream_comes_from_the_trees_parent() {
+    // Two upstream neighbours, both one hop from the publisher in every
+    // substream. The tree made 1 the parent in substream 0 and 2 in 1:
+    // without the table push guesses by their own stripes, depth and
+    // upload, and its guess is not this split.
+    let mut push = started(Params::new().with("stripes", "2"), false, 1);
+    let mut actions = RVec::new();
+    let mut out = SchedOut::new(&mut actions);
+    for p in [1, 2] {
+        push.on_neighbour_up(0, PeerId(p), UP, &mut out);
+        push.on_message(0, PeerId(p), &info(vec![1, 1]), &mut out);
+    }
+    let table = [
+        StripeLink {
+            peer: PeerId(1),
+            upstream: 0b01,
+            downstream: 0,
+        },
+        StripeLink {
+            peer: PeerId(2),
+            upstream: 0b10,
+            downstream: 0,
+        },
+    ];
+    push.on_stripe_links(0, &table, &mut out);
+    actions.clear();
+    push.on_tick(100_000, &mut SchedOut::new(&mut actions));
+    assert_eq!(push.parents, vec![Some(PeerId(1)), Some(PeerId(2))]);
+    let mut subs = subscriptions(&actions);
+    subs.sort_unstable();
+    assert_eq!(subs, vec![(1, 0b01), (2, 0b10)]);
+
+    // The tree moves substream 1 to neighbour 1: push follows.
+    let moved = [StripeLink {
+        peer: PeerId(1),
+        upstream: 0b11,
+        downstream: 0,
+    }];
+    push.on_stripe_links(200_000, &moved, &mut SchedOut::new(&mut actions));
+    push.on_tick(200_000, &mut SchedOut::new(&mut actions));
+    assert_eq!(push.parents, vec![Some(PeerId(1)), Some(PeerId(1))]);
+}
+
+#[test]
+fn a_full_uplink_keeps_the_trees_children_and_refuses_the_others() {
+    // An uplink that carries one substream copy, two would-be children:
+    // the tree's child keeps its substream even though it asked second and
+    // the other has more upload (which would win without the table).
+    let mut push = started(Params::new().with("stripes", "2"), false, 1);
+    // Neither forwards substream 0 by its own stripe, which would rank
+    // above the rest.
+    let mut ids = (1..).filter(|&p| stripe_of(PeerId(p), 2) == 1);
+    let (other, child) = (ids.next().unwrap(), ids.next().unwrap());
+    let mut actions = RVec::new();
+    let mut out = SchedOut::new(&mut actions);
+    push.on_upload(
+        0,
+        Upload {
+            capacity_bps: 600_000,
+            capped: true,
+            stream_bps: 1_000_000,
+            budget_bytes: 10_000,
+            ..Upload::default()
+        },
+        &mut out,
+    );
+    assert_eq!(push.units(), Some(1), "one substream copy fits");
+    for p in [other, child] {
+        push.on_neighbour_up(0, PeerId(p), DOWN, &mut out);
+    }
+    push.on_message(
+        0,
+        PeerId(other),
+        &Message::Info {
+            upload_kbps: 5000,
+            depths: vec![NO_DEPTH, NO_DEPTH],
+        }
+        .encode(),
+        &mut out,
+    );
+    push.on_stripe_links(
+        0,
+        &[StripeLink {
+            peer: PeerId(child),
+            upstream: 0,
+            downstream: 0b01,
+        }],
+        &mut out,
+    );
+    push.on_message(0, PeerId(other), &subscribe(0b01), &mut out);
+    actions.clear();
+    push.on_message(
+        0,
+        PeerId(child),
+        &subscribe(0b01),
+        &mut SchedOut::new(&mut actions),
+    );
+    assert_eq!(push.neighbours[&PeerId(child)].subscribed, 0b01);
+    assert_eq!(push.neighbours[&PeerId(other)].subscribed, 0);
+    let refused: Vec<u64> = actions
+        .iter()
+        .filter_map(|a| match a {
+            SchedAction::SendMessage { peer, payload, .. } => {
+                matches!(decode(payload), Some(Message::Refuse { mask: 0b01 })).then_some(peer.0)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused, vec![other]);
+}

@@ -32,7 +32,7 @@ use p2ner_plugin_api::abi_stable::std_types::{ROption, RVec};
 use p2ner_plugin_api::{
     Capacity, InputBox, LinkView, Metric, OutputBox, OverlayAction, OverlayBox, OverlayContext,
     PeerId, PeerInfo, PlayoutView, Refusal, SchedAction, SchedContext, SchedulerBox, Setup,
-    StreamFormat, Upload, View,
+    StreamFormat, StripeLink, Upload, View,
 };
 use p2ner_proto::identity::{Identity, PublicKey};
 use p2ner_proto::peer::{self as wire, Envelope, PeerMsg};
@@ -238,6 +238,10 @@ pub struct Session {
     sched_refusals: Vec<Refusal>,
     overlay_refusals: Vec<Refusal>,
     metrics: RVec<Metric>,
+    /// The overlay's stripe table as the scheduler last got it, and the
+    /// buffer the overlay fills each tick.
+    stripe_links: Vec<StripeLink>,
+    stripe_links_buf: RVec<StripeLink>,
 }
 
 impl Session {
@@ -294,6 +298,8 @@ impl Session {
             sched_refusals: Vec::new(),
             overlay_refusals: Vec::new(),
             metrics: RVec::new(),
+            stripe_links: Vec::new(),
+            stripe_links_buf: RVec::new(),
         }
     }
 
@@ -500,6 +506,7 @@ impl Session {
                 .on_capacity(now_us, peer, cap, &mut self.sched_actions);
             self.after_scheduler("on_capacity", r.into_result(), now_us);
         }
+        self.stripe_links(now_us);
         let r = self.scheduler.on_tick(now_us, &mut self.sched_actions);
         self.after_scheduler("on_tick", r.into_result(), now_us);
         let r = self.overlay.on_tick(now_us, &mut self.overlay_actions);
@@ -508,6 +515,36 @@ impl Session {
             self.report(now_us);
         }
         self.check_neighbours(now_us);
+    }
+
+    /// Hands the overlay's stripe table to the scheduler when it changed:
+    /// only entries for neighbours that are up, one per neighbour, so what
+    /// an overlay returns cannot grow the scheduler's state.
+    fn stripe_links(&mut self, now_us: u64) {
+        self.stripe_links_buf.clear();
+        let r = self.overlay.stripe_links(&mut self.stripe_links_buf);
+        self.after_overlay("stripe_links", r.into_result(), now_us);
+        let mut links: Vec<StripeLink> = self
+            .stripe_links_buf
+            .iter()
+            .filter(|l| {
+                self.neighbours
+                    .get(&l.peer)
+                    .is_some_and(|n| n.state == LinkState::Up)
+            })
+            .copied()
+            .collect();
+        links.sort_unstable_by_key(|l| l.peer);
+        links.dedup_by_key(|l| l.peer);
+        if links != self.stripe_links {
+            self.stripe_links = links;
+            let r = self.scheduler.on_stripe_links(
+                now_us,
+                self.stripe_links.as_slice().into(),
+                &mut self.sched_actions,
+            );
+            self.after_scheduler("on_stripe_links", r.into_result(), now_us);
+        }
     }
 
     /// The line `--stats` writes for the second that just passed.

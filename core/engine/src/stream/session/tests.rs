@@ -21,7 +21,7 @@ use p2ner_plugin_api::{
     Capacity, ChunkRef, InputAbi, InputBox, InputState, Link, MediaChunk, NeighbourReport,
     NeighbourUpload, OutputAbi, OutputBox, OutputReport, OverlayAbi, OverlayAction, OverlayBox,
     OverlayContext, PeerId, PeerInfo, Playout, PluginError, SchedAction, SchedContext,
-    SchedulerAbi, SchedulerBox, StreamFormat, Upload, View,
+    SchedulerAbi, SchedulerBox, StreamFormat, StripeLink, Upload, View,
 };
 use p2ner_proto::identity::Identity;
 use p2ner_proto::peer::{self as wire, ChunkHeader, Envelope, PeerMsg};
@@ -71,6 +71,10 @@ struct ScriptState<E, A> {
     error: Option<String>,
     /// The last `on_view` (kept apart from `log`: it comes every tick).
     view: Option<View>,
+    /// An overlay's stripe table as it returns it; a scheduler's as it was
+    /// last handed one, and how many times it was.
+    stripes: Vec<StripeLink>,
+    stripe_calls: u32,
 }
 
 /// The test's end of a scripted component.
@@ -90,6 +94,8 @@ impl<E: Clone, A> Script<E, A> {
             react: Box::new(|_| Vec::new()),
             error: None,
             view: None,
+            stripes: Vec::new(),
+            stripe_calls: 0,
         })))
     }
 
@@ -220,6 +226,17 @@ impl SchedulerAbi for SchedScript {
         self.0.lock().unwrap().view = Some(view.clone());
         RResult::ROk(())
     }
+    fn on_stripe_links(
+        &mut self,
+        _now_us: u64,
+        links: RSlice<'_, StripeLink>,
+        _out: &mut RVec<SchedAction>,
+    ) -> RResult<(), PluginError> {
+        let mut s = self.0.lock().unwrap();
+        s.stripes = links.to_vec();
+        s.stripe_calls += 1;
+        RResult::ROk(())
+    }
 }
 
 impl OverlayAbi for OverlayScript {
@@ -289,6 +306,10 @@ impl OverlayAbi for OverlayScript {
         out: &mut RVec<OverlayAction>,
     ) -> RResult<(), PluginError> {
         self.call(OverlayEvent::Upload, out)
+    }
+    fn stripe_links(&mut self, out: &mut RVec<StripeLink>) -> RResult<(), PluginError> {
+        out.extend(self.0.lock().unwrap().stripes.iter().copied());
+        RResult::ROk(())
     }
 }
 
@@ -809,6 +830,41 @@ fn a_neighbours_upload_advert_reaches_the_view_and_ours_reaches_it() {
         vec![(t0 + 5 * keepalive, moved)],
         "an unchanged advert is refreshed every fifth keepalive"
     );
+}
+
+#[test]
+fn the_overlays_stripe_table_reaches_the_scheduler_when_it_changes() {
+    let key = Identity::from_secret([7; 32]);
+    let (mut b, _) = subscriber(2, &key, config(2));
+    b.link_from(0, 3);
+    b.link_from(0, 4);
+    let link = |peer, upstream, downstream| StripeLink {
+        peer: PeerId(peer),
+        upstream,
+        downstream,
+    };
+    let stripes = |b: &Bench| {
+        let s = b.sched.0.lock().unwrap();
+        (s.stripes.clone(), s.stripe_calls)
+    };
+    // Before the overlay says anything, the scheduler hears nothing.
+    b.s.tick(10);
+    assert_eq!(stripes(&b), (vec![], 0));
+    // A stranger (9) and a repeated entry are not passed on.
+    b.overlay.0.lock().unwrap().stripes = vec![
+        link(4, 0, 0b100),
+        link(9, 0b10, 0),
+        link(3, 0b01, 0),
+        link(3, 0b11, 0),
+    ];
+    b.s.tick(20);
+    assert_eq!(stripes(&b), (vec![link(3, 0b01, 0), link(4, 0, 0b100)], 1));
+    b.s.tick(30);
+    assert_eq!(stripes(&b).1, 1, "unchanged: not handed over again");
+    // A neighbour that goes is gone from the table at once.
+    b.hear(40, 3, PeerMsg::Bye);
+    b.s.tick(50);
+    assert_eq!(stripes(&b), (vec![link(4, 0, 0b100)], 2));
 }
 
 #[test]
