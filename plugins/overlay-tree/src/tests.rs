@@ -672,3 +672,80 @@ fn the_stripe_table_names_each_trees_parent_and_children() {
         ]
     );
 }
+
+/// Answers every join attempt `node` makes with a reject until `until_us`,
+/// at 1 ms steps; returns when each round of attempts started (the first
+/// join of a round after a quiet spell) and how many joins each had.
+fn refuse_everything(
+    node: &mut Tree,
+    mut actions: RVec<OverlayAction>,
+    from_us: u64,
+    until_us: u64,
+) -> Vec<(u64, usize)> {
+    let mut rounds: Vec<(u64, usize)> = Vec::new();
+    let mut last_join = 0;
+    let mut now = from_us;
+    while now < until_us {
+        // Links open at once; joins are refused at once.
+        let mut answered = true;
+        while answered {
+            answered = false;
+            let pending = std::mem::take(&mut actions);
+            for a in pending.iter() {
+                match a {
+                    OverlayAction::Connect { peer, .. } => {
+                        node.on_connected(now, peer, &mut OverlayOut::new(&mut actions));
+                        answered = true;
+                    }
+                    OverlayAction::SendMessage { peer, payload, .. } => {
+                        if let Some(Message::Join { stripe, .. }) = Message::decode(payload) {
+                            if rounds.is_empty() || now > last_join + 100_000 {
+                                rounds.push((now, 0));
+                            }
+                            last_join = now;
+                            rounds.last_mut().expect("pushed").1 += 1;
+                            let reject = Message::Reject { stripe }.encode();
+                            node.on_message(
+                                now,
+                                *peer,
+                                &reject,
+                                &mut OverlayOut::new(&mut actions),
+                            );
+                            answered = true;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        now += 1_000;
+        node.on_tick(now, &mut OverlayOut::new(&mut actions));
+    }
+    rounds
+}
+
+#[test]
+fn a_stripe_nobody_takes_asks_a_few_peers_a_round_and_waits_longer_each_time() {
+    let mut actions = RVec::new();
+    let mut node = Tree::new(&Params::new().with("stripes", "1")).unwrap();
+    node.on_start(0, &ctx(5, false, 1), &mut OverlayOut::new(&mut actions));
+    let peers: Vec<PeerInfo> = (100..150).map(info).collect();
+    node.on_candidates(0, &peers, &mut OverlayOut::new(&mut actions));
+    let rounds = refuse_everything(&mut node, actions, 0, 20_000_000);
+    // Every round asks at most ROUND_PEERS of the 51 (the source too)...
+    assert!(
+        rounds.iter().all(|&(_, joins)| joins <= ROUND_PEERS),
+        "{rounds:?}"
+    );
+    // ... and the waits between rounds double: 1, 2, 4, 8 s.
+    let starts: Vec<u64> = rounds.iter().map(|&(at, _)| at / 1_000_000).collect();
+    assert_eq!(starts, vec![0, 1, 3, 7, 15], "{rounds:?}");
+
+    // The same sample again (the answer to a round's WantPeers) does not
+    // cut the wait short; a peer not heard of before does.
+    let mut actions = RVec::new();
+    node.on_candidates(20_000_000, &peers, &mut OverlayOut::new(&mut actions));
+    assert!(actions.is_empty(), "{actions:?}");
+    node.on_candidates(20_000_000, &[info(200)], &mut OverlayOut::new(&mut actions));
+    assert!(!actions.is_empty(), "a new peer starts a round at once");
+}

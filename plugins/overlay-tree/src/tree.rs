@@ -55,7 +55,7 @@ const JOIN_TIMEOUT_MS: ParamDef = ParamDef::new(
 const RETRY_MS: ParamDef = ParamDef::new(
     "retry_ms",
     "1000",
-    "after every candidate refused, wait this long before starting over",
+    "after a round of join attempts (at most 16 candidates) all refused, wait this long before the next; the wait doubles with each such round in a row, up to 8 times this",
 );
 
 #[derive(Debug, Clone)]
@@ -90,6 +90,9 @@ struct Stripe {
     /// Asked in this round of attempts.
     tried: BTreeSet<PeerId>,
     retry_at_us: u64,
+    /// Rounds in a row in which every candidate refused: the wait before
+    /// the next round doubles with each (up to [`MAX_BACKOFF`] rounds).
+    failed_rounds: u32,
 }
 
 /// The `tree` overlay: trees rooted at the publisher, one per stripe, repaired when a parent goes (see the crate docs).
@@ -121,6 +124,10 @@ pub struct Tree {
     /// Copies of one stripe this peer's capped uplink carries, as the
     /// engine last said; `None` uncapped.
     stripe_copies: Option<usize>,
+    /// Messages sent by kind (the wire's kind byte, 1-7) and their bytes,
+    /// for `metrics`: sends happen in `&self` helpers, hence the cells.
+    sent: [std::cell::Cell<u64>; 8],
+    sent_bytes: std::cell::Cell<u64>,
 }
 
 /// Share of the publisher's capped uplink given to children: the rest is
@@ -145,6 +152,13 @@ const SOURCE_UPLOAD_FOR_CHILDREN: f64 = 0.82;
 /// at load 0.9, 0.82-0.85 lost 0.01-0.02 at 0.8, and 0.81 at the
 /// publisher too lost 0.06 at 0.8.
 const PEER_UPLOAD_FOR_CHILDREN: f64 = 0.80;
+
+/// Candidates asked in one round of join attempts at most (redirects
+/// included), before waiting `retry_ms`.
+const ROUND_PEERS: usize = 16;
+/// A stripe that found no parent round after round waits `retry_ms` x 2^k
+/// before the next, k at most this (8 s at the default 1 s).
+const MAX_BACKOFF: u32 = 3;
 
 /// Children per stripe at most, however much a peer can upload.
 const MAX_SLOTS: usize = 32;
@@ -185,6 +199,8 @@ impl Tree {
             next_heartbeat_us: 0,
             asked_for_peers_us: None,
             stripe_copies: None,
+            sent: Default::default(),
+            sent_bytes: Default::default(),
         };
         if tree.heartbeat_us == 0 || tree.timeout_us <= tree.heartbeat_us {
             return Err(PluginError::new(
@@ -277,7 +293,12 @@ impl Tree {
     }
 
     fn send(&self, out: &mut OverlayOut<'_>, peer: PeerId, msg: Message, reliable: bool) {
-        out.send_message(peer, msg.encode(), reliable);
+        let bytes = msg.encode();
+        let kind = &self.sent[usize::from(bytes[0]) % self.sent.len()];
+        kind.set(kind.get() + 1);
+        self.sent_bytes
+            .set(self.sent_bytes.get() + bytes.len() as u64);
+        out.send_message(peer, bytes, reliable);
     }
 
     /// Makes the engine's link to `peer` match the relations, or closes it
@@ -395,11 +416,19 @@ impl Tree {
                 pick = Some(others.swap_remove(i).clone());
             }
         }
+        // A round asks at most ROUND_PEERS: near the bound every node is
+        // full, and asking each of them in turn, every round, cost a
+        // detached stripe 50 joins (and as many links opened and closed)
+        // a second.
+        if self.trees[s].tried.len() >= ROUND_PEERS {
+            pick = None;
+        }
         let Some(peer) = pick else {
             // Everyone was asked: wait, start over, and ask for more peers.
             let t = &mut self.trees[s];
             t.tried.clear();
-            t.retry_at_us = now_us + self.retry_us;
+            t.retry_at_us = now_us + (self.retry_us << t.failed_rounds.min(MAX_BACKOFF));
+            t.failed_rounds = t.failed_rounds.saturating_add(1);
             if self
                 .asked_for_peers_us
                 .is_none_or(|at| now_us >= at + self.retry_us)
@@ -571,6 +600,7 @@ impl Tree {
                 t.path = path;
                 t.path.push(me);
                 t.attached = true;
+                t.failed_rounds = 0;
                 t.next.clear();
                 t.tried.clear();
                 self.sync_link(now_us, peer, out);
@@ -706,11 +736,20 @@ impl Overlay for Tree {
 
     fn on_candidates(&mut self, now_us: u64, peers: &[PeerInfo], out: &mut OverlayOut<'_>) {
         let me = self.me();
+        let mut new = false;
         for p in peers.iter().filter(|p| p.id != me) {
-            self.known.entry(p.id).or_insert_with(|| p.clone());
+            if let std::collections::btree_map::Entry::Vacant(e) = self.known.entry(p.id) {
+                new = true;
+                e.insert(p.clone());
+            }
         }
+        // Peers not heard of before may have room: ask now. The same
+        // sample again (the answer to every round's `WantPeers`) is no
+        // reason to cut the wait short.
         for s in 0..self.stripes {
-            self.trees[s].retry_at_us = self.trees[s].retry_at_us.min(now_us);
+            if new {
+                self.trees[s].retry_at_us = self.trees[s].retry_at_us.min(now_us);
+            }
             self.try_join(now_us, s, out);
         }
     }
@@ -778,6 +817,31 @@ impl Overlay for Tree {
         if stripe < self.stripes {
             self.handle(now_us, peer, msg, out);
         }
+    }
+
+    fn metrics(&mut self, m: &mut Metrics<'_>) {
+        let names = [
+            (JOIN, "sent_join"),
+            (ACCEPT, "sent_accept"),
+            (REDIRECT, "sent_redirect"),
+            (REJECT, "sent_reject"),
+            (LEAVE, "sent_leave"),
+            (PATH, "sent_path"),
+            (HB, "sent_heartbeat"),
+        ];
+        for (kind, name) in names {
+            m.counter(name, self.sent[usize::from(kind)].get());
+        }
+        m.counter(
+            "sent_messages",
+            self.sent.iter().map(std::cell::Cell::get).sum(),
+        );
+        m.counter("sent_bytes", self.sent_bytes.get());
+        m.gauge("children", self.all_children() as f64);
+        m.gauge(
+            "attached",
+            self.trees.iter().filter(|t| t.attached).count() as f64,
+        );
     }
 
     fn stripe_links(&mut self, out: &mut Vec<StripeLink>) {

@@ -16,6 +16,12 @@ use p2ner_plugin_api::{Capacity, Playout, StripeLink, Upload};
 
 use crate::wire::{self, decode, Message, MAX_BITS, MAX_SEQS, MAX_STRIPES, NO_DEPTH};
 
+/// Whether media may flow on `link` either way: only then do maps,
+/// announcements and adverts mean anything to the neighbour.
+fn media(link: Link) -> bool {
+    link.upstream || link.downstream
+}
+
 /// Which chunk a sending opportunity carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
@@ -200,6 +206,22 @@ pub struct Push {
     /// parent, and a parent keeps its uplink for the tree's children, which
     /// is what the tree counted its slots for. Empty over a mesh.
     stripe_links: BTreeMap<PeerId, (u64, u64)>,
+    /// What this scheduler sent, for `metrics`.
+    counters: Counters,
+}
+
+/// Messages by kind and chunks this scheduler sent: near the bound every
+/// control byte is upload a chunk did not get, so a researcher needs to see
+/// which kind grows.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    have: u64,
+    map: u64,
+    request: u64,
+    info: u64,
+    subscribe: u64,
+    refuse: u64,
+    chunks: u64,
 }
 
 pub(crate) struct Neighbour {
@@ -290,6 +312,7 @@ impl Push {
             repair_filled_at_us: None,
             traced_s: u64::MAX,
             stripe_links: BTreeMap::new(),
+            counters: Counters::default(),
         };
         if push.repair_timeout_us == 0 || push.map_every_us == 0 {
             return Err(PluginError::new(
@@ -502,6 +525,7 @@ impl Push {
         }
         n.have.insert(seq);
         n.pushed.insert(seq, now_us);
+        self.counters.chunks += 1;
         out.send_chunk(peer, seq);
     }
 
@@ -648,15 +672,18 @@ impl Push {
         }
         for (peer, seqs) in batches {
             for part in seqs.chunks(MAX_SEQS) {
+                self.counters.request += 1;
                 out.send_message(peer, wire::seqs_message(false, None, part), false);
             }
         }
     }
 
     /// Whether `n` may be my parent for substream `s`, and how good a one:
-    /// lower is better. The tree's parent of a stripe (a non-publisher
-    /// whose stripe it is) first, then the publisher, then anyone; within a
-    /// class the one closest to the publisher, then the strongest uplink.
+    /// lower is better. The stripe's tree parent as the overlay's table
+    /// names it first, then a non-publisher whose own stripe it is (the
+    /// tree's rule, for overlays without a table), then the publisher, then
+    /// anyone; within a class the one closest to the publisher, then the
+    /// strongest uplink.
     fn parent_rank(
         &self,
         id: PeerId,
@@ -742,6 +769,7 @@ impl Push {
             let mask = masks.get(&peer).copied().unwrap_or(0);
             if mask != n.my_sub {
                 n.my_sub = mask;
+                self.counters.subscribe += 1;
                 out.send_message(peer, Message::Subscribe { mask }.encode(), true);
             }
         }
@@ -767,8 +795,11 @@ impl Push {
         if depths != self.depths {
             self.depths = depths;
             let info = self.info_message();
-            for &peer in self.neighbours.keys() {
-                out.send_message(peer, info.clone(), false);
+            for (&peer, n) in &self.neighbours {
+                if media(n.link) {
+                    self.counters.info += 1;
+                    out.send_message(peer, info.clone(), false);
+                }
             }
         }
     }
@@ -823,6 +854,7 @@ impl Push {
         }
         for (id, mask) in refused {
             self.neighbours.get_mut(&id).expect("listed").subscribed &= !mask;
+            self.counters.refuse += 1;
             out.send_message(id, Message::Refuse { mask }.encode(), true);
         }
     }
@@ -859,8 +891,15 @@ impl Scheduler for Push {
         );
         // Tell it at once what is here and what I can forward, so it
         // neither pushes us duplicates nor waits a map period to subscribe.
-        out.send_message(peer, self.map_message(), false);
-        out.send_message(peer, self.info_message(), false);
+        // Not on a link that carries no media (a tree's join attempt: most
+        // are refused and closed at once, and near the bound there were
+        // dozens a second).
+        if media(link) {
+            out.send_message(peer, self.map_message(), false);
+            out.send_message(peer, self.info_message(), false);
+            self.counters.map += 1;
+            self.counters.info += 1;
+        }
     }
 
     fn on_neighbour_down(&mut self, _now_us: u64, peer: PeerId, _out: &mut SchedOut<'_>) {
@@ -968,6 +1007,7 @@ impl Scheduler for Push {
                     self.admit(peer, mask, out);
                     self.send_round(now_us, out);
                 } else if mask != 0 {
+                    self.counters.refuse += 1;
                     out.send_message(peer, Message::Refuse { mask }.encode(), true);
                 }
             }
@@ -1020,6 +1060,28 @@ impl Scheduler for Push {
             .collect();
     }
 
+    fn metrics(&mut self, m: &mut Metrics<'_>) {
+        let c = self.counters;
+        m.counter("sent_have", c.have);
+        m.counter("sent_map", c.map);
+        m.counter("sent_request", c.request);
+        m.counter("sent_info", c.info);
+        m.counter("sent_subscribe", c.subscribe);
+        m.counter("sent_refuse", c.refuse);
+        m.counter(
+            "sent_messages",
+            c.have + c.map + c.request + c.info + c.subscribe + c.refuse,
+        );
+        m.counter("sent_chunks", c.chunks);
+        m.gauge(
+            "subscribers",
+            self.neighbours
+                .values()
+                .map(|n| n.subscribed.count_ones())
+                .sum::<u32>() as f64,
+        );
+    }
+
     fn on_playout(&mut self, _now_us: u64, playout: Playout, _out: &mut SchedOut<'_>) {
         self.playout = Some(playout);
         self.learn_newest(playout.newest_seq);
@@ -1068,13 +1130,19 @@ impl Scheduler for Push {
             );
         }
         for (&peer, n) in self.neighbours.iter_mut() {
+            if !media(n.link) {
+                continue;
+            }
             if now_us >= n.next_map_us {
                 n.next_map_us = now_us + self.map_every_us;
                 out.send_message(peer, full_map.clone(), false);
                 out.send_message(peer, info.clone(), false);
+                self.counters.map += 1;
+                self.counters.info += 1;
                 // Repeated in case the reliable one raced a link change.
                 if n.my_sub != 0 {
                     let sub = Message::Subscribe { mask: n.my_sub }.encode();
+                    self.counters.subscribe += 1;
                     out.send_message(peer, sub, false);
                 }
                 continue;
@@ -1089,6 +1157,7 @@ impl Scheduler for Push {
                 .map(|&(seq, _)| seq)
                 .collect();
             for part in news.chunks(MAX_SEQS) {
+                self.counters.have += 1;
                 out.send_message(peer, wire::seqs_message(true, playout, part), false);
             }
         }

@@ -817,3 +817,33 @@ fn a_full_uplink_keeps_the_trees_children_and_refuses_the_others() {
         .collect();
     assert_eq!(refused, vec![other]);
 }
+
+#[test]
+fn a_link_without_media_gets_no_maps_adverts_or_announcements() {
+    // A tree's join attempt opens a link that carries nothing (most are
+    // refused and closed at once): push stays silent on it.
+    let mut push = started(Params::new(), false, 1);
+    let mut actions = RVec::new();
+    push.on_neighbour_up(
+        0,
+        PeerId(4),
+        Link::default(),
+        &mut SchedOut::new(&mut actions),
+    );
+    for t in 1..=30 {
+        push.on_chunk(t * 100_000, t, None, &mut SchedOut::new(&mut actions));
+        push.on_tick(t * 100_000, &mut SchedOut::new(&mut actions));
+    }
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, SchedAction::SendMessage { peer, .. } if *peer == PeerId(4))),
+        "{actions:?}"
+    );
+    // Once media may flow, it hears at once what is here.
+    push.on_neighbour_down(3_100_000, PeerId(4), &mut SchedOut::new(&mut actions));
+    push.on_neighbour_up(3_100_000, PeerId(4), DOWN, &mut SchedOut::new(&mut actions));
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, SchedAction::SendMessage { peer, .. } if *peer == PeerId(4))));
+}
