@@ -424,7 +424,8 @@ impl Tree {
             pick = None;
         }
         let Some(peer) = pick else {
-            // Everyone was asked: wait, start over, and ask for more peers.
+            // Everyone was asked, or a round's worth: wait, start over, and
+            // ask for more peers.
             let t = &mut self.trees[s];
             t.tried.clear();
             t.retry_at_us = now_us + (self.retry_us << t.failed_rounds.min(MAX_BACKOFF));

@@ -224,6 +224,24 @@ struct Counters {
     chunks: u64,
 }
 
+impl Counters {
+    /// Sends `payload` to `peer`, counted by its kind byte: every message
+    /// this scheduler sends goes through here, so the counts cannot drift
+    /// from what was sent.
+    fn send(&mut self, out: &mut SchedOut<'_>, peer: PeerId, payload: Vec<u8>, reliable: bool) {
+        match payload.first().copied() {
+            Some(wire::HAVE) => self.have += 1,
+            Some(wire::MAP) => self.map += 1,
+            Some(wire::REQUEST) => self.request += 1,
+            Some(wire::INFO) => self.info += 1,
+            Some(wire::SUBSCRIBE) => self.subscribe += 1,
+            Some(wire::REFUSE) => self.refuse += 1,
+            _ => {}
+        }
+        out.send_message(peer, payload, reliable);
+    }
+}
+
 pub(crate) struct Neighbour {
     pub(crate) link: Link,
     /// What it holds as far as we know: its maps and our pushes.
@@ -672,8 +690,8 @@ impl Push {
         }
         for (peer, seqs) in batches {
             for part in seqs.chunks(MAX_SEQS) {
-                self.counters.request += 1;
-                out.send_message(peer, wire::seqs_message(false, None, part), false);
+                let request = wire::seqs_message(false, None, part);
+                self.counters.send(out, peer, request, false);
             }
         }
     }
@@ -769,8 +787,8 @@ impl Push {
             let mask = masks.get(&peer).copied().unwrap_or(0);
             if mask != n.my_sub {
                 n.my_sub = mask;
-                self.counters.subscribe += 1;
-                out.send_message(peer, Message::Subscribe { mask }.encode(), true);
+                let sub = Message::Subscribe { mask }.encode();
+                self.counters.send(out, peer, sub, true);
             }
         }
         let depths: Vec<u8> = self
@@ -797,8 +815,7 @@ impl Push {
             let info = self.info_message();
             for (&peer, n) in &self.neighbours {
                 if media(n.link) {
-                    self.counters.info += 1;
-                    out.send_message(peer, info.clone(), false);
+                    self.counters.send(out, peer, info.clone(), false);
                 }
             }
         }
@@ -828,7 +845,7 @@ impl Push {
         // with none at all.
         let mut all: Vec<(bool, bool, bool, u32, PeerId, u16)> = Vec::new();
         for (&id, n) in &self.neighbours {
-            let child = self.stripe_links.get(&id).map_or(0, |l| l.1);
+            let child = self.tree_stripes(id).1;
             for s in 0..stripes {
                 let bit = 1u16 << s;
                 if n.subscribed & bit != 0 {
@@ -854,8 +871,8 @@ impl Push {
         }
         for (id, mask) in refused {
             self.neighbours.get_mut(&id).expect("listed").subscribed &= !mask;
-            self.counters.refuse += 1;
-            out.send_message(id, Message::Refuse { mask }.encode(), true);
+            self.counters
+                .send(out, id, Message::Refuse { mask }.encode(), true);
         }
     }
 }
@@ -895,10 +912,9 @@ impl Scheduler for Push {
         // are refused and closed at once, and near the bound there were
         // dozens a second).
         if media(link) {
-            out.send_message(peer, self.map_message(), false);
-            out.send_message(peer, self.info_message(), false);
-            self.counters.map += 1;
-            self.counters.info += 1;
+            let (map, info) = (self.map_message(), self.info_message());
+            self.counters.send(out, peer, map, false);
+            self.counters.send(out, peer, info, false);
         }
     }
 
@@ -1007,8 +1023,8 @@ impl Scheduler for Push {
                     self.admit(peer, mask, out);
                     self.send_round(now_us, out);
                 } else if mask != 0 {
-                    self.counters.refuse += 1;
-                    out.send_message(peer, Message::Refuse { mask }.encode(), true);
+                    self.counters
+                        .send(out, peer, Message::Refuse { mask }.encode(), true);
                 }
             }
             Message::Refuse { mask } => {
@@ -1135,15 +1151,12 @@ impl Scheduler for Push {
             }
             if now_us >= n.next_map_us {
                 n.next_map_us = now_us + self.map_every_us;
-                out.send_message(peer, full_map.clone(), false);
-                out.send_message(peer, info.clone(), false);
-                self.counters.map += 1;
-                self.counters.info += 1;
+                self.counters.send(out, peer, full_map.clone(), false);
+                self.counters.send(out, peer, info.clone(), false);
                 // Repeated in case the reliable one raced a link change.
                 if n.my_sub != 0 {
                     let sub = Message::Subscribe { mask: n.my_sub }.encode();
-                    self.counters.subscribe += 1;
-                    out.send_message(peer, sub, false);
+                    self.counters.send(out, peer, sub, false);
                 }
                 continue;
             }
@@ -1157,8 +1170,8 @@ impl Scheduler for Push {
                 .map(|&(seq, _)| seq)
                 .collect();
             for part in news.chunks(MAX_SEQS) {
-                self.counters.have += 1;
-                out.send_message(peer, wire::seqs_message(true, playout, part), false);
+                let have = wire::seqs_message(true, playout, part);
+                self.counters.send(out, peer, have, false);
             }
         }
         if !self.is_source() {

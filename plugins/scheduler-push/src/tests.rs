@@ -847,3 +847,40 @@ fn a_link_without_media_gets_no_maps_adverts_or_announcements() {
         .iter()
         .any(|a| matches!(a, SchedAction::SendMessage { peer, .. } if *peer == PeerId(4))));
 }
+
+#[test]
+fn the_message_counters_add_up_to_what_was_sent() {
+    let mut push = started(Params::new().with("stripes", "2"), false, 1);
+    let mut actions = RVec::new();
+    for p in [1, 2] {
+        push.on_neighbour_up(0, PeerId(p), UP, &mut SchedOut::new(&mut actions));
+        push.on_message(
+            0,
+            PeerId(p),
+            &info(vec![1, 1]),
+            &mut SchedOut::new(&mut actions),
+        );
+    }
+    for t in 1..=30 {
+        push.on_chunk(t * 100_000, t, None, &mut SchedOut::new(&mut actions));
+        push.on_tick(t * 100_000, &mut SchedOut::new(&mut actions));
+    }
+    let sent = actions
+        .iter()
+        .filter(|a| matches!(a, SchedAction::SendMessage { .. }))
+        .count() as f64;
+    let mut metrics = RVec::new();
+    push.metrics(&mut Metrics::new(&mut metrics));
+    let get = |name: &str| {
+        metrics
+            .iter()
+            .find(|m| m.name.as_str() == name)
+            .map_or(-1.0, |m| m.value)
+    };
+    assert!(sent > 0.0);
+    assert_eq!(get("sent_messages"), sent);
+    assert!(
+        get("sent_map") >= 2.0 && get("sent_subscribe") >= 2.0,
+        "{metrics:?}"
+    );
+}

@@ -8,12 +8,12 @@
 
 use p2ner_plugin_api::seqmap;
 
-const HAVE: u8 = 1;
-const MAP: u8 = 2;
-const REQUEST: u8 = 3;
-const INFO: u8 = 4;
-const SUBSCRIBE: u8 = 5;
-const REFUSE: u8 = 6;
+pub(crate) const HAVE: u8 = 1;
+pub(crate) const MAP: u8 = 2;
+pub(crate) const REQUEST: u8 = 3;
+pub(crate) const INFO: u8 = 4;
+pub(crate) const SUBSCRIBE: u8 = 5;
+pub(crate) const REFUSE: u8 = 6;
 
 /// Seqs per HAVE or REQUEST message: 1 + 8 + 2 + 120 * 8 = 971 bytes.
 pub const MAX_SEQS: usize = 120;
