@@ -7,9 +7,12 @@ use abi_stable::{
 };
 
 use super::Guarded;
+// `StripeLink` by its module path: the frozen ABI 1.0 lib.rs of the
+// frontend fixture (tests/fixtures/frontend-abi-1.0) predates its re-export.
+use crate::types::StripeLink;
 use crate::{
-    Link, Metric, Metrics, NeighbourReport, PeerId, PeerInfo, PluginError, Refusal, Setup,
-    StripeLink, Upload, View,
+    Link, Metric, Metrics, NeighbourReport, PeerId, PeerInfo, PluginError, Refusal, Setup, Upload,
+    View,
 };
 
 /// What an overlay learns once, when its stream starts.

@@ -7,9 +7,9 @@ use abi_stable::{
 };
 
 use super::Guarded;
-use crate::{
-    ChunkInfo, Link, Metric, Metrics, PeerId, PluginError, Refusal, Setup, StripeLink, Upload, View,
-};
+// See overlay.rs: by its module path, for the frozen ABI 1.0 lib.rs.
+use crate::types::StripeLink;
+use crate::{ChunkInfo, Link, Metric, Metrics, PeerId, PluginError, Refusal, Setup, Upload, View};
 
 /// What a scheduler learns once, when its stream starts (`on_start`).
 #[repr(C)]
